@@ -1,0 +1,157 @@
+"""Helpers shared by every stage: errors, atomic writes, the user cache, label tables."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+CACHE_ENV = "FEWLABEL_CACHE_DIR"
+
+
+class PipelineError(Exception):
+    """A problem the user can fix; its message says which file or key and what to do."""
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a stage's ``main`` and turn expected failures into a one-line error and exit code."""
+    try:
+        main()
+    except PipelineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: nothing half-written was kept; rerun to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Readers never see a half-written file, and a crash leaves the previous version intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp",
+                                    dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, data) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def write_figure(path: str | Path, figure) -> None:
+    """Save a matplotlib figure atomically and close it."""
+    import matplotlib.pyplot as plt
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=100, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
+    plt.close(figure)
+
+
+def replace_dir(path: str | Path, files: dict[str, Callable[[Path], None]]) -> None:
+    """Write a directory of files (name -> writer) to a temp dir, then swap it in whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        for name, writer in files.items():
+            writer(tmp / name)
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old.{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            _rmtree(old)
+    finally:
+        if tmp.exists():
+            _rmtree(tmp)
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def user_cache_dir(*parts: str) -> Path:
+    """The per-user cache (downloads, extracted data, per-image features).
+
+    ``$FEWLABEL_CACHE_DIR`` overrides it; else ``$XDG_CACHE_HOME/fewlabel`` or ``~/.cache/fewlabel``.
+    """
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "fewlabel")
+    path = Path(root, *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def read_csv(path: str | Path, required: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a CSV a previous stage wrote, with a clear error if it is missing or lacks columns."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: not found; run the stage that writes it first (dvc repro)")
+    frame = pd.read_csv(path, dtype={"image_id": str})
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise PipelineError(f"{path}: missing column(s) {', '.join(missing)}; rerun the stage that writes it")
+    return frame
+
+
+def read_label_table(path: str | Path, classes: tuple[str, ...] | list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``image_id, split, <class>...`` and return (ids, labels) with VOC codes 1/0/-1."""
+    frame = read_csv(path, required=["image_id", *classes])
+    return frame["image_id"].to_numpy(dtype=str), frame[list(classes)].to_numpy(dtype=np.int8)
+
+
+def training_targets(labels: np.ndarray) -> np.ndarray:
+    """VOC codes to 0/1 training targets: difficult-only (0) counts as present."""
+    return (labels >= 0).astype(np.int8)
+
+
+def load_features(path: str | Path, expected_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``ids`` and ``features`` from a featurize .npz, checking the id order if given."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: not found; run the featurize stage first (dvc repro featurize)")
+    with np.load(path, allow_pickle=False) as archive:
+        ids, features = archive["ids"].astype(str), archive["features"]
+    if expected_ids is not None and not np.array_equal(ids, np.asarray(expected_ids, dtype=str)):
+        raise PipelineError(f"{path}: its image ids do not match the subset CSV; rerun featurize")
+    return ids, features
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: not found; run the stage that writes it first (dvc repro)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise PipelineError(f"{path}: is not valid JSON ({error}); rerun the stage that writes it") from error

@@ -1,0 +1,307 @@
+"""params.yaml, read and validated once into typed objects.
+
+Every error names the key (``svm.C``) and says what is allowed, so a typo in a
+``dvc exp run -S`` override fails before any work is done.
+"""
+from __future__ import annotations
+
+import difflib
+import numbers
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from stages.common import PipelineError
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+SCALERS = ("none", "standard", "l2")
+KERNELS = ("rbf", "linear", "poly", "sigmoid")
+GAMMA_WORDS = ("scale", "auto", "median")
+CALIBRATION_METRICS = ("f1", "f2", "f0.5", "mcc")
+CALIBRATION_STRATEGIES = ("per_class", "global", "none", "auto")
+
+
+class _Reader:
+    """Pulls typed values out of one params section, naming the full key on error."""
+
+    def __init__(self, section: dict, prefix: str, known: tuple[str, ...], source: str):
+        if not isinstance(section, dict):
+            raise PipelineError(f"{source}: '{prefix}' must be a mapping of keys, got {section!r}")
+        unknown = sorted(set(section) - set(known))
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hints.append(f"{prefix}.{key}" + (f" (did you mean {prefix}.{close[0]}?)" if close else ""))
+            raise PipelineError(
+                f"{source}: unknown key(s) {', '.join(hints)}; "
+                f"'{prefix}' accepts: {', '.join(known)}")
+        self.section, self.prefix, self.source = section, prefix, source
+
+    def fail(self, key: str, expected: str, value) -> PipelineError:
+        return PipelineError(f"{self.source}: {self.prefix}.{key} must be {expected}, got {value!r}")
+
+    def get(self, key, default):
+        return self.section.get(key, default)
+
+    def integer(self, key, default, minimum=None, allow_none=False):
+        value = self.get(key, default)
+        if value is None and allow_none:
+            return None
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise self.fail(key, "an integer" + (" or null" if allow_none else ""), value)
+        if minimum is not None and value < minimum:
+            raise self.fail(key, f"an integer >= {minimum}", value)
+        return int(value)
+
+    def number(self, key, default, positive=False):
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise self.fail(key, "a number", value)
+        if positive and not value > 0:
+            raise self.fail(key, "a number > 0", value)
+        return float(value)
+
+    def boolean(self, key, default):
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, "true or false", value)
+        return value
+
+    def choice(self, key, default, choices):
+        value = self.get(key, default)
+        if value is None and None in choices:
+            return None
+        if not isinstance(value, str) or value not in choices:
+            raise self.fail(key, "one of " + ", ".join(str(c) for c in choices), value)
+        return value
+
+    def string_list(self, key, default, non_empty=True):
+        value = self.get(key, default)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(key, "a list of names", value)
+        if non_empty and not value:
+            raise self.fail(key, "a non-empty list", value)
+        if len(set(value)) != len(value):
+            raise self.fail(key, "a list without repeats", value)
+        return list(value)
+
+
+def parse_gamma(value, key: str, source: str):
+    """A gamma is a positive number or one of 'scale', 'auto', 'median'."""
+    if isinstance(value, str) and value in GAMMA_WORDS:
+        return value
+    if not isinstance(value, bool) and isinstance(value, numbers.Real) and value > 0:
+        return float(value)
+    raise PipelineError(
+        f"{source}: {key} must be a number > 0 or one of {', '.join(GAMMA_WORDS)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    year: int = 2007
+    source: str | None = None
+    md5: dict = field(default_factory=dict)
+    classes: tuple = VOC_CLASSES
+    train_split: str = "trainval"
+    eval_split: str = "test"
+
+
+@dataclass(frozen=True)
+class SubsetParams:
+    n_images: int = 750
+    seed: int = 42
+    min_per_class: int = 10
+    class_quota: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalSetParams:
+    max_images: int | None = None
+
+
+@dataclass(frozen=True)
+class FeaturesParams:
+    backbones: tuple = ("EfficientNetB6",)
+    weights: str | None = "imagenet"
+    image_size: int | None = None
+    batch_size: int = 8
+    flip_tta: bool = False
+
+
+@dataclass(frozen=True)
+class SvmParams:
+    kernel: str = "rbf"
+    C: float = 1.0
+    gamma: object = 0.002
+    class_weight: str | None = None
+    scaler: str = "none"
+    n_jobs: int = -1
+
+
+@dataclass(frozen=True)
+class CalibrateParams:
+    folds: int = 5
+    metric: str = "f1"
+    strategy: str = "auto"
+    min_positives: int = 3
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    enabled: bool = False
+    C: tuple = (0.1, 1.0, 10.0, 100.0)
+    gamma: tuple = ("scale", 0.0005, 0.002, 0.008)
+    scaler: tuple = ()
+    folds: int = 3
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    top_k: tuple = (1, 3)
+    bootstrap: int = 1000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams
+    subset: SubsetParams
+    eval: EvalSetParams
+    features: FeaturesParams
+    svm: SvmParams
+    calibrate: CalibrateParams
+    tune: TuneParams
+    evaluate: EvaluateParams
+
+
+def _section(raw: dict, name: str, cls, source: str) -> _Reader:
+    known = tuple(f.name for f in fields(cls))
+    return _Reader(raw.get(name) or {}, name, known, source)
+
+
+def parse_params(raw: dict, source: str = "params.yaml") -> Params:
+    """Validate a params mapping (as loaded from YAML) into a :class:`Params`."""
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{source}: must be a YAML mapping of sections, got {type(raw).__name__}")
+    sections = ("data", "subset", "eval", "features", "svm", "calibrate", "tune", "evaluate")
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise PipelineError(f"{source}: unknown section(s) {', '.join(unknown)}; "
+                            f"expected: {', '.join(sections)}")
+
+    r = _section(raw, "data", DataParams, source)
+    year = r.integer("year", 2007)
+    src = r.get("source", None)
+    if src is not None and (not isinstance(src, str) or not src.strip()):
+        raise r.fail("source", "null, a local folder or a base URL", src)
+    md5 = r.get("md5", {}) or {}
+    if not isinstance(md5, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and len(v) == 32 for k, v in md5.items()):
+        raise r.fail("md5", "a mapping of tarball name to 32-hex-digit md5", md5)
+    classes = r.string_list("classes", list(VOC_CLASSES))
+    data = DataParams(year=year, source=src, md5=dict(md5), classes=tuple(classes),
+                      train_split=r.choice("train_split", "trainval", _any_name(r, "train_split", "trainval")),
+                      eval_split=r.choice("eval_split", "test", _any_name(r, "eval_split", "test")))
+    if data.train_split == data.eval_split:
+        raise PipelineError(f"{source}: data.train_split and data.eval_split are both "
+                            f"'{data.train_split}'; evaluation must use images not trained on")
+
+    r = _section(raw, "subset", SubsetParams, source)
+    quota = r.get("class_quota", {}) or {}
+    if not isinstance(quota, dict):
+        raise r.fail("class_quota", "a mapping like {person: 150}", quota)
+    for name, target in quota.items():
+        if name not in classes:
+            raise PipelineError(f"{source}: subset.class_quota names '{name}', which is not in "
+                                f"data.classes ({', '.join(classes)})")
+        if isinstance(target, bool) or not isinstance(target, numbers.Integral) or target < 0:
+            raise PipelineError(f"{source}: subset.class_quota.{name} must be an integer >= 0, got {target!r}")
+    subset = SubsetParams(n_images=r.integer("n_images", 750, minimum=1),
+                          seed=r.integer("seed", 42),
+                          min_per_class=r.integer("min_per_class", 10, minimum=0),
+                          class_quota={k: int(v) for k, v in quota.items()})
+
+    r = _section(raw, "eval", EvalSetParams, source)
+    eval_set = EvalSetParams(max_images=r.integer("max_images", None, minimum=1, allow_none=True))
+
+    r = _section(raw, "features", FeaturesParams, source)
+    weights = r.get("weights", "imagenet")
+    if weights is not None and (not isinstance(weights, str) or not weights):
+        raise r.fail("weights", "imagenet, null or a path to a weights file", weights)
+    features = FeaturesParams(backbones=tuple(r.string_list("backbones", ["EfficientNetB6"])),
+                              weights=weights,
+                              image_size=r.integer("image_size", None, minimum=32, allow_none=True),
+                              batch_size=r.integer("batch_size", 8, minimum=1),
+                              flip_tta=r.boolean("flip_tta", False))
+
+    r = _section(raw, "svm", SvmParams, source)
+    svm = SvmParams(kernel=r.choice("kernel", "rbf", KERNELS),
+                    C=r.number("C", 1.0, positive=True),
+                    gamma=parse_gamma(r.get("gamma", 0.002), "svm.gamma", source),
+                    class_weight=r.choice("class_weight", None, (None, "balanced")),
+                    scaler=r.choice("scaler", "none", SCALERS),
+                    n_jobs=r.integer("n_jobs", -1))
+
+    r = _section(raw, "calibrate", CalibrateParams, source)
+    calibrate = CalibrateParams(folds=r.integer("folds", 5, minimum=2),
+                                metric=r.choice("metric", "f1", CALIBRATION_METRICS),
+                                strategy=r.choice("strategy", "auto", CALIBRATION_STRATEGIES),
+                                min_positives=r.integer("min_positives", 3, minimum=0))
+
+    r = _section(raw, "tune", TuneParams, source)
+    c_grid = r.get("C", [0.1, 1, 10, 100])
+    c_grid = c_grid if isinstance(c_grid, list) else [c_grid]
+    if not c_grid or not all(not isinstance(c, bool) and isinstance(c, numbers.Real) and c > 0 for c in c_grid):
+        raise r.fail("C", "a non-empty list of numbers > 0", c_grid)
+    gamma_grid = r.get("gamma", ["scale", 0.0005, 0.002, 0.008])
+    gamma_grid = gamma_grid if isinstance(gamma_grid, list) else [gamma_grid]
+    if not gamma_grid:
+        raise r.fail("gamma", "a non-empty list", gamma_grid)
+    scaler_grid = r.string_list("scaler", [], non_empty=False)
+    for scaler in scaler_grid:
+        if scaler not in SCALERS:
+            raise r.fail("scaler", "a list drawn from " + ", ".join(SCALERS), scaler_grid)
+    tune = TuneParams(enabled=r.boolean("enabled", False),
+                      C=tuple(float(c) for c in c_grid),
+                      gamma=tuple(parse_gamma(g, "tune.gamma", source) for g in gamma_grid),
+                      scaler=tuple(scaler_grid),
+                      folds=r.integer("folds", 3, minimum=2))
+
+    r = _section(raw, "evaluate", EvaluateParams, source)
+    top_k = r.get("top_k", [1, 3])
+    top_k = top_k if isinstance(top_k, list) else [top_k]
+    if not top_k or not all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= len(classes)
+                            for k in top_k):
+        raise r.fail("top_k", f"a list of integers between 1 and {len(classes)} (the number of classes)", top_k)
+    evaluate = EvaluateParams(top_k=tuple(sorted(set(top_k))),
+                              bootstrap=r.integer("bootstrap", 1000, minimum=0),
+                              seed=r.integer("seed", 0))
+
+    return Params(data=data, subset=subset, eval=eval_set, features=features, svm=svm,
+                  calibrate=calibrate, tune=tune, evaluate=evaluate)
+
+
+def _any_name(reader: _Reader, key: str, default: str) -> tuple:
+    """Split names are free-form (any ImageSets/Main/<name>.txt): accept any non-empty string."""
+    value = reader.get(key, default)
+    return (value,) if isinstance(value, str) and value.strip() else (default,)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml`` (DVC runs every stage from the repo root)."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: not found; run stages from the repository root")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise PipelineError(f"{path}: is not valid YAML: {error}") from error
+    return parse_params(raw, source=str(path))
