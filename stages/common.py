@@ -155,3 +155,14 @@ def read_json(path: str | Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise PipelineError(f"{path}: is not valid JSON ({error}); rerun the stage that writes it") from error
+
+
+FEATURE_IDENTITY_KEYS = ("backbones", "dims", "input_sizes", "weights", "flip_tta")
+
+
+def feature_signature(meta: dict) -> dict:
+    """The fields of ``data/features/meta.json`` that identify the feature space.
+
+    A model is only ever applied to features with the same signature it was trained on.
+    """
+    return {key: meta.get(key) for key in FEATURE_IDENTITY_KEYS}

@@ -1,0 +1,123 @@
+"""subset: draw the few labelled training images (750 by default) and the evaluation set.
+
+The training subset is drawn from the train split by multilabel iterative stratification,
+so each class keeps roughly its share of positives, with a floor (``subset.min_per_class``)
+and exact targets for named classes (``subset.class_quota``: the seed article's way of
+adding or removing images of one class to fix the class balance).
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+
+from stages.common import PipelineError, read_csv, run_main, training_targets, write_csv, write_figure
+from stages.params import EvalSetParams, SubsetParams, load_params
+from stages.stratify import stratified_subset
+
+
+def select_subsets(labels: pd.DataFrame, classes: tuple[str, ...], train_split: str, eval_split: str,
+                   subset: SubsetParams, eval_set: EvalSetParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return (train subset, eval set) rows of the label table, each in image-id order."""
+    pools = {}
+    for key, split in (("data.train_split", train_split), ("data.eval_split", eval_split)):
+        pool = labels[labels["split"] == split].sort_values("image_id").reset_index(drop=True)
+        if pool.empty:
+            found = ", ".join(sorted(labels["split"].astype(str).unique()))
+            raise PipelineError(f"data/labels.csv has no image in split '{split}' ({key}); "
+                                f"splits present: {found}")
+        pools[split] = pool
+
+    train_pool = pools[train_split]
+    if subset.n_images > len(train_pool):
+        raise PipelineError(f"subset.n_images={subset.n_images} but the '{train_split}' split has only "
+                            f"{len(train_pool)} images; set subset.n_images to at most {len(train_pool)}")
+    quotas = {classes.index(name): target for name, target in subset.class_quota.items()}
+    try:
+        chosen = stratified_subset(training_targets(train_pool[list(classes)].to_numpy()), subset.n_images,
+                                   subset.min_per_class, quotas, subset.seed, class_names=classes)
+    except PipelineError as error:
+        raise PipelineError(f"params.yaml subset: {error}") from error
+    train = train_pool.iloc[chosen].reset_index(drop=True)
+
+    eval_pool = pools[eval_split]
+    if eval_set.max_images is None or eval_set.max_images >= len(eval_pool):
+        return train, eval_pool
+    chosen = stratified_subset(eval_pool[list(classes)].to_numpy() == 1, eval_set.max_images,
+                               seed=subset.seed, class_names=classes)
+    return train, eval_pool.iloc[chosen].reset_index(drop=True)
+
+
+def class_distribution(train_pool: pd.DataFrame, train: pd.DataFrame, eval_set: pd.DataFrame,
+                       classes: tuple[str, ...]) -> pd.DataFrame:
+    """Positives per class in the pool, the drawn train subset and the eval set.
+
+    Train counts include difficult-only objects (training treats them as present);
+    eval counts only the positives that evaluation scores (label 1).
+    """
+    def positives(frame, present):
+        return [int(present(frame[c]).sum()) for c in classes]
+
+    table = pd.DataFrame({
+        "class": list(classes),
+        "train": positives(train, lambda column: column >= 0),
+        "eval": positives(eval_set, lambda column: column == 1),
+        "pool": positives(train_pool, lambda column: column >= 0),
+    })
+    table["train_fraction"] = table["train"] / max(len(train), 1)
+    table["pool_fraction"] = table["pool"] / max(len(train_pool), 1)
+    return table
+
+
+def distribution_figure(distribution: pd.DataFrame, n_train: int, n_eval: int):
+    """A horizontal bar chart of positives per class, train subset beside eval set."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    positions = np.arange(len(distribution))
+    figure, axes = plt.subplots(1, 2, figsize=(10, 0.3 * len(distribution) + 1.5), sharey=True)
+    for axis, column, title in ((axes[0], "train", f"train subset ({n_train} images)"),
+                                (axes[1], "eval", f"eval set ({n_eval} images)")):
+        axis.barh(positions, distribution[column], color="tab:blue" if column == "train" else "tab:orange")
+        for y, count in zip(positions, distribution[column]):
+            axis.text(count, y, f" {count}", va="center", fontsize=7)
+        axis.set_title(title)
+        axis.set_xlabel("images with the class")
+    axes[0].set_yticks(positions, distribution["class"])
+    axes[0].invert_yaxis()
+    figure.tight_layout()
+    return figure
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--labels", required=True)
+    parser.add_argument("--train-out", required=True)
+    parser.add_argument("--eval-out", required=True)
+    parser.add_argument("--distribution-out", required=True)
+    parser.add_argument("--distribution-png", required=True)
+    args = parser.parse_args()
+
+    params = load_params()
+    classes = params.data.classes
+    labels = read_csv(args.labels, required=["image_id", "split", *classes])
+    train, eval_set = select_subsets(labels, classes, params.data.train_split, params.data.eval_split,
+                                     params.subset, params.eval)
+    train_pool = labels[labels["split"] == params.data.train_split]
+    distribution = class_distribution(train_pool, train, eval_set, classes)
+
+    write_csv(args.train_out, train)
+    write_csv(args.eval_out, eval_set)
+    write_csv(args.distribution_out, distribution)
+    write_figure(args.distribution_png, distribution_figure(distribution, len(train), len(eval_set)))
+    short = distribution.loc[distribution["train"] < params.subset.min_per_class, "class"].tolist()
+    print(f"subset: {len(train)} training images, {len(eval_set)} evaluation images")
+    if short:
+        print(f"warning: the pool has fewer than subset.min_per_class={params.subset.min_per_class} "
+              f"images of: {', '.join(short)}")
+
+
+if __name__ == "__main__":
+    run_main(main)
