@@ -166,3 +166,10 @@ def feature_signature(meta: dict) -> dict:
     A model is only ever applied to features with the same signature it was trained on.
     """
     return {key: meta.get(key) for key in FEATURE_IDENTITY_KEYS}
+
+
+def write_csv_dir(path: str | Path, frames: dict[str, pd.DataFrame]) -> None:
+    """Replace directory ``path`` by one ``<name>.csv`` per frame (e.g. one plot per class)."""
+    replace_dir(path, {f"{name}.csv": (lambda target, frame=frame: frame.to_csv(target, index=False,
+                                                                                 float_format="%.6g"))
+                       for name, frame in frames.items()})

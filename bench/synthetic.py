@@ -1,0 +1,53 @@
+"""Synthetic features and labels shaped like the real pipeline's (for tests and benchmarks).
+
+Writes what subset + featurize would: ``data/subset/{train,eval}.csv``,
+``data/features/{train,eval}.npz`` and ``meta.json``, so that train, calibrate and evaluate
+can run without images or a CNN.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages.params import VOC_CLASSES
+
+# Positives per class in VOC2007 trainval (5,011 images): the real class imbalance.
+VOC07_TRAINVAL_POSITIVES = (238, 243, 330, 181, 244, 186, 713, 337, 445, 141, 200, 421, 245, 234,
+                            2008, 245, 96, 229, 261, 256)
+
+
+def synthetic_split(n_images: int, dim: int, rng: np.random.Generator, centers: np.ndarray,
+                    difficult_rate: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+    """VOC-coded labels with VOC07 class frequencies and features that carry the labels weakly."""
+    frequencies = np.array(VOC07_TRAINVAL_POSITIVES) / 5011
+    present = rng.random((n_images, len(frequencies))) < frequencies
+    empty = ~present.any(axis=1)
+    present[empty, rng.integers(0, len(frequencies), empty.sum())] = True
+    labels = np.where(present, 1, -1).astype(np.int8)
+    labels[present & (rng.random(present.shape) < difficult_rate)] = 0
+    signal = present.astype(np.float32) @ centers
+    features = np.maximum(signal + rng.normal(scale=2.0, size=(n_images, dim)), 0).astype(np.float32)
+    return labels, features * 0.1
+
+
+def write_synthetic_inputs(root: Path, n_train: int = 750, n_eval: int = 5000, dim: int = 2304,
+                           seed: int = 0, classes=VOC_CLASSES) -> None:
+    """Write subset CSVs, feature files and meta.json under ``root/data``."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=0.2, size=(len(classes), dim)).astype(np.float32)
+    meta = {"backbones": ["synthetic"], "dims": [dim], "input_sizes": [0], "weights": None,
+            "flip_tta": False}
+    (root / "data" / "subset").mkdir(parents=True, exist_ok=True)
+    (root / "data" / "features").mkdir(parents=True, exist_ok=True)
+    for split, n_images, offset in (("train", n_train, 0), ("eval", n_eval, 100000)):
+        labels, features = synthetic_split(n_images, dim, rng, centers)
+        ids = np.array([f"{offset + i:06d}" for i in range(n_images)])
+        table = pd.DataFrame(labels, columns=list(classes))
+        table.insert(0, "split", "trainval" if split == "train" else "test")
+        table.insert(0, "image_id", ids)
+        table.to_csv(root / "data" / "subset" / f"{split}.csv", index=False)
+        np.savez(root / "data" / "features" / f"{split}.npz", ids=ids, features=features)
+    (root / "data" / "features" / "meta.json").write_text(json.dumps(meta))

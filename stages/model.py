@@ -1,0 +1,118 @@
+"""The classifier shared by train, evaluate and predict: kernel map + one Platt-scaled SVM per class.
+
+Kept in its own module so the pickled model refers to ``stages.model`` classes, whichever
+command wrote it.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.metrics.pairwise import pairwise_kernels
+from sklearn.multioutput import MultiOutputClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.svm import SVC
+
+from stages.common import PipelineError, atomic_path
+from stages.params import SvmParams
+
+RANDOM_STATE = 0
+
+# scikit-learn 1.9 deprecates SVC(probability=True) (removal planned for 1.11). It is the
+# method's Platt scaling and requirements.txt pins 1.9, so keep it and silence the notice.
+warnings.filterwarnings("ignore", message="The `probability` parameter was deprecated",
+                        category=FutureWarning)
+
+
+class KernelMap(BaseEstimator, TransformerMixin):
+    """Map features to their kernel values against the training features.
+
+    ``gamma`` may be a number, 'scale' (1 / (d * var(X))), 'auto' (1 / d) or 'median'
+    (1 / the median squared distance between training points), resolved in ``fit`` from
+    the training data only, so cross-validation folds never see held-out features.
+    """
+
+    def __init__(self, kernel: str = "rbf", gamma="scale"):
+        self.kernel = kernel
+        self.gamma = gamma
+
+    def fit(self, X, y=None):
+        X = np.asarray(X, dtype=np.float64)
+        self.train_features_ = X
+        self.gamma_ = resolve_gamma(self.gamma, X)
+        return self
+
+    def transform(self, X):
+        X = np.asarray(X, dtype=np.float64)
+        params = {} if self.kernel == "linear" else {"gamma": self.gamma_}
+        return pairwise_kernels(X, self.train_features_, metric=self.kernel, **params)
+
+
+def resolve_gamma(gamma, features: np.ndarray) -> float:
+    """Turn a gamma setting into a number for these (scaled) training features."""
+    if gamma == "scale":
+        variance = features.var()
+        return 1.0 / (features.shape[1] * variance) if variance > 0 else 1.0
+    if gamma == "auto":
+        return 1.0 / features.shape[1]
+    if gamma == "median":
+        sample = features[np.random.default_rng(RANDOM_STATE).permutation(len(features))[:1000]]
+        squared = pairwise_kernels(sample, metric="linear")
+        norms = np.diag(squared)
+        distances = norms[:, None] + norms[None, :] - 2 * squared
+        positive = distances[np.triu_indices_from(distances, k=1)]
+        positive = positive[positive > 0]
+        return 1.0 / float(np.median(positive)) if positive.size else 1.0
+    return float(gamma)
+
+
+def build_model(svm: SvmParams) -> Pipeline:
+    """The unfitted model for these SVM settings.
+
+    ``SVC(kernel='precomputed')`` on the kernel map's output gives the same SVMs as
+    ``SVC(kernel=svm.kernel, gamma=...)``, but the kernel matrix is computed once (with
+    BLAS) for all classes and all of libsvm's internal Platt-scaling folds.
+    """
+    scalers = {"none": "passthrough", "standard": StandardScaler(), "l2": Normalizer(norm="l2")}
+    classifier = SVC(kernel="precomputed", C=svm.C, probability=True, class_weight=svm.class_weight,
+                     random_state=RANDOM_STATE)
+    return Pipeline([
+        ("scaler", scalers[svm.scaler]),
+        ("kernel", KernelMap(kernel=svm.kernel, gamma=svm.gamma)),
+        ("svm", MultiOutputClassifier(classifier, n_jobs=svm.n_jobs)),
+    ])
+
+
+def positive_probabilities(model: Pipeline, features: np.ndarray) -> np.ndarray:
+    """(n_images, n_classes) probability of each class being present."""
+    per_class = model.predict_proba(features)
+    return np.column_stack([proba[:, 1] for proba in per_class])
+
+
+def save_model(path, model: Pipeline, classes, svm: SvmParams, signature: dict, n_train: int) -> None:
+    """Save the fitted model with what it was trained for (classes, feature space, settings)."""
+    import joblib
+    bundle = {"model": model, "classes": list(classes), "svm": asdict(svm),
+              "feature_signature": signature, "n_train": int(n_train)}
+    with atomic_path(path) as tmp:
+        joblib.dump(bundle, tmp)
+
+
+def load_model(path, classes, signature: dict | None = None) -> dict:
+    """Load a model bundle, refusing one trained for other classes or another feature space."""
+    import joblib
+
+    if not Path(path).exists():
+        raise PipelineError(f"{path}: not found; run the train stage first (dvc repro train)")
+    bundle = joblib.load(path)
+    if list(bundle["classes"]) != list(classes):
+        raise PipelineError(f"{path}: was trained for classes {bundle['classes']}, but data.classes is "
+                            f"{list(classes)}; retrain (dvc repro)")
+    if signature is not None and bundle["feature_signature"] != signature:
+        raise PipelineError(f"{path}: was trained on features {bundle['feature_signature']}, not on "
+                            f"{signature}; retrain (dvc repro) or set the matching features.* params")
+    return bundle

@@ -1,0 +1,192 @@
+"""train: one probabilistic SVM per class on frozen CNN features, plus out-of-fold probabilities.
+
+The model is an sklearn Pipeline: the ``svm.scaler`` step, a kernel map, and
+``MultiOutputClassifier(SVC(kernel='precomputed', probability=True))``. The kernel map
+computes the kernel matrix (RBF by default) once with BLAS and shares it across the 20
+per-class SVMs; libsvm would otherwise recompute it, slowly, for every class and every
+internal Platt-scaling fold. The SVMs are exactly those of ``SVC(kernel='rbf', gamma=...)``.
+
+Out-of-fold probabilities (``calibrate.folds``-fold multilabel-stratified CV with the same
+settings) feed the calibrate stage. ``tune.enabled`` grid-searches C x gamma (x scaler) by
+cross-validated mAP on the training images only, then refits the best.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+from sklearn.pipeline import Pipeline
+
+from stages.common import (PipelineError, feature_signature, load_features, read_json, read_label_table,
+                           replace_dir, run_main, training_targets, write_csv, write_figure, write_json)
+from stages.metrics import mean_ap
+from stages.model import RANDOM_STATE, build_model, positive_probabilities, save_model
+from stages.params import SvmParams, TuneParams, load_params
+from stages.stratify import check_folds, multilabel_kfold
+
+
+
+def check_targets(targets: np.ndarray, classes) -> None:
+    """Each class needs at least one positive and one negative training image."""
+    for index, name in enumerate(classes):
+        positives = int(targets[:, index].sum())
+        if positives == 0 or positives == len(targets):
+            kind = "positive" if positives == 0 else "negative"
+            raise PipelineError(
+                f"class '{name}' has no {kind} training image among {len(targets)}: "
+                f"raise subset.min_per_class or subset.n_images, or drop it from data.classes")
+
+
+def out_of_fold_probabilities(features: np.ndarray, targets: np.ndarray, svm: SvmParams,
+                              folds: np.ndarray) -> np.ndarray:
+    """Probabilities for each image from a model trained on the other folds."""
+    oof = np.zeros(targets.shape, dtype=float)
+    for fold in np.unique(folds):
+        held_out = folds == fold
+        model = build_model(svm).fit(features[~held_out], targets[~held_out])
+        oof[held_out] = positive_probabilities(model, features[held_out])
+    return oof
+
+
+def tune_grid(features: np.ndarray, targets: np.ndarray, svm: SvmParams, tune: TuneParams,
+              classes) -> pd.DataFrame:
+    """Cross-validated mAP of every (scaler, gamma, C) in the grid, on the training images only.
+
+    The kernel of each (fold, scaler, gamma) is computed once and reused for every C.
+    """
+    folds = multilabel_kfold(targets, tune.folds, seed=RANDOM_STATE)
+    check_folds(targets, folds, classes, purpose=f"tune.folds={tune.folds}")
+    scalers = tune.scaler or (svm.scaler,)
+    rows = []
+    for scaler, gamma in itertools.product(scalers, tune.gamma):
+        fold_scores = {c: [] for c in tune.C}
+        resolved = []
+        for fold in np.unique(folds):
+            held_out = folds == fold
+            prefix = build_model(replace(svm, scaler=scaler, gamma=gamma))[:2]  # scaler + kernel map
+            train_kernel = prefix.fit_transform(features[~held_out])
+            test_kernel = prefix.transform(features[held_out])
+            resolved.append(prefix[-1].gamma_)
+            for c in tune.C:
+                classifier = build_model(replace(svm, C=c))[-1]
+                classifier.fit(train_kernel, targets[~held_out])
+                scores = np.column_stack([p[:, 1] for p in classifier.predict_proba(test_kernel)])
+                fold_scores[c].append(mean_ap(targets[held_out] * 2 - 1, scores))
+        for c in tune.C:
+            rows.append({"scaler": scaler, "gamma": str(gamma), "gamma_value": float(np.mean(resolved)),
+                         "C": c, "map_mean": float(np.mean(fold_scores[c])),
+                         "map_std": float(np.std(fold_scores[c]))})
+    return pd.DataFrame(rows)
+
+
+def best_settings(grid: pd.DataFrame, svm: SvmParams) -> SvmParams:
+    """The grid row with the best mean mAP (first one on ties), as SVM settings."""
+    best = grid.loc[grid["map_mean"].idxmax()]
+    gamma = best["gamma"]
+    gamma = gamma if gamma in ("scale", "auto", "median") else float(gamma)
+    return replace(svm, C=float(best["C"]), gamma=gamma, scaler=str(best["scaler"]))
+
+
+@dataclass
+class TrainResult:
+    model: Pipeline
+    svm: SvmParams
+    oof_probabilities: np.ndarray
+    folds: np.ndarray
+    grid: pd.DataFrame | None
+
+
+def train(features: np.ndarray, labels: np.ndarray, classes, svm: SvmParams, calibration_folds: int,
+          tune: TuneParams) -> TrainResult:
+    """Fit the final model and the out-of-fold probabilities (after tuning, if enabled).
+
+    ``labels`` holds VOC codes; difficult-only (0) counts as present for training.
+    """
+    targets = training_targets(labels)
+    check_targets(targets, classes)
+    grid = None
+    if tune.enabled:
+        grid = tune_grid(features, targets, svm, tune, classes)
+        svm = best_settings(grid, svm)
+    folds = multilabel_kfold(targets, calibration_folds, seed=RANDOM_STATE)
+    check_folds(targets, folds, classes, purpose=f"calibrate.folds={calibration_folds}")
+    oof = out_of_fold_probabilities(features, targets, svm, folds)
+    model = build_model(svm).fit(features, targets)
+    return TrainResult(model=model, svm=svm, oof_probabilities=oof, folds=folds, grid=grid)
+
+
+def oof_table(ids: np.ndarray, folds: np.ndarray, targets: np.ndarray, oof: np.ndarray, classes) -> pd.DataFrame:
+    """``image_id, fold, y_<class>..., p_<class>...`` (y: 0/1 training target)."""
+    table = pd.DataFrame({"image_id": ids, "fold": folds})
+    for index, name in enumerate(classes):
+        table[f"y_{name}"] = targets[:, index]
+    for index, name in enumerate(classes):
+        table[f"p_{name}"] = oof[:, index]
+    return table
+
+
+def tune_heatmap(grid: pd.DataFrame):
+    """Cross-validated mAP over gamma (rows) x C (columns), one panel per scaler."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scalers = list(dict.fromkeys(grid["scaler"]))
+    figure, axes = plt.subplots(1, len(scalers), figsize=(1.2 * grid["C"].nunique() * len(scalers) + 2, 4),
+                                squeeze=False)
+    for axis, scaler in zip(axes[0], scalers):
+        table = grid[grid["scaler"] == scaler].pivot(index="gamma", columns="C", values="map_mean")
+        table = table.reindex(list(dict.fromkeys(grid["gamma"])))
+        image = axis.imshow(table.to_numpy(), cmap="viridis", aspect="auto")
+        axis.set_xticks(range(table.shape[1]), [f"{c:g}" for c in table.columns])
+        axis.set_yticks(range(table.shape[0]), table.index)
+        axis.set_xlabel("C")
+        axis.set_ylabel("gamma")
+        axis.set_title(f"CV mAP, scaler={scaler}")
+        for (row, column), value in np.ndenumerate(table.to_numpy()):
+            axis.text(column, row, f"{value:.3f}", ha="center", va="center", color="white", fontsize=8)
+        figure.colorbar(image, ax=axis)
+    figure.tight_layout()
+    return figure
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    for flag in ("--features", "--meta", "--labels", "--model-out", "--oof-out", "--tune-out", "--tune-plots"):
+        parser.add_argument(flag, required=True)
+    args = parser.parse_args()
+
+    params = load_params()
+    classes = params.data.classes
+    ids, labels = read_label_table(args.labels, classes)
+    _, features = load_features(args.features, expected_ids=ids)
+    meta = read_json(args.meta)
+
+    started = time.perf_counter()
+    result = train(features, labels, classes, params.svm, params.calibrate.folds, params.tune)
+    seconds = time.perf_counter() - started
+
+    save_model(args.model_out, result.model, classes, result.svm, feature_signature(meta), len(ids))
+    write_csv(args.oof_out, oof_table(ids, result.folds, training_targets(labels), result.oof_probabilities, classes))
+
+    chosen = {"C": result.svm.C, "gamma": result.svm.gamma, "scaler": result.svm.scaler}
+    tune_record = {"enabled": params.tune.enabled, "best": chosen}
+    plot_files = {}
+    if result.grid is not None:
+        best_row = result.grid.loc[result.grid["map_mean"].idxmax()]
+        tune_record["best"]["cv_map"] = float(best_row["map_mean"])
+        tune_record["grid"] = result.grid.to_dict(orient="records")
+        grid = result.grid
+        plot_files = {"heatmap.png": lambda path: write_figure(path, tune_heatmap(grid))}
+    write_json(args.tune_out, tune_record)
+    replace_dir(args.tune_plots, plot_files)
+    print(f"train: {len(ids)} images, {len(classes)} classes, C={result.svm.C:g}, gamma={result.svm.gamma}, "
+          f"scaler={result.svm.scaler} ({seconds:.1f} s)")
+
+
+if __name__ == "__main__":
+    run_main(main)
