@@ -36,7 +36,8 @@ class _Reader:
         if unknown:
             hints = []
             for key in unknown:
-                close = difflib.get_close_matches(str(key), known, n=1)
+                close = [k for k in known if k.lower() == str(key).lower()] or \
+                    difflib.get_close_matches(str(key), known, n=1)
                 hints.append(f"{prefix}.{key}" + (f" (did you mean {prefix}.{close[0]}?)" if close else ""))
             raise PipelineError(
                 f"{source}: unknown key(s) {', '.join(hints)}; "

@@ -1,0 +1,54 @@
+"""params.yaml validation: defaults, and errors that name the key."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.common import PipelineError
+from stages.params import VOC_CLASSES, load_params, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repository_params_are_the_methods_defaults():
+    params = load_params(REPO / "params.yaml")
+    assert params.data.classes == VOC_CLASSES and params.data.year == 2007
+    assert params.subset.n_images == 750 and params.subset.min_per_class == 10
+    assert params.features.backbones == ("EfficientNetB6",) and params.features.weights == "imagenet"
+    assert (params.svm.kernel, params.svm.C, params.svm.gamma) == ("rbf", 1.0, 0.002)
+    assert (params.calibrate.folds, params.calibrate.metric, params.calibrate.strategy) == (5, "f1", "auto")
+    assert params.tune.gamma == ("scale", 0.0005, 0.002, 0.008)
+    assert params.evaluate.top_k == (1, 3)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"svm": {"c": 10}}, r"svm\.c \(did you mean svm\.C\?\)"),
+    ({"svm": {"C": -1}}, r"svm\.C must be a number > 0"),
+    ({"svm": {"gamma": "wide"}}, r"svm\.gamma must be a number > 0 or one of scale, auto, median"),
+    ({"svm": {"scaler": "minmax"}}, r"svm\.scaler must be one of none, standard, l2"),
+    ({"subset": {"n_images": "many"}}, r"subset\.n_images must be an integer"),
+    ({"subset": {"class_quota": {"unicorn": 3}}}, r"subset\.class_quota names 'unicorn'"),
+    ({"calibrate": {"strategy": "best"}}, r"calibrate\.strategy must be one of per_class, global, none, auto"),
+    ({"calibrate": {"folds": 1}}, r"calibrate\.folds must be an integer >= 2"),
+    ({"evaluate": {"top_k": [0]}}, r"evaluate\.top_k must be a list of integers between 1 and 20"),
+    ({"features": {"batch_size": 0}}, r"features\.batch_size must be an integer >= 1"),
+    ({"tune": {"C": []}}, r"tune\.C must be a non-empty list"),
+    ({"data": {"train_split": "test"}}, r"data\.train_split and data\.eval_split are both 'test'"),
+    ({"svn": {}}, r"unknown section\(s\) svn"),
+])
+def test_bad_values_name_the_key(raw, message):
+    with pytest.raises(PipelineError, match=message):
+        parse_params(raw)
+
+
+def test_gamma_words_and_numbers(tmp_path):
+    assert parse_params({"svm": {"gamma": "median"}}).svm.gamma == "median"
+    assert parse_params({"svm": {"gamma": 0.01}}).svm.gamma == 0.01
+    assert parse_params({"tune": {"gamma": ["scale", 0.1]}}).tune.gamma == ("scale", 0.1)
+    broken = tmp_path / "params.yaml"
+    broken.write_text("svm: [unclosed\n")
+    with pytest.raises(PipelineError, match="params.yaml: is not valid YAML"):
+        load_params(broken)
+    custom = tmp_path / "custom.yaml"
+    custom.write_text(yaml.safe_dump({"data": {"classes": ["cat", "dog"]}, "evaluate": {"top_k": [1, 2]}}))
+    assert load_params(custom).data.classes == ("cat", "dog")
