@@ -1,0 +1,31 @@
+# Two entry points (see README): `make pipeline` and `make test`.
+# Both create .venv with the pinned requirements first (once per change of requirements.txt).
+PYTHON ?= python3
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: pipeline test setup bench clean-venv
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $@
+
+## Download PASCAL VOC, extract features, train, calibrate, evaluate (dvc repro).
+pipeline: setup
+	dvc repro
+
+## Run the test suite (pytest exits 5 when it collects no test: that is a failure too).
+test: setup
+	python -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
+
+## Feature-extraction throughput (see bench/featurize.py --help for options).
+bench: setup
+	python bench/featurize.py
+
+clean-venv:
+	rm -rf $(VENV)
