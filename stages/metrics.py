@@ -15,13 +15,14 @@ Overview
 ranking:      :func:`average_precision`, :func:`voc07_average_precision`, :func:`per_class_ap`,
               :func:`mean_ap`, :func:`bootstrap_map_ci`, :func:`precision_recall_points`
 thresholded:  :func:`threshold_predictions`, :func:`multilabel_scores`,
-              :func:`per_class_confusion`
+              :func:`precision_at_k`, :func:`per_class_confusion`
 calibration:  :func:`fbeta_from_counts`, :func:`mcc_from_counts`, :func:`score_from_counts`,
               :func:`threshold_curve`, :func:`best_threshold`, :func:`score_at_threshold`
 """
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -35,6 +36,7 @@ __all__ = [
     "precision_recall_points",
     "threshold_predictions",
     "multilabel_scores",
+    "precision_at_k",
     "per_class_confusion",
     "fbeta_from_counts",
     "mcc_from_counts",
@@ -85,20 +87,19 @@ def _as_labels(labels) -> np.ndarray:
 
 # --------------------------------------------------------------------------- ranking metrics
 
-def _grouped_counts(y: np.ndarray, s: np.ndarray, weights: np.ndarray | None = None):
+def _grouped_counts(y: np.ndarray, s: np.ndarray):
     """Cumulative (tp, fp) at each distinct score, scores sorted in decreasing order.
 
     Returns ``(thresholds_desc, tp, fp)``: ``tp[k]``/``fp[k]`` count the positives/negatives
-    with score >= ``thresholds_desc[k]`` (weighted by ``weights`` if given). Tied scores form
+    with score >= ``thresholds_desc[k]``. Tied scores form
     one group, so the result does not depend on the input order.
     """
     order = np.argsort(-s, kind="mergesort")
     s_sorted = s[order]
-    y_sorted = y[order].astype(np.float64)
-    w = np.ones_like(y_sorted) if weights is None else np.asarray(weights, np.float64)[order]
-    ends = np.r_[np.flatnonzero(np.diff(s_sorted)), s_sorted.size - 1]
-    tp = np.cumsum(w * y_sorted)[ends]
-    fp = np.cumsum(w * (1.0 - y_sorted))[ends]
+    y_sorted = y[order].astype(np.int64)
+    ends = np.r_[np.flatnonzero(s_sorted[1:] != s_sorted[:-1]), s_sorted.size - 1]
+    tp = np.cumsum(y_sorted)[ends].astype(np.float64)
+    fp = (ends + 1) - tp
     return s_sorted[ends], tp, fp
 
 
@@ -180,24 +181,49 @@ def mean_ap(labels, scores, voc07: bool = False) -> float:
     return _nanmean(per_class_ap(labels, scores, voc07=voc07))
 
 
-def _bootstrap_class_ap(y_sorted: np.ndarray, ends: np.ndarray, counts_sorted: np.ndarray) -> np.ndarray:
-    """AP of one class for many resamples at once.
+class _ClassRanking:
+    """One class's non-ignored images in decreasing score order, for weighted AP.
 
-    ``counts_sorted`` is ``(B, n)``: how often each image (sorted by decreasing score) is drawn.
-    A resample repeats an image ``w`` times with the same score, so its AP equals the weighted
-    AP with weights ``w``: ``AP = (1/P) * sum_g dTP_g * TP_g / (TP_g + FP_g)`` over score groups
-    ``g``. Returns ``(B,)``, ``nan`` where the resample holds no positive.
+    With per-image weights ``w`` (bootstrap draw counts: an image drawn ``w`` times appears
+    ``w`` times with the same score), the AP of the resample is
+    ``AP = (1/TP_last) * sum_g (TP_g - TP_prev(g)) * TP_g / TOT_g`` over the score groups ``g``
+    that contain a positive, where ``TP_g`` / ``TOT_g`` are the cumulative positive / total
+    weights through the end of group ``g``. Only those groups need evaluating.
     """
-    tot = np.cumsum(counts_sorted, axis=1)
-    tp = np.cumsum(counts_sorted * y_sorted, axis=1)
-    if ends.size != y_sorted.size:
-        tot, tp = tot[:, ends], tp[:, ends]
-    d_tp = np.diff(tp, axis=1, prepend=0)
-    # d_tp > 0 implies tot >= tp > 0, so the division below is safe wherever it matters.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        contrib = np.where(d_tp > 0, d_tp * (tp / np.maximum(tot, 1)), 0.0)
+
+    def __init__(self, labels_col: np.ndarray, scores_col: np.ndarray):
+        keep = np.flatnonzero(labels_col != 0)
+        order = keep[np.argsort(-scores_col[keep], kind="mergesort")]
+        y = labels_col[order] == 1
+        s = scores_col[order]
+        self.order = order
+        self.n_pos = int(y.sum())
+        if self.n_pos == 0:
+            return
+        starts = np.r_[0, np.flatnonzero(s[1:] != s[:-1]) + 1]
+        ends = np.r_[starts[1:], s.size]                       # exclusive group ends
+        cum_pos = np.cumsum(y)
+        has_pos = cum_pos[ends - 1] > np.r_[0, cum_pos[ends[:-1] - 1]]
+        # last sorted row of each group holding a positive, and the number of positives so far
+        self.tot_rows = ends[has_pos] - 1
+        self.tp_rows = cum_pos[self.tot_rows] - 1
+        self.rows_needed = order[:self.tot_rows[-1] + 1]       # later rows never matter
+        self.pos_rows = order[y]
+
+    def ap(self, counts: np.ndarray) -> np.ndarray:
+        """AP for every resample; ``counts`` is ``(B, n_images)`` draw counts. Returns ``(B,)``."""
+        if self.n_pos == 0:
+            return np.full(counts.shape[0], np.nan)
+        # take + cumsum along the contiguous axis: the fast direction for numpy
+        tot = np.cumsum(np.take(counts, self.rows_needed, axis=1), axis=1, dtype=np.int32)[:, self.tot_rows]
+        tp = np.cumsum(np.take(counts, self.pos_rows, axis=1), axis=1, dtype=np.int32)[:, self.tp_rows]
+        d_tp = np.diff(tp, axis=1, prepend=0)
+        # d_tp > 0 implies tot >= tp > 0; elsewhere the term is 0 whatever tot is
+        prec = tp / np.maximum(tot, 1)
         n_pos = tp[:, -1].astype(np.float64)
-        return np.where(n_pos > 0, contrib.sum(axis=1) / np.where(n_pos > 0, n_pos, 1.0), np.nan)
+        total = np.einsum("bg,bg->b", d_tp.astype(np.float64), prec)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n_pos > 0, total / np.where(n_pos > 0, n_pos, 1.0), np.nan)
 
 
 def bootstrap_map_ci(labels, scores, n_resamples: int, seed: int,
@@ -213,7 +239,7 @@ def bootstrap_map_ci(labels, scores, n_resamples: int, seed: int,
 
     Equal to materialising ``labels[idx], scores[idx]`` and calling :func:`mean_ap`, but done
     with per-image draw counts as weights on each class's score-sorted order, vectorised over
-    resamples (about a second for 1000 resamples of 5000 images x 20 classes).
+    resamples (about 0.6 s for 1000 resamples of 5000 images x 20 classes on 2 cores).
     """
     lab = _as_labels(labels)
     s = _as_scores(scores, lab.shape)
@@ -226,30 +252,20 @@ def bootstrap_map_ci(labels, scores, n_resamples: int, seed: int,
     n_images, n_classes = lab.shape
     if n_images == 0:
         raise ValueError("no images to resample")
+    rankings = [_ClassRanking(lab[:, c], s[:, c]) for c in range(n_classes)]
     rng = np.random.default_rng(seed)
-    counts = np.empty((n_resamples, n_images), dtype=np.int32)
-    for b in range(n_resamples):
-        counts[b] = np.bincount(rng.integers(0, n_images, size=n_images), minlength=n_images)
-
-    # Per class: the non-ignored images sorted by decreasing score and the ends of tie groups.
-    per_class = []
-    for c in range(n_classes):
-        keep = np.flatnonzero(lab[:, c] != 0)
-        order = keep[np.argsort(-s[keep, c], kind="mergesort")]
-        s_sorted = s[order, c]
-        ends = np.r_[np.flatnonzero(np.diff(s_sorted)), s_sorted.size - 1] if order.size else np.empty(0, int)
-        per_class.append((order, (lab[order, c] == 1).astype(np.int32), ends))
-
     aps = np.full((n_resamples, n_classes), np.nan)
-    chunk = max(1, min(n_resamples, 4_000_000 // max(n_images, 1)))  # bound temporaries (~16 MB each)
+    chunk = max(1, min(n_resamples, 8_000_000 // n_images))   # bounds the (chunk, n) temporaries
     for start in range(0, n_resamples, chunk):
-        block = counts[start:start + chunk]
-        for c, (order, y_sorted, ends) in enumerate(per_class):
-            if y_sorted.sum() == 0:
-                continue  # no positive at all: nan in every resample
-            aps[start:start + chunk, c] = _bootstrap_class_ap(y_sorted, ends, block[:, order])
-    with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
-        __import__("warnings").simplefilter("ignore", RuntimeWarning)
+        stop = min(start + chunk, n_resamples)
+        counts = np.empty((stop - start, n_images), dtype=np.int32)
+        for j in range(stop - start):   # one draw per resample, in order: chunking-independent
+            counts[j] = np.bincount(rng.integers(0, n_images, size=n_images), minlength=n_images)
+        for c, ranking in enumerate(rankings):
+            if ranking.n_pos:
+                aps[start:stop, c] = ranking.ap(counts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan rows / all-nan maps
         maps = np.nanmean(aps, axis=1)
         low, high = np.nanpercentile(maps, [50.0 * (1.0 - level), 50.0 * (1.0 + level)])
     return float(low), float(high)
@@ -282,20 +298,19 @@ def precision_recall_points(y_true01, scores, max_points: int = 200) -> dict[str
     recall = tp / n_pos if n_pos > 0 else np.ones_like(tp)
     n = thr.size
     if n > max_points:
+        # ends (+ the best-F1 point when max_points >= 3), then evenly spaced path positions:
+        # at most max_points indices in all
+        must = [0, n - 1]
+        if max_points >= 3:
+            must.append(int(np.argmax(np.where(tp > 0, 2 * tp / (tp + fp + n_pos), 0.0))))
         seg = np.hypot(np.diff(recall), np.diff(precision))
         path = np.r_[0.0, np.cumsum(seg)]
+        n_targets = max_points - len(must)
         if path[-1] > 0:
-            targets = np.linspace(0.0, path[-1], max_points - 1)
-            idx = np.searchsorted(path, targets, side="left")
+            idx = np.searchsorted(path, np.linspace(0.0, path[-1], n_targets), side="left")
         else:
-            idx = np.linspace(0, n - 1, max_points - 1).round().astype(int)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            f1 = np.where(tp > 0, 2 * tp / (tp + fp + n_pos), 0.0)
-        keep = np.unique(np.r_[0, np.minimum(idx, n - 1), n - 1, int(np.argmax(f1))])
-        if keep.size > max_points:  # drop interior duplicates of spacing, never the ends
-            inner = keep[1:-1]
-            drop = np.linspace(0, inner.size - 1, keep.size - max_points).round().astype(int)
-            keep = np.r_[keep[0], np.delete(inner, drop), keep[-1]]
+            idx = np.linspace(0, n - 1, n_targets).round().astype(int)
+        keep = np.unique(np.r_[must, np.minimum(idx, n - 1)].astype(int))
         thr, precision, recall = thr[keep], precision[keep], recall[keep]
     return {"precision": precision.astype(np.float64), "recall": recall.astype(np.float64),
             "threshold": thr.astype(np.float64)}
@@ -396,7 +411,7 @@ def multilabel_scores(labels, probabilities, thresholds, top_k: Sequence[int] = 
 
     out: dict[str, float] = {
         "f1_micro": f1_micro,
-        "f1_macro": _nanmean(f1_c) if np.isnan(zero_division) else float(f1_c.mean()) if f1_c.size else float("nan"),
+        "f1_macro": _nanmean(f1_c),  # nan entries only when zero_division is nan
         "dice": _nanmean(dice),
         "jaccard": _nanmean(jacc),
     }
@@ -439,24 +454,35 @@ def precision_at_k(labels, scores, top_k: Sequence[int] = (1, 3)) -> dict[int, f
 
 # --------------------------------------------------------------------------- calibration helpers
 
-def fbeta_from_counts(tp, fp, fn, beta: float = 1.0) -> np.ndarray:
-    """F-beta from counts (arrays broadcast): ``(1+b²)tp / ((1+b²)tp + b²fn + fp)``, 0 if 0/0."""
+def _scalar_or_array(x: np.ndarray):
+    return float(x) if np.ndim(x) == 0 else x
+
+
+def fbeta_from_counts(tp, fp, fn, beta: float = 1.0):
+    """F-beta from counts: ``(1+b²)tp / ((1+b²)tp + b²fn + fp)``, 0 when that is 0/0.
+
+    Arrays broadcast (vectorised over thresholds); scalars in give a float out.
+    """
     b2 = float(beta) ** 2
     tp = np.asarray(tp, dtype=np.float64)
-    return _ratio((1 + b2) * tp, (1 + b2) * tp + b2 * np.asarray(fn, np.float64) + np.asarray(fp, np.float64), 0.0)
+    den = (1 + b2) * tp + b2 * np.asarray(fn, np.float64) + np.asarray(fp, np.float64)
+    return _scalar_or_array(_ratio((1 + b2) * tp, den, 0.0))
 
 
-def mcc_from_counts(tp, fp, fn, tn) -> np.ndarray:
-    """Matthews correlation from counts (arrays broadcast); 0 when the denominator is 0 (as sklearn)."""
+def mcc_from_counts(tp, fp, fn, tn):
+    """Matthews correlation from counts; 0 when the denominator is 0 (as sklearn).
+
+    Arrays broadcast; scalars in give a float out.
+    """
     tp, fp, fn, tn = (np.asarray(x, dtype=np.float64) for x in (tp, fp, fn, tn))
     den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return _ratio(tp * tn - fp * fn, den, 0.0)
+    return _scalar_or_array(_ratio(tp * tn - fp * fn, den, 0.0))
 
 
 _FBETA = re.compile(r"^f(\d+(?:\.\d+)?)$")
 
 
-def score_from_counts(metric: str, tp, fp, fn, tn) -> np.ndarray:
+def score_from_counts(metric: str, tp, fp, fn, tn):
     """Score ``metric`` ('f1', 'f2', 'f0.5' -- any 'f<beta>' -- or 'mcc') from confusion counts."""
     name = str(metric).lower().strip()
     if name == "mcc":
@@ -518,8 +544,9 @@ def best_threshold(y_true01, probabilities, metric: str = "f1", ignore=None):
     is no lower value ``q`` and that lowest candidate itself is returned (predict all
     positive). ``best_score`` is the score at the returned threshold.
 
-    With no positive at all, every candidate scores 0 and the whole range ties: callers
-    should treat such classes separately (e.g. ``calibrate.min_positives``). Raises
+    With no positive at all, every candidate scores 0 and the whole range is one plateau, so
+    the lowest candidate is returned (predict all positive): callers should treat such classes
+    separately (e.g. ``calibrate.min_positives``). Raises
     ``ValueError`` if no cell is left.
     """
     thr, scores = threshold_curve(y_true01, probabilities, metric, ignore)
@@ -540,7 +567,11 @@ def best_threshold(y_true01, probabilities, metric: str = "f1", ignore=None):
         threshold = float(thr[0])
     else:
         threshold = float((upper[pick] + lower[pick]) / 2.0)
-    return threshold, float(scores[run_ends[pick]]), thr, scores
+        if threshold <= lower[pick]:  # adjacent floats: no room for a midpoint
+            threshold = float(upper[pick])
+    # the candidate whose predictions the threshold reproduces: smallest candidate >= threshold
+    at = int(np.searchsorted(thr, threshold, side="left"))
+    return threshold, float(scores[at]), thr, scores
 
 
 def score_at_threshold(y_true01, probabilities, threshold: float, metric: str = "f1",
