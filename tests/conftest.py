@@ -1,0 +1,409 @@
+"""Shared pytest fixtures: a local HTTP server, an isolated user cache, throwaway DVC projects.
+
+Fixtures
+--------
+``isolated_cache`` (autouse)
+    ``$FEWLABEL_CACHE_DIR`` points at a fresh temp folder for every test (returned as a Path),
+    so tests never read or fill the real per-user cache, and subprocesses (``dvc repro``)
+    inherit it.
+``http_server``
+    Serves the folder ``http_server.root`` at ``http_server.url`` (``http://127.0.0.1:<port>/``)
+    from a background thread, with HTTP Range support (206 Partial Content, 416). It records
+    every request in ``http_server.requests`` (:class:`Request`: ``name``, ``range``,
+    ``status``), can drop a response part-way (``cut_after(name, nbytes, times=1)``) or
+    answer with an error status (``fail(name, status=500, times=1)``).
+``unreachable_url``
+    ``http://127.0.0.1:<port>/`` with nothing listening there (connection refused).
+``params_file``
+    ``params_file({"data.source": "/x"}) -> Path``: a copy of params.yaml in ``tmp_path``
+    with dotted-key edits (``edit_params(path, updates)`` does the same to any file).
+``dvc_project``
+    A :class:`DvcProject` in ``tmp_path / "project"``: a git repo (one initial commit) holding
+    copies of this repo's ``dvc.yaml``, ``params.yaml``, ``.gitignore`` and ``stages/``, with
+    ``dvc init`` done. Use ``make_dvc_project(path, extra=[...])`` for other layouts.
+
+Example (end to end)::
+
+    def test_pipeline(dvc_project, http_server):
+        tarballs = make_tarballs(http_server.root, 2007)
+        dvc_project.set_params({"data.source": http_server.url, "data.md5": md5s(tarballs)})
+        result = dvc_project.dvc("repro", "prepare")
+        assert result.returncode == 0, result.stdout + result.stderr
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import urllib.parse
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import pytest
+
+from stages.common import CACHE_ENV
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The virtualenv's bin folder: put first on PATH so that ``python -m stages.x`` in dvc.yaml
+#: runs with this interpreter.
+VENV_BIN = Path(sys.executable).parent
+DVC = VENV_BIN / "dvc"
+#: What :func:`make_dvc_project` copies from the repo by default.
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", "stages")
+
+
+# --------------------------------------------------------------------------- user cache
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Point ``$FEWLABEL_CACHE_DIR`` at a fresh folder for this test; return it."""
+    path = tmp_path_factory.mktemp("user-cache")
+    monkeypatch.setenv(CACHE_ENV, str(path))
+    return path
+
+
+# --------------------------------------------------------------------------- HTTP server
+
+@dataclass(frozen=True)
+class Request:
+    """One request the test server received: the file name asked for, its Range header
+    (None if absent) and the status answered."""
+    name: str
+    range: str | None
+    status: int
+    method: str = "GET"
+
+
+@dataclass
+class _Fault:
+    kind: str  # "cut" or "fail"
+    value: int  # bytes sent before cutting, or the status to answer
+    times: int | None  # how many more requests it applies to (None: all)
+
+
+class HttpServer:
+    """A static file server on 127.0.0.1 for tests (see the module docstring)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.requests: list[Request] = []
+        self._faults: dict[str, list[_Fault]] = {}
+        self._lock = threading.Lock()
+        handler = type("Handler", (_Handler,), {"state": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="test-http-server", daemon=True)
+        self._thread.start()
+
+    def cut_after(self, name: str, nbytes: int, times: int | None = 1) -> None:
+        """Drop the connection after ``nbytes`` of the body of the next ``times`` responses for
+        ``name`` (None: every response); the headers still announce the full length.
+
+        Faults for one name queue up in the order given: ``cut_after(n, 100); fail(n, 503)``
+        cuts the first response and fails the second."""
+        with self._lock:
+            self._faults.setdefault(name, []).append(_Fault("cut", nbytes, times))
+
+    def fail(self, name: str, status: int = 500, times: int | None = 1) -> None:
+        """Answer the next ``times`` requests for ``name`` with an error ``status`` (queued
+        after earlier faults for ``name``, see :meth:`cut_after`)."""
+        with self._lock:
+            self._faults.setdefault(name, []).append(_Fault("fail", status, times))
+
+    def requests_for(self, name: str) -> list[Request]:
+        """The recorded requests for one file name."""
+        return [r for r in self.requests if r.name == name]
+
+    def reset(self) -> None:
+        """Forget recorded requests and pending faults."""
+        with self._lock:
+            self.requests.clear()
+            self._faults.clear()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    # used by the handler
+    def _take_fault(self, name: str) -> _Fault | None:
+        with self._lock:
+            queue = self._faults.get(name)
+            if not queue:
+                return None
+            fault = queue[0]
+            if fault.times is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    queue.pop(0)
+            return fault
+
+    def _record(self, request: Request) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    state: HttpServer
+    protocol_version = "HTTP/1.0"
+
+    def log_message(self, format, *args):  # quiet
+        pass
+
+    def do_HEAD(self):
+        self._serve(body=False)
+
+    def do_GET(self):
+        self._serve(body=True)
+
+    def _answer(self, name: str, range_header, status: int, headers: dict, payload: bytes = b"") -> None:
+        self.state._record(Request(name, range_header, status, self.command))
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, str(value))
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if payload and self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def _serve(self, body: bool) -> None:
+        name = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
+        range_header = self.headers.get("Range")
+        path = (self.state.root / name).resolve()
+        root = self.state.root.resolve()
+        if root not in path.parents or not path.is_file():
+            return self._answer(name, range_header, 404, {}, b"not found")
+        fault = self.state._take_fault(name)
+        if fault is not None and fault.kind == "fail":
+            return self._answer(name, range_header, fault.value, {}, b"injected failure")
+        data = path.read_bytes()
+        size, start, end, status = len(data), 0, len(data) - 1, 200
+        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+        if range_header:
+            match = re.fullmatch(r"bytes=(\d+)-(\d*)", range_header.strip())
+            if match:
+                start = int(match.group(1))
+                end = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
+                if start >= size or end < start:
+                    return self._answer(name, range_header, 416, {"Content-Range": f"bytes */{size}"})
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        payload = data[start:end + 1]
+        self.state._record(Request(name, range_header, status, self.command))
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if not body:
+            return
+        if fault is not None and fault.kind == "cut":
+            self.wfile.write(payload[:fault.value])
+            self.wfile.flush()
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        self.wfile.write(payload)
+
+
+@pytest.fixture
+def http_server(tmp_path) -> Iterable[HttpServer]:
+    """A local file server rooted at ``tmp_path / "www"``; shut down after the test."""
+    server = HttpServer(tmp_path / "www")
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def unreachable_url() -> str:
+    """A base URL on 127.0.0.1 where nothing listens (connections are refused at once)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+# --------------------------------------------------------------------------- params files
+
+def edit_params(path: str | Path, updates: Mapping[str, Any]) -> Path:
+    """Set keys of a params.yaml in place by dotted name (``{"data.source": "/x"}``).
+
+    Missing sections are created; a value replaces the old one whole; comments are kept.
+    """
+    from ruamel.yaml import YAML
+
+    yaml = YAML()  # round-trip
+    path = Path(path)
+    doc = yaml.load(path.read_text()) if path.exists() else None
+    doc = doc if doc is not None else {}
+    for dotted, value in updates.items():
+        *parents, key = dotted.split(".")
+        node = doc
+        for part in parents:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        node[key] = _plain(value)
+    with open(path, "w") as handle:
+        yaml.dump(doc, handle)
+    return path
+
+
+def _plain(value):
+    """Paths and tuples as YAML-friendly str and lists."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+@pytest.fixture
+def params_file(tmp_path):
+    """A function ``(updates={}, name="params.yaml") -> Path``: a copy of the repo's
+    params.yaml in ``tmp_path`` with dotted-key ``updates`` applied (for calling a stage's
+    ``main(["--params", str(path), ...])`` directly)."""
+    def make(updates: Mapping[str, Any] | None = None, name: str = "params.yaml") -> Path:
+        path = tmp_path / name
+        if not path.exists():
+            shutil.copy2(REPO_ROOT / "params.yaml", path)
+        return edit_params(path, updates or {})
+    return make
+
+
+# --------------------------------------------------------------------------- DVC projects
+
+@dataclass
+class DvcProject:
+    """A throwaway git + DVC repo holding a copy of the pipeline; commands run in ``root``.
+
+    - ``run("dvc repro prepare")`` or ``run(["git", "status"])``: a CompletedProcess with text
+      ``stdout``/``stderr`` (``check=True`` raises with both in the message);
+    - ``dvc(*args)`` / ``git(*args)``: shortcuts for ``run([dvc or git, *args])``;
+    - ``set_params({"data.source": url, "svm.C": 10})``: edit params.yaml by dotted keys
+      (missing sections are created; comments are kept); ``params()`` reads it back;
+    - ``commit(message)``: ``git add -A`` and commit (``dvc exp run --queue`` needs that);
+    - ``path("data/labels.csv")``: an absolute path inside the project; ``lock()``: dvc.lock.
+
+    Subprocesses get PATH with the virtualenv's bin first (so dvc.yaml's ``python`` is this
+    interpreter), ``$FEWLABEL_CACHE_DIR`` from the test, and DVC's global, system and site
+    folders isolated in ``home`` (no user config, no analytics).
+    """
+    root: Path
+    home: Path
+    env: dict = field(default_factory=dict)
+
+    def run(self, cmd: str | Sequence[str], check: bool = False, timeout: float = 600,
+            env: Mapping[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+        argv = shlex.split(cmd) if isinstance(cmd, str) else [str(c) for c in cmd]
+        if argv and argv[0] == "dvc":
+            argv[0] = str(DVC)
+        result = subprocess.run(argv, cwd=self.root, env={**self.environment(), **(env or {})},
+                                capture_output=True, text=True, timeout=timeout, input=input)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} exited {result.returncode}\n"
+                                 f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
+        return result
+
+    def dvc(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        return self.run([str(DVC), *args], **kwargs)
+
+    def git(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        return self.run(["git", *args], **kwargs)
+
+    def environment(self) -> dict[str, str]:
+        """The environment subprocesses run with (the current one plus the isolation)."""
+        env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
+        env.update({"DVC_NO_ANALYTICS": "1",
+                    "DVC_GLOBAL_CONFIG_DIR": str(self.home / "dvc-global"),
+                    "DVC_SYSTEM_CONFIG_DIR": str(self.home / "dvc-system"),
+                    "DVC_SITE_CACHE_DIR": str(self.home / "dvc-site-cache"),
+                    "GIT_CONFIG_NOSYSTEM": "1",
+                    "PYTHONDONTWRITEBYTECODE": "1"})
+        env.pop("PYTHONPATH", None)
+        env.update(self.env)
+        return env
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def params(self) -> dict:
+        import yaml
+        return yaml.safe_load(self.path("params.yaml").read_text()) or {}
+
+    def set_params(self, updates: Mapping[str, Any] | None = None, **top_level: Any) -> None:
+        """Set params by dotted key: ``set_params({"data.year": 2012, "data.md5": {...}})``.
+
+        A value replaces the key's old value whole (a dict value is not merged).
+        """
+        edit_params(self.path("params.yaml"), {**(updates or {}), **top_level})
+
+    def commit(self, message: str = "update") -> None:
+        self.git("add", "-A", check=True)
+        self.git("commit", "-q", "--allow-empty", "-m", message, check=True)
+
+    def lock(self) -> dict:
+        import yaml
+        path = self.path("dvc.lock")
+        return yaml.safe_load(path.read_text()) if path.exists() else {}
+
+
+def make_dvc_project(path: str | Path, files: Iterable[str] = PROJECT_FILES, extra: Iterable[str] = (),
+                     commit: bool = True) -> DvcProject:
+    """Create a :class:`DvcProject` at ``path`` from this repo's ``files`` plus ``extra`` paths.
+
+    Runs ``git init`` (with a local user name and email), ``dvc init``, copies this repo's
+    ``.dvc/config`` if it has one, and (``commit=True``) commits everything.
+    """
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    home = root.parent / f".{root.name}-home"
+    home.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for rel in [*files, *extra]:
+        source = REPO_ROOT / rel
+        if source.is_dir():
+            shutil.copytree(source, root / rel, ignore=ignore, dirs_exist_ok=True)
+        elif source.exists():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / rel)
+        elif rel not in PROJECT_FILES:
+            raise FileNotFoundError(f"{source}: not in the repo, cannot copy it into the project")
+    project = DvcProject(root=root, home=home)
+    project.git("init", "-q", check=True)
+    project.git("config", "user.email", "tests@example.com", check=True)
+    project.git("config", "user.name", "Tests", check=True)
+    project.git("config", "commit.gpgsign", "false", check=True)
+    project.dvc("init", "-q", check=True)
+    if (REPO_ROOT / ".dvc" / "config").is_file():
+        shutil.copy2(REPO_ROOT / ".dvc" / "config", root / ".dvc" / "config")
+    if commit:
+        project.commit("initial pipeline")
+    return project
+
+
+@pytest.fixture
+def dvc_project(tmp_path) -> DvcProject:
+    """A fresh DVC project (see :class:`DvcProject`) in ``tmp_path / "project"``."""
+    return make_dvc_project(tmp_path / "project")

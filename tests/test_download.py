@@ -1,0 +1,248 @@
+"""stages.download: downloads from a local HTTP server, resume, caches, local sources, errors."""
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from stages import download
+from stages.common import PipelineError
+from tests.vocgen import TARBALLS, file_md5, make_tarballs, make_voc, md5s, voc_spec
+
+TRAINVAL_2007, TEST_2007 = TARBALLS[2007]
+
+
+def run_stage(params_file, out: Path, **data) -> None:
+    """Run the stage's main() with ``data.*`` params, as ``dvc repro download`` would."""
+    path = params_file({f"data.{key}": value for key, value in data.items()})
+    download.main(["--out", str(out), "--params", str(path), "--no-progress"])
+
+
+def assert_voc_tree(voc: Path, year: int, **spec_kwargs) -> None:
+    spec = voc_spec(year, **spec_kwargs)
+    assert sorted(p.stem for p in (voc / "Annotations").glob("*.xml")) == [i.image_id for i in spec.images]
+    assert sorted(p.stem for p in (voc / "JPEGImages").glob("*.jpg")) == [i.image_id for i in spec.images]
+    for split, ids in spec.splits.items():
+        assert (voc / "ImageSets" / "Main" / f"{split}.txt").read_text().split() == list(ids)
+
+
+def test_official_tarballs_and_md5_overrides(capsys):
+    assert download.tarballs_for(2007) == {TRAINVAL_2007: "c52e279531787c972589f7e41ab4ae64",
+                                           TEST_2007: "b6e924de25625d8de591ea690078ad9f"}
+    assert download.tarballs_for(2012, {TARBALLS[2012][0]: "A" * 32}) == {TARBALLS[2012][0]: "a" * 32}
+    download.tarballs_for(2012, {"other.tar": "0" * 32})
+    assert "other.tar" in capsys.readouterr().err
+    with pytest.raises(PipelineError, match="data.year=2010"):
+        download.tarballs_for(2010)
+    assert download.urls_for(TEST_2007, 2007, None) == [
+        "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar",
+        "http://pjreddie.com/media/files/VOCtest_06-Nov-2007.tar"]
+
+
+@pytest.mark.parametrize("year", [2007, 2012])
+def test_download_from_server_links_extracted_tree(year, http_server, params_file, tmp_path, isolated_cache):
+    tarballs = make_tarballs(http_server.root, year)
+    out = tmp_path / "data" / "raw" / "voc"
+    run_stage(params_file, out, year=year, source=http_server.url, md5=md5s(tarballs))
+
+    assert out.is_symlink()
+    target = Path(os.readlink(out))
+    assert target.is_absolute() and target.name == f"VOC{year}" and target.parent.name == "VOCdevkit"
+    assert (isolated_cache / "extracted") in target.parents
+    assert_voc_tree(out, year)
+    assert sorted(r.name for r in http_server.requests) == sorted(tarballs)
+    for name, path in tarballs.items():  # kept in the download cache, complete
+        assert file_md5(isolated_cache / "downloads" / name) == file_md5(path)
+    assert not list((isolated_cache / "extracted").glob(".tmp-*"))
+
+
+def test_md5_mismatch_is_a_clear_error_and_leaves_nothing(http_server, params_file, tmp_path, isolated_cache):
+    tarballs = make_tarballs(http_server.root, 2007)
+    wrong = {**md5s(tarballs), TEST_2007: "0" * 32}
+    out = tmp_path / "voc"
+    with pytest.raises(PipelineError) as error:
+        run_stage(params_file, out, source=http_server.url, md5=wrong)
+    message = str(error.value)
+    assert f"{http_server.url}{TEST_2007}" in message
+    assert "0" * 32 in message and file_md5(tarballs[TEST_2007]) in message
+    assert "data.md5" in message
+    downloads = isolated_cache / "downloads"
+    assert not (downloads / TEST_2007).exists() and not (downloads / f"{TEST_2007}.part").exists()
+    assert not out.exists() and not out.is_symlink()
+
+
+def test_dropped_connection_is_resumed_with_a_range_request(http_server, tmp_path):
+    tarballs = make_tarballs(http_server.root, 2007)
+    size = tarballs[TEST_2007].stat().st_size
+    http_server.cut_after(TEST_2007, size // 2)
+    dest = tmp_path / "dl" / TEST_2007
+    download.download(http_server.url + TEST_2007, dest, file_md5(tarballs[TEST_2007]), progress=False)
+
+    first, second = http_server.requests_for(TEST_2007)
+    assert (first.range, first.status) == (None, 200)
+    assert (second.range, second.status) == (f"bytes={size // 2}-", 206)
+    assert file_md5(dest) == file_md5(tarballs[TEST_2007])
+    assert not dest.with_name(dest.name + ".part").exists()
+
+
+def test_partial_download_from_an_earlier_run_is_resumed(http_server, tmp_path):
+    tarballs = make_tarballs(http_server.root, 2007)
+    url, md5 = http_server.url + TEST_2007, file_md5(tarballs[TEST_2007])
+    half = tarballs[TEST_2007].stat().st_size // 2
+    http_server.cut_after(TEST_2007, half)   # first response dropped half-way,
+    http_server.fail(TEST_2007, 503)         # then the server fails: the run gives up
+    dest = tmp_path / TEST_2007
+    with pytest.raises(download.DownloadError, match="503"):
+        download.download(url, dest, md5, progress=False)
+    assert dest.with_name(dest.name + ".part").stat().st_size == half and not dest.exists()
+
+    http_server.reset()
+    download.download(url, dest, md5, progress=False)  # the next run resumes
+    [request] = http_server.requests
+    assert (request.range, request.status) == (f"bytes={half}-", 206)
+    assert file_md5(dest) == md5
+
+
+def test_caches_mean_no_request_on_later_runs(http_server, tmp_path, isolated_cache):
+    tarballs = make_tarballs(http_server.root, 2007)
+    first = download.obtain_voc(2007, http_server.url, md5s(tarballs), progress=False)
+    assert len(http_server.requests) == 2
+
+    http_server.reset()
+    assert download.obtain_voc(2007, http_server.url, md5s(tarballs), progress=False) == first
+    assert http_server.requests == []  # already extracted
+
+    # Without the extracted tree, the cached tarballs are checked and extracted again.
+    import shutil
+    shutil.rmtree(isolated_cache / "extracted")
+    again = download.obtain_voc(2007, http_server.url, md5s(tarballs), progress=False)
+    assert http_server.requests == [] and again == first
+    assert_voc_tree(again, 2007)
+
+
+def test_offline_error_names_every_url_and_data_source(unreachable_url, monkeypatch, tmp_path):
+    mirror = unreachable_url.replace("127.0.0.1", "localhost")
+    monkeypatch.setattr(download, "OFFICIAL_HOSTS", {2007: (unreachable_url, mirror)})
+    with pytest.raises(PipelineError) as error:
+        download.obtain_voc(2007, None, progress=False)
+    message = str(error.value)
+    assert unreachable_url + TRAINVAL_2007 in message and mirror + TRAINVAL_2007 in message
+    assert "data.source" in message and "VOCdevkit" in message and "tarballs" in message
+
+    with pytest.raises(PipelineError) as error:  # a base URL as data.source: the same
+        download.obtain_voc(2007, unreachable_url, progress=False)
+    assert unreachable_url + TRAINVAL_2007 in str(error.value) and "data.source" in str(error.value)
+
+
+def test_falls_back_to_the_mirror(unreachable_url, http_server, monkeypatch):
+    tarballs = make_tarballs(http_server.root, 2007)
+    monkeypatch.setattr(download, "OFFICIAL_HOSTS", {2007: (unreachable_url, http_server.url)})
+    voc = download.obtain_voc(2007, None, md5s(tarballs), progress=False)
+    assert_voc_tree(voc, 2007)
+
+
+def test_file_url_source(tmp_path):
+    tarballs = make_tarballs(tmp_path / "served", 2007)
+    voc = download.obtain_voc(2007, (tmp_path / "served").as_uri(), md5s(tarballs), progress=False)
+    assert_voc_tree(voc, 2007)
+
+
+def test_local_vocdevkit_is_linked_not_copied(params_file, tmp_path, isolated_cache):
+    devkit = make_voc(tmp_path / "mine", 2007)
+    for source in (tmp_path / "mine", devkit, devkit / "VOC2007"):
+        out = tmp_path / "voc"
+        run_stage(params_file, out, source=str(source))
+        assert out.is_symlink() and Path(os.readlink(out)) == devkit / "VOC2007"
+    for sub in ("extracted", "downloads"):  # nothing extracted or downloaded
+        assert not (isolated_cache / sub).exists() or not any((isolated_cache / sub).iterdir())
+
+    with pytest.raises(PipelineError, match="VOC2007 folder but data.year is 2012"):
+        download.obtain_voc(2012, str(devkit / "VOC2007"), progress=False)
+    with pytest.raises(PipelineError, match="not VOC2012"):
+        download.obtain_voc(2012, str(devkit), progress=False)
+
+
+def test_folder_of_tarballs_is_checked_and_extracted(tmp_path, isolated_cache):
+    tarballs = make_tarballs(tmp_path / "tars", 2012)
+    voc = download.obtain_voc(2012, str(tmp_path / "tars"), md5s(tarballs), progress=False)
+    assert (isolated_cache / "extracted") in voc.parents
+    assert_voc_tree(voc, 2012)
+
+    name = TARBALLS[2012][0]
+    with pytest.raises(PipelineError) as error:  # without data.md5: the official md5 is expected
+        download.obtain_voc(2012, str(tmp_path / "tars"), progress=False)
+    assert str(tmp_path / "tars" / name) in str(error.value) and "data.md5" in str(error.value)
+
+    make_tarballs(tmp_path / "half", 2007)
+    (tmp_path / "half" / TEST_2007).unlink()
+    with pytest.raises(PipelineError, match=f"not {TEST_2007}"):
+        download.obtain_voc(2007, str(tmp_path / "half"), progress=False)
+
+
+def test_bad_sources_say_what_was_expected(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PipelineError, match="neither a VOC2007 folder .* nor a folder holding the tarballs"):
+        download.obtain_voc(2007, str(tmp_path / "empty"), progress=False)
+    with pytest.raises(PipelineError, match="does not exist"):
+        download.obtain_voc(2007, str(tmp_path / "missing"), progress=False)
+    with pytest.raises(PipelineError, match="unsupported scheme"):
+        download.obtain_voc(2007, "ftp://example.com/voc/", progress=False)
+    (tmp_path / "partial" / "VOC2007" / "Annotations").mkdir(parents=True)
+    with pytest.raises(PipelineError, match="lacks JPEGImages/, ImageSets/Main/"):
+        download.obtain_voc(2007, str(tmp_path / "partial"), progress=False)
+
+
+def test_extract_refuses_path_traversal(tmp_path):
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tar:
+        for name in ("VOCdevkit/VOC2007/ok.txt", "../escaped.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"hi"))
+    with pytest.raises(PipelineError, match=r"'\.\./escaped\.txt' points outside"):
+        download.extract([evil], tmp_path / "dest")
+    assert not (tmp_path / "escaped.txt").exists()
+
+    link = tmp_path / "link.tar"
+    with tarfile.open(link, "w") as tar:
+        info = tarfile.TarInfo("VOCdevkit/etc")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc"
+        tar.addfile(info)
+    with pytest.raises(PipelineError, match="points outside"):
+        download.extract([link], tmp_path / "dest2")
+
+
+def test_interrupted_extraction_leaves_no_half_tree(http_server, monkeypatch, isolated_cache):
+    tarballs = make_tarballs(http_server.root, 2007)
+    real_extract = download.extract
+
+    def extract_then_fail(paths, dest, progress=False):
+        real_extract(paths[:1], dest, progress)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download, "extract", extract_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        download.obtain_voc(2007, http_server.url, md5s(tarballs), progress=False)
+    assert list((isolated_cache / "extracted").iterdir()) == []
+
+    monkeypatch.setattr(download, "extract", real_extract)
+    assert_voc_tree(download.obtain_voc(2007, http_server.url, md5s(tarballs), progress=False), 2007)
+
+
+def test_link_is_replaced_atomically_but_real_folders_are_kept(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    out = tmp_path / "raw" / "voc"
+    download.link_dataset(a, out)
+    download.link_dataset(b, out)
+    assert Path(os.readlink(out)) == b
+    assert sorted(p.name for p in out.parent.iterdir()) == ["voc"]  # no temp link left
+
+    real = tmp_path / "real"
+    (real / "Annotations").mkdir(parents=True)
+    with pytest.raises(PipelineError, match="real folder"):
+        download.link_dataset(a, real)
+    assert (real / "Annotations").is_dir()
