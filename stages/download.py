@@ -30,7 +30,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from stages.common import PipelineError, run_main, user_cache_dir
 from stages.params import load_params
