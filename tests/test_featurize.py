@@ -1,0 +1,295 @@
+"""featurize: the feature extractors, the input pipeline, the per-image cache and the CLI.
+
+Models use random weights (``weights: None``; no download) at 64x64, so they are small and
+fast. Random-init features are tiny (EfficientNetB0: ~1e-5), so closeness is checked
+relative to the features' scale.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages.backbones import build_extractor, default_input_size
+from stages.common import PipelineError, feature_signature, load_features
+from stages.featurize import (extract_features, feature_batches, features_params_from_meta,
+                              load_image)
+from stages.params import FeaturesParams
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SIZE = 64
+
+
+def params(**changes) -> FeaturesParams:
+    values = dict(backbones=("EfficientNetB0",), weights=None, image_size=SIZE, batch_size=4,
+                  flip_tta=False)
+    values.update(changes)
+    if isinstance(values["backbones"], str):
+        values["backbones"] = (values["backbones"],)
+    return FeaturesParams(**values)
+
+
+def write_jpeg(path: Path, seed: int, size=(56, 40)) -> Path:
+    """A small JPEG with structure (a gradient, a box, noise) that differs with the seed."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    x = np.linspace(0, 1, width)[None, :, None]
+    y = np.linspace(0, 1, height)[:, None, None]
+    image = 255 * (x * rng.uniform(size=3) + y * rng.uniform(size=3)) / 2
+    x0, y0 = rng.integers(0, width // 2), rng.integers(0, height // 2)
+    image[y0:y0 + height // 3, x0:x0 + width // 3] = rng.uniform(0, 255, 3)
+    image = np.clip(image + rng.normal(0, 10, image.shape), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, quality=90)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path) -> list[str]:
+    """Eight JPEGs of varied sizes named like VOC ids."""
+    sizes = [(56, 40), (40, 56), (64, 64), (100, 75), (33, 47), (56, 40), (80, 30), (48, 48)]
+    return [str(write_jpeg(tmp_path / "img" / f"{i:06d}.jpg", seed=i, size=s)) for i, s in enumerate(sizes)]
+
+
+def direct(model, paths: list[str], size: int = SIZE, mirror: bool = False) -> np.ndarray:
+    """The Keras model called directly on the decoded + resized images."""
+    batch = np.stack([load_image(p, size).numpy() for p in paths])
+    if mirror:
+        batch = batch[:, :, ::-1]
+    return np.asarray(model(batch, training=False))
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, tol: float = 1e-4) -> None:
+    assert actual.shape == expected.shape
+    scale = max(float(np.abs(expected).max()), 1e-30)
+    error = float(np.abs(actual - expected).max())
+    assert error <= tol * scale, f"max difference {error:.3g} exceeds {tol} x feature scale {scale:.3g}"
+
+
+# --------------------------------------------------------------------------- backbones
+
+def test_default_input_sizes():
+    assert [default_input_size(f"EfficientNetB{i}") for i in range(8)] == [224, 240, 260, 300, 380, 456, 528, 600]
+    assert [default_input_size(n) for n in ("EfficientNetV2B3", "EfficientNetV2S", "EfficientNetV2M",
+                                            "EfficientNetV2L", "InceptionV3", "Xception", "NASNetLarge",
+                                            "ResNet50")] == [300, 384, 480, 480, 299, 299, 331, 224]
+
+
+def test_unknown_backbone_names_close_matches(images):
+    with pytest.raises(PipelineError) as error:
+        extract_features(images, params(backbones="EfficientNetB9"), progress=False)
+    message = str(error.value)
+    assert "features.backbones" in message and "'EfficientNetB9'" in message
+    assert "did you mean EfficientNetB7" in message and ".keras" in message
+    with pytest.raises(PipelineError, match="did you mean ResNet50"):
+        build_extractor("resnet50", None, SIZE)
+
+
+@pytest.mark.filterwarnings("ignore:`input_shape` is undefined or non-square")
+def test_imagenet_download_failure_says_what_to_fetch_and_where(tmp_path, monkeypatch):
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", offline)
+    monkeypatch.setattr("keras.src.backend.config._KERAS_DIR", str(tmp_path / "keras-home"))
+    with pytest.raises(PipelineError) as error:
+        build_extractor("MobileNetV3Small", "imagenet", SIZE)
+    message = str(error.value)
+    fname = "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"
+    assert f"Download {fname} from https://storage.googleapis.com/" in message
+    assert str(tmp_path / "keras-home" / "models" / fname) in message
+    assert "~/.keras/models/" in message and "features.weights" in message
+
+
+# --------------------------------------------------------------------------- extraction
+
+def test_features_match_the_model_called_directly_in_order(images, isolated_cache, monkeypatch):
+    features, stats = extract_features(images, params(), progress=False)
+    assert features.dtype == np.float32 and features.shape == (len(images), 1280)
+    assert stats["n_extracted"] == len(images) and stats["n_cached"] == 0
+    assert stats["dims"] == [1280] and stats["input_sizes"] == [SIZE] and stats["images_per_second"] > 0
+
+    model, size = build_extractor("EfficientNetB0", None, SIZE)
+    assert size == SIZE
+    expected = direct(model, images)
+    assert_close(features, expected)
+    assert np.abs(expected[0] - expected[1]).max() > 0.1 * np.abs(expected).max()  # images differ
+
+    # both input pipelines (the GPU one prefetches with tf.data) give the same rows in order
+    for prefetch in (True, False):
+        batches = list(feature_batches(model, images, SIZE, batch_size=3, prefetch=prefetch))
+        assert [len(b) for b in batches] == [3, 3, 2]
+        assert_close(np.concatenate(batches), expected)
+
+    # another order, extracted afresh (new cache): rows follow the input order
+    monkeypatch.setenv("FEWLABEL_CACHE_DIR", str(isolated_cache / "other"))
+    reordered, stats = extract_features(images[::-1], params(batch_size=3), progress=False)
+    assert stats["n_extracted"] == len(images)
+    assert_close(reordered, expected[::-1])
+
+
+def test_flip_tta_is_the_mean_of_image_and_mirror(images):
+    features, _ = extract_features(images[:4], params(flip_tta=True), progress=False)
+    model, _ = build_extractor("EfficientNetB0", None, SIZE)
+    expected = (direct(model, images[:4]) + direct(model, images[:4], mirror=True)) / 2
+    assert_close(features, expected)
+    assert not np.allclose(features, direct(model, images[:4]), rtol=1e-3, atol=0)
+
+
+def test_two_backbones_concatenate_in_order(images):
+    first, _ = extract_features(images, params(), progress=False)
+    both, stats = extract_features(images, params(backbones=("EfficientNetB0", "MobileNetV3Small")),
+                                   progress=False)
+    assert stats["dims"] == [1280, 576] and both.shape == (len(images), 1280 + 576)
+    per_backbone = {b["name"]: b for b in stats["per_backbone"]}
+    assert per_backbone["EfficientNetB0"]["n_cached"] == len(images)  # its own cache, reused
+    assert per_backbone["MobileNetV3Small"]["n_extracted"] == len(images)
+    np.testing.assert_array_equal(both[:, :1280], first)
+    small, _ = build_extractor("MobileNetV3Small", None, SIZE)
+    assert_close(both[:, 1280:], direct(small, images))
+
+    swapped, stats = extract_features(images, params(backbones=("MobileNetV3Small", "EfficientNetB0")),
+                                      progress=False)
+    assert stats["n_extracted"] == 0 and stats["dims"] == [576, 1280]
+    np.testing.assert_array_equal(swapped, np.concatenate([both[:, 1280:], both[:, :1280]], axis=1))
+
+
+def test_second_run_is_served_from_the_cache(images, isolated_cache):
+    first, _ = extract_features(images, params(), progress=False)
+    second, stats = extract_features(images, params(batch_size=2), progress=False)  # batch size: same key
+    assert stats["n_extracted"] == 0 and stats["n_cached"] == len(images)
+    assert stats["images_per_second"] is None and stats["per_backbone"][0]["build_seconds"] == 0
+    np.testing.assert_array_equal(first, second)
+
+    # cache layout: <cache>/features/<backbone>-<size>-<key hash>/{key.json, <sha1[:2]>/<sha1>.npy}
+    (folder,) = (isolated_cache / "features").iterdir()
+    assert folder.name.startswith(f"EfficientNetB0-{SIZE}-")
+    key = json.loads((folder / "key.json").read_text())
+    assert key["backbone"] == "EfficientNetB0" and key["weights"] == "none" and key["input_size"] == SIZE
+    assert len(list(folder.glob("*/*.npy"))) == len(images)
+
+    # other size or flip: other caches
+    _, stats = extract_features(images[:2], params(image_size=48), progress=False)
+    assert stats["n_extracted"] == 2 and stats["input_sizes"] == [48]
+    _, stats = extract_features(images[:2], params(flip_tta=True), progress=False)
+    assert stats["n_extracted"] == 2
+    assert len(list((isolated_cache / "features").iterdir())) == 3
+
+
+def test_changed_subset_extracts_only_new_images(images, tmp_path):
+    _, stats = extract_features(images[:5], params(), progress=False)
+    assert stats["n_extracted"] == 5
+    copy = tmp_path / "copy-of-000001.jpg"  # same bytes under another name: same cache entry
+    copy.write_bytes(Path(images[1]).read_bytes())
+    subset = images[2:4] + [images[6], str(copy), images[7], images[0]]
+    features, stats = extract_features(subset, params(), progress=False)
+    assert stats["n_extracted"] == 2 and stats["n_cached"] == 4 and stats["n_images"] == 6
+    full, _ = extract_features(images, params(), progress=False)
+    np.testing.assert_array_equal(features, full[[2, 3, 6, 1, 7, 0]])
+
+
+def test_corrupt_images_are_named(images, tmp_path):
+    garbage = tmp_path / "img" / "garbage.jpg"
+    garbage.write_bytes(b"<html>404 not found</html>")
+    with pytest.raises(PipelineError, match=f"{garbage}: not an image"):
+        extract_features(images + [str(garbage)], params(), progress=False)
+
+    truncated = tmp_path / "img" / "truncated.jpg"
+    truncated.write_bytes(Path(images[3]).read_bytes()[:300])
+    with pytest.raises(PipelineError) as error:
+        extract_features(images[:4] + [str(truncated)] + images[4:], params(batch_size=2), progress=False)
+    assert str(error.value).startswith(f"{truncated}: cannot decode the image")
+    # the batches before it were cached: fixing the file resumes from there
+    write_jpeg(truncated, seed=99)
+    _, stats = extract_features(images[:4] + [str(truncated)] + images[4:], params(batch_size=2),
+                                progress=False)
+    assert stats["n_extracted"] == len(images) + 1 - 4
+
+    with pytest.raises(PipelineError, match="missing.jpg: image not found"):
+        extract_features([str(tmp_path / "missing.jpg")], params(), progress=False)
+
+
+def test_keras_file_backbone_and_weights_file(images, tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((32, 32, 3))
+    feature_map = keras.layers.Conv2D(6, 3, strides=2, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+    custom = keras.Model(inputs, feature_map)
+    path = tmp_path / "tiny.keras"
+    custom.save(path)
+    features, stats = extract_features(images, params(backbones=str(path)), progress=False)
+    assert stats["dims"] == [6] and stats["input_sizes"] == [32]  # its input shape wins over image_size
+    batch = np.stack([load_image(p, 32).numpy() for p in images])
+    assert_close(features, np.asarray(custom(batch)).mean(axis=(1, 2)))
+
+    # a weights file for a keras.applications model; its md5 is part of the cache key
+    keras.utils.set_random_seed(7)
+    other = keras.applications.MobileNetV3Small(include_top=False, pooling="avg", weights=None,
+                                                input_shape=(SIZE, SIZE, 3))
+    weights = tmp_path / "small.weights.h5"
+    other.save_weights(weights)
+    loaded, _ = extract_features(images[:3], params(backbones="MobileNetV3Small", weights=str(weights)),
+                                 progress=False)
+    model, _ = build_extractor("MobileNetV3Small", str(weights), SIZE)
+    assert_close(loaded, direct(model, images[:3]))
+    random, _ = extract_features(images[:3], params(backbones="MobileNetV3Small"), progress=False)
+    assert not np.allclose(loaded, random, rtol=1e-2, atol=0)
+    with pytest.raises(PipelineError, match="features.weights: 'nope.h5'"):
+        extract_features(images[:3], params(weights="nope.h5"), progress=False)
+
+
+# --------------------------------------------------------------------------- the stage (CLI)
+
+def run_stage(project: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "stages.featurize", "--images", "data/raw/voc/JPEGImages",
+         "--train", "data/subset/train.csv", "--eval", "data/subset/eval.csv", "--out-dir", "data/features"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_stage_cli_writes_features_and_meta(tmp_path, isolated_cache):
+    project = tmp_path / "project"
+    jpegs = project / "data/raw/voc/JPEGImages"
+    train_ids, eval_ids = ["000005", "000007", "000009", "000012"], ["000001", "000004", "000006"]
+    for i, image_id in enumerate(train_ids + eval_ids):
+        write_jpeg(jpegs / f"{image_id}.jpg", seed=i, size=(50 + 7 * i, 40))
+    (project / "data/subset").mkdir(parents=True)
+    (project / "data/subset/train.csv").write_text("image_id,split,cat\n" + "".join(f"{i},trainval,1\n" for i in train_ids))
+    (project / "data/subset/eval.csv").write_text("image_id,split,cat\n" + "".join(f"{i},test,-1\n" for i in eval_ids))
+    (project / "params.yaml").write_text(
+        "features:\n  backbones: [EfficientNetB0]\n  weights: null\n  image_size: 64\n  batch_size: 4\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "FEWLABEL_CACHE_DIR": str(isolated_cache)}
+
+    result = run_stage(project, env)
+    assert result.returncode == 0, result.stderr
+    ids, train = load_features(project / "data/features/train.npz", expected_ids=np.array(train_ids))
+    assert train.shape == (4, 1280) and train.dtype == np.float32 and list(ids) == train_ids
+    ids, evaluation = load_features(project / "data/features/eval.npz", expected_ids=np.array(eval_ids))
+    assert evaluation.shape == (3, 1280)
+    meta = json.loads((project / "data/features/meta.json").read_text())
+    assert feature_signature(meta) == {"backbones": ["EfficientNetB0"], "dims": [1280], "input_sizes": [64],
+                                       "weights": None, "flip_tta": False}
+    assert meta["total_dim"] == 1280 and meta["n_extracted"] == 7 and meta["n_cached"] == 0
+    assert meta["images_per_second"] > 0 and meta["keras_version"]
+    assert "7 extracted" in result.stdout
+
+    # what predict does: the meta's params reproduce the features, from the cache
+    features_params, sizes = features_params_from_meta(meta)
+    again, stats = extract_features([str(jpegs / f"{i}.jpg") for i in train_ids], features_params,
+                                    progress=False, input_sizes=sizes)
+    assert stats["n_extracted"] == 0
+    np.testing.assert_array_equal(again, train)
+
+    (jpegs / "000004.jpg").unlink()
+    result = run_stage(project, env)
+    assert result.returncode == 1
+    assert "data/raw/voc/JPEGImages/000004.jpg: image not found" in result.stderr
+    assert "data/subset/eval.csv" in result.stderr
