@@ -22,7 +22,7 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from stages.common import (PipelineError, feature_signature, load_features, read_json, read_label_table,
-                           replace_dir, run_main, training_targets, write_csv, write_figure, write_json)
+                           run_main, training_targets, write_csv, write_figure, write_json)
 from stages.metrics import mean_ap
 from stages.model import RANDOM_STATE, build_model, positive_probabilities, save_model
 from stages.params import SvmParams, TuneParams, load_params
@@ -129,12 +129,22 @@ def oof_table(ids: np.ndarray, folds: np.ndarray, targets: np.ndarray, oof: np.n
     return table
 
 
-def tune_heatmap(grid: pd.DataFrame):
-    """Cross-validated mAP over gamma (rows) x C (columns), one panel per scaler."""
+def tune_heatmap(grid: pd.DataFrame | None, svm: SvmParams):
+    """Cross-validated mAP over gamma (rows) x C (columns), one panel per scaler.
+
+    Without tuning the figure says which single setting was trained, so the plot (a
+    declared DVC output) always exists and is never stale.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if grid is None:
+        figure, axis = plt.subplots(figsize=(5, 1.5))
+        axis.axis("off")
+        axis.text(0.5, 0.5, f"tune.enabled is false: trained with C={svm.C:g}, gamma={svm.gamma}, "
+                            f"scaler={svm.scaler}", ha="center", va="center")
+        return figure
     scalers = list(dict.fromkeys(grid["scaler"]))
     figure, axes = plt.subplots(1, len(scalers), figsize=(1.2 * grid["C"].nunique() * len(scalers) + 2, 4),
                                 squeeze=False)
@@ -156,7 +166,7 @@ def tune_heatmap(grid: pd.DataFrame):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    for flag in ("--features", "--meta", "--labels", "--model-out", "--oof-out", "--tune-out", "--tune-plots"):
+    for flag in ("--features", "--meta", "--labels", "--model-out", "--oof-out", "--tune-out", "--tune-heatmap"):
         parser.add_argument(flag, required=True)
     args = parser.parse_args()
 
@@ -175,15 +185,12 @@ def main() -> None:
 
     chosen = {"C": result.svm.C, "gamma": result.svm.gamma, "scaler": result.svm.scaler}
     tune_record = {"enabled": params.tune.enabled, "best": chosen}
-    plot_files = {}
     if result.grid is not None:
         best_row = result.grid.loc[result.grid["map_mean"].idxmax()]
         tune_record["best"]["cv_map"] = float(best_row["map_mean"])
         tune_record["grid"] = result.grid.to_dict(orient="records")
-        grid = result.grid
-        plot_files = {"heatmap.png": lambda path: write_figure(path, tune_heatmap(grid))}
     write_json(args.tune_out, tune_record)
-    replace_dir(args.tune_plots, plot_files)
+    write_figure(args.tune_heatmap, tune_heatmap(result.grid, result.svm))
     print(f"train: {len(ids)} images, {len(classes)} classes, C={result.svm.C:g}, gamma={result.svm.gamma}, "
           f"scaler={result.svm.scaler} ({seconds:.1f} s)")
 

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["stages.train", "--features", "data/features/train.npz", "--meta", "data/features/meta.json",
          "--labels", "data/subset/train.csv", "--model-out", "models/model.joblib",
          "--oof-out", "models/oof_probabilities.csv", "--tune-out", "metrics/tune.json",
-         "--tune-plots", "plots/tune"]
+         "--tune-heatmap", "plots/tune_heatmap.png"]
 CALIBRATE = ["stages.calibrate", "--oof", "models/oof_probabilities.csv", "--out", "models/thresholds.json",
              "--plots", "plots/thresholds", "--figure", "plots/thresholds.png"]
 EVALUATE = ["stages.evaluate", "--model", "models/model.joblib", "--thresholds", "models/thresholds.json",
