@@ -8,7 +8,6 @@ featurize stage and the ``predict`` command feed every backbone the same decoded
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib
 import os
 import re
@@ -73,14 +72,6 @@ def check_backbone_name(name: str) -> None:
         f"features.backbones: unknown backbone '{name}'; {hint}"
         f"use a keras.applications model name ({', '.join(known)}) "
         f"or a path to a saved model ending in {KERAS_SUFFIX}")
-
-
-def file_md5(path: str | Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_input_size(name_or_path: str, image_size: int | None) -> int:

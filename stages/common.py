@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -173,3 +174,12 @@ def write_csv_dir(path: str | Path, frames: dict[str, pd.DataFrame]) -> None:
     replace_dir(path, {f"{name}.csv": (lambda target, frame=frame: frame.to_csv(target, index=False,
                                                                                  float_format="%.6g"))
                        for name, frame in frames.items()})
+
+
+def file_md5(path: str | Path) -> str:
+    """The md5 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

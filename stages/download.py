@@ -32,7 +32,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-from stages.common import PipelineError, run_main, user_cache_dir
+from stages.common import PipelineError, file_md5, run_main, user_cache_dir
 from stages.params import load_params
 
 #: The official tarballs of each year, with their md5s.
@@ -86,15 +86,6 @@ def urls_for(name: str, year: int, source: str | None) -> list[str]:
 
 
 # --------------------------------------------------------------------------- download
-
-def file_md5(path: str | Path) -> str:
-    """The md5 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def _progress_bar(name: str, total: int | None, initial: int, enabled: bool):
     from tqdm import tqdm

@@ -33,9 +33,9 @@ from typing import Iterator
 
 import numpy as np
 
-from stages.backbones import (build_extractor, check_backbone_name, file_md5, is_model_file,
+from stages.backbones import (build_extractor, check_backbone_name, is_model_file,
                               resolve_input_size)
-from stages.common import (FEATURE_IDENTITY_KEYS, PipelineError, atomic_path, feature_signature,
+from stages.common import (FEATURE_IDENTITY_KEYS, PipelineError, atomic_path, feature_signature, file_md5,
                            read_csv, run_main, user_cache_dir, write_json)
 from stages.params import FeaturesParams, load_params
 

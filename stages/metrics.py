@@ -103,6 +103,17 @@ def _grouped_counts(y: np.ndarray, s: np.ndarray):
     return s_sorted[ends], tp, fp
 
 
+def _precision_recall(y_true01, scores):
+    """(precision, recall) at each distinct score, decreasing; None without a positive."""
+    y = _as_binary_1d(y_true01)
+    s = _as_scores(scores, y.shape)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return None
+    _, tp, fp = _grouped_counts(y, s)
+    return tp / (tp + fp), tp / n_pos
+
+
 def average_precision(y_true01, scores) -> float:
     """Area under the precision-recall curve of one class (non-interpolated, step-wise).
 
@@ -110,15 +121,11 @@ def average_precision(y_true01, scores) -> float:
     (``R_0 = 0``), i.e. exactly :func:`sklearn.metrics.average_precision_score`. Ties are
     handled as one threshold. Returns ``nan`` when ``y_true01`` has no positive (or is empty).
     """
-    y = _as_binary_1d(y_true01)
-    s = _as_scores(scores, y.shape)
-    n_pos = int(y.sum())
-    if n_pos == 0:
+    curve = _precision_recall(y_true01, scores)
+    if curve is None:
         return float("nan")
-    _, tp, fp = _grouped_counts(y, s)
-    precision = tp / (tp + fp)
-    d_recall = np.diff(tp, prepend=0.0) / n_pos
-    return float(np.sum(d_recall * precision))
+    precision, recall = curve
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
 
 
 def voc07_average_precision(y_true01, scores) -> float:
@@ -135,14 +142,10 @@ def voc07_average_precision(y_true01, scores) -> float:
 
     Returns ``nan`` when there is no positive.
     """
-    y = _as_binary_1d(y_true01)
-    s = _as_scores(scores, y.shape)
-    n_pos = int(y.sum())
-    if n_pos == 0:
+    curve = _precision_recall(y_true01, scores)
+    if curve is None:
         return float("nan")
-    _, tp, fp = _grouped_counts(y, s)
-    precision = tp / (tp + fp)
-    recall = tp / n_pos
+    precision, recall = curve
     # max precision over points with recall >= recall[k]: suffix maximum (recall is sorted).
     suffix_max = np.maximum.accumulate(precision[::-1])[::-1]
     levels = np.arange(11) / 10.0

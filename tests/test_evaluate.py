@@ -95,9 +95,15 @@ def test_stages_write_every_declared_output(synthetic_workdir):
     assert (synthetic_workdir / "plots/confusion_matrices.png").stat().st_size > 10_000
 
 
-def test_evaluation_labels_never_reach_the_model_or_the_thresholds(synthetic_workdir):
-    """Shuffle the eval labels: model and thresholds must stay byte-identical."""
-    outputs = ("models/model.joblib", "models/thresholds.json", "models/oof_probabilities.csv")
+@pytest.mark.parametrize("tuning", [False, True])
+def test_evaluation_labels_never_reach_the_model_or_the_thresholds(synthetic_workdir, tuning):
+    """Shuffle the eval labels: model, grid and thresholds must stay byte-identical."""
+    if tuning:
+        params = yaml.safe_load((synthetic_workdir / "params.yaml").read_text())
+        params["tune"].update(enabled=True, C=[0.5, 5.0], gamma=["scale"], folds=2)
+        (synthetic_workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    outputs = ("models/model.joblib", "models/thresholds.json", "models/oof_probabilities.csv",
+               "metrics/tune.json")
     for args in (TRAIN, CALIBRATE):
         assert run_stage(synthetic_workdir, args).returncode == 0
     before = {name: (synthetic_workdir / name).read_bytes() for name in outputs}

@@ -71,6 +71,16 @@ def test_second_repro_does_nothing(project):
     assert stages_run(second.stdout) == set(), second.stdout
 
 
+def test_an_impossible_subset_fails_with_a_clear_message(project):
+    try:
+        project.set_params({"subset.n_images": 1000})
+        result = project.dvc("repro", "subset")
+        assert result.returncode != 0
+        assert "subset.n_images=1000 but the 'trainval' split has only 60 images" in result.stdout + result.stderr
+    finally:
+        restore(project)
+
+
 def test_exp_run_with_new_C_reruns_only_the_svm_stages_and_metrics_diff_shows_it(project):
     try:
         run = project.dvc("exp", "run", "-S", "svm.C=10", check=True)

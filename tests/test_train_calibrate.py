@@ -1,5 +1,4 @@
 """train and calibrate: the SVMs, out-of-fold probabilities, tuning and thresholds."""
-from dataclasses import replace
 
 import numpy as np
 import pytest

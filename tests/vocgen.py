@@ -26,7 +26,6 @@ Guarantees of :func:`voc_spec` (tests of later stages may rely on them):
 from __future__ import annotations
 
 import colorsys
-import hashlib
 import io
 import os
 import tarfile
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.common import file_md5
 from stages.params import VOC_CLASSES
 
 #: Official tarball names per year (what stages.download fetches).
@@ -330,15 +330,6 @@ def make_tarballs(dest_dir: str | Path, year: int = 2007, **make_voc_kwargs) -> 
             parts = {TARBALLS[2012][0]: (tuple(spec.splits), {i.image_id for i in spec.images})}
         return {name: write_tar(dest_dir / name, Path(tmp), _tar_members(voc, year, splits, ids))
                 for name, (splits, ids) in parts.items()}
-
-
-def file_md5(path: str | Path) -> str:
-    """The md5 hex digest of a file."""
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def md5s(files: dict[str, Path]) -> dict[str, str]:
