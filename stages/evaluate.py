@@ -121,10 +121,13 @@ def confusion_grid_figure(per_class: pd.DataFrame):
     figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.6 * rows), squeeze=False)
     for axis, row in zip(axes.flat, per_class.itertuples()):
         matrix = np.array([[row.tn, row.fp], [row.fn, row.tp]])
-        axis.imshow(matrix / max(matrix.sum(), 1), cmap="Blues", vmin=0, vmax=1)
+        # Shade by row (the share of absent / present images predicted each way), so the
+        # rare "present" row is as visible as the large "absent" one.
+        shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+        axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
         for (i, j), count in np.ndenumerate(matrix):
             axis.text(j, i, str(count), ha="center", va="center", fontsize=10,
-                      color="white" if matrix[i, j] > matrix.sum() / 2 else "black")
+                      color="white" if shares[i, j] > 0.5 else "black")
         axis.set_xticks([0, 1], ["absent", "present"], fontsize=7)
         axis.set_yticks([0, 1], ["absent", "present"], fontsize=7)
         axis.set_title(f"{row._1} (t={row.threshold:.2f}, F1={row.f1:.2f})", fontsize=8)
