@@ -60,6 +60,10 @@ class DownloadError(PipelineError):
     """One URL could not be fetched (network, HTTP status): the caller may try another."""
 
 
+class ChecksumError(DownloadError):
+    """One URL served a file with the wrong md5 (e.g. an HTML error page): try the next one."""
+
+
 # --------------------------------------------------------------------------- tarball lists
 
 def tarballs_for(year: int, md5_overrides: dict[str, str] | None = None) -> dict[str, str]:
@@ -191,7 +195,7 @@ def download(url: str, dest: str | Path, expected_md5: str, progress: bool = Tru
             print(f"{dest.name}: md5 mismatch after resuming an earlier partial download; "
                   f"downloading it again from the start", file=sys.stderr)
             continue
-        raise PipelineError(
+        raise ChecksumError(
             f"{url}: downloaded file has md5 {actual}, expected {expected_md5}; it was deleted. "
             f"If you serve your own tarballs, declare their md5 in params.yaml data.md5 "
             f"(e.g. data.md5: {{{dest.name}: {actual}}}); otherwise rerun to download it again")
@@ -233,7 +237,7 @@ def fetch_tarball(name: str, expected_md5: str, urls: list[str], cache_dir: Path
             print(f"downloading {url}", file=sys.stderr)
             try:
                 return download(url, dest, expected_md5, progress)
-            except DownloadError as error:
+            except DownloadError as error:  # includes a wrong md5: a mirror may serve the right file
                 failures.append(f"{url} ({error})")
                 print(f"  failed: {error}", file=sys.stderr)
     tried = "\n  ".join(failures)

@@ -429,9 +429,10 @@ def features_params_from_meta(meta: dict) -> tuple[FeaturesParams, list[int]]:
     return params, sizes
 
 
-def build_meta(params: FeaturesParams, stats: dict, n_train: int, n_eval: int) -> dict:
-    """meta.json: the feature signature (:func:`stages.common.feature_signature`) first, then
-    how and how fast the features were made."""
+def build_meta(params: FeaturesParams, stats: dict) -> dict:
+    """meta.json: what the features are (the signature of :func:`stages.common.feature_signature`
+    plus versions), and nothing about this run, so an identical rerun leaves it byte-identical
+    and DVC does not retrain for nothing."""
     return {
         "backbones": list(params.backbones),
         "dims": stats["dims"],
@@ -442,17 +443,23 @@ def build_meta(params: FeaturesParams, stats: dict, n_train: int, n_eval: int) -
         "keras_version": keras.__version__,
         "tensorflow_version": tf.__version__,
         "pixels": PIXELS,
-        "batch_size": params.batch_size,
+    }
+
+
+def build_run_stats(params: FeaturesParams, stats: dict, n_train: int, n_eval: int) -> dict:
+    """metrics/featurize.json: how this run went (device, speed, cache use), for dvc metrics show."""
+    return {
         "device": stats["device"],
+        "batch_size": params.batch_size,
         "n_train": n_train,
         "n_eval": n_eval,
         "n_extracted": stats["n_extracted"],
         "n_cached": stats["n_cached"],
         "images_per_second": _round(stats["images_per_second"]),
-        "per_backbone": [{"name": i["name"], "input_size": i["input_size"], "dim": i["dim"],
-                          "n_extracted": i["n_extracted"], "n_cached": i["n_cached"],
-                          "images_per_second": _round(i["images_per_second"])}
-                         for i in stats["per_backbone"]],
+        "per_backbone": {i["name"]: {"input_size": i["input_size"], "dim": i["dim"],
+                                     "n_extracted": i["n_extracted"], "n_cached": i["n_cached"],
+                                     "images_per_second": _round(i["images_per_second"])}
+                         for i in stats["per_backbone"]},
     }
 
 
@@ -483,8 +490,10 @@ def write_features(path: Path, ids: np.ndarray, features: np.ndarray) -> None:
 
 
 def featurize(images_dir, train_csv, eval_csv, out_dir, params: FeaturesParams,
-              progress: bool = True) -> dict:
-    """Extract the train and eval subsets' features into ``out_dir``; return the meta written."""
+              progress: bool = True) -> tuple[dict, dict]:
+    """Extract the train and eval subsets' features into ``out_dir``.
+
+    Returns (the meta written to ``meta.json``, this run's stats)."""
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise PipelineError(f"{images_dir}: image folder not found; run the download stage "
@@ -495,9 +504,9 @@ def featurize(images_dir, train_csv, eval_csv, out_dir, params: FeaturesParams,
     n_train = len(train_paths)
     write_features(out_dir / "train.npz", train_ids, features[:n_train])
     write_features(out_dir / "eval.npz", eval_ids, features[n_train:])
-    meta = build_meta(params, stats, n_train=n_train, n_eval=len(eval_paths))
+    meta = build_meta(params, stats)
     write_json(out_dir / "meta.json", meta)
-    return meta
+    return meta, build_run_stats(params, stats, n_train=n_train, n_eval=len(eval_paths))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -506,14 +515,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", required=True, help="train subset CSV (image_id column)")
     parser.add_argument("--eval", required=True, help="eval subset CSV (image_id column)")
     parser.add_argument("--out-dir", required=True, help="where train.npz, eval.npz, meta.json go")
+    parser.add_argument("--stats-out", required=True, help="this run's speed and cache use (JSON)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     params = load_params(args.params).features
-    meta = featurize(args.images, args.train, args.eval, args.out_dir, params)
-    speed = f"{meta['images_per_second']:.1f} images/s" if meta["images_per_second"] else "all cached"
-    print(f"featurize: {meta['n_train']} train + {meta['n_eval']} eval images -> {args.out_dir} "
-          f"({' + '.join(meta['backbones'])}, {meta['total_dim']} dims; {meta['n_extracted']} extracted, "
-          f"{meta['n_cached']} from cache; {speed}; {meta['device']})")
+    meta, run = featurize(args.images, args.train, args.eval, args.out_dir, params)
+    write_json(args.stats_out, run)
+    speed = f"{run['images_per_second']:.1f} images/s" if run["images_per_second"] else "all cached"
+    print(f"featurize: {run['n_train']} train + {run['n_eval']} eval images -> {args.out_dir} "
+          f"({' + '.join(meta['backbones'])}, {meta['total_dim']} dims; {run['n_extracted']} extracted, "
+          f"{run['n_cached']} from cache; {speed}; {run['device']})")
 
 
 if __name__ == "__main__":

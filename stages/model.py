@@ -49,6 +49,10 @@ class KernelMap(BaseEstimator, TransformerMixin):
     def transform(self, X):
         X = np.asarray(X, dtype=np.float64)
         params = {} if self.kernel == "linear" else {"gamma": self.gamma_}
+        if self.kernel in ("poly", "sigmoid"):
+            params.update(coef0=0.0)  # SVC's defaults (pairwise_kernels' coef0 default is 1)
+        if self.kernel == "poly":
+            params.update(degree=3)
         return pairwise_kernels(X, self.train_features_, metric=self.kernel, **params)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import numbers
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -226,7 +227,7 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
         if isinstance(target, bool) or not isinstance(target, numbers.Integral) or target < 0:
             raise PipelineError(f"{source}: subset.class_quota.{name} must be an integer >= 0, got {target!r}")
     subset = SubsetParams(n_images=r.integer("n_images", 750, minimum=1),
-                          seed=r.integer("seed", 42),
+                          seed=r.integer("seed", 42, minimum=0),
                           min_per_class=r.integer("min_per_class", 10, minimum=0),
                           class_quota={k: int(v) for k, v in quota.items()})
 
@@ -249,7 +250,7 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
                     gamma=parse_gamma(r.get("gamma", 0.002), "svm.gamma", source),
                     class_weight=r.choice("class_weight", None, (None, "balanced")),
                     scaler=r.choice("scaler", "none", SCALERS),
-                    n_jobs=r.integer("n_jobs", -1))
+                    n_jobs=_n_jobs(r))
 
     r = _section(raw, "calibrate", CalibrateParams, source)
     calibrate = CalibrateParams(folds=r.integer("folds", 5, minimum=2),
@@ -262,10 +263,14 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
     c_grid = c_grid if isinstance(c_grid, list) else [c_grid]
     if not c_grid or not all(not isinstance(c, bool) and isinstance(c, numbers.Real) and c > 0 for c in c_grid):
         raise r.fail("C", "a non-empty list of numbers > 0", c_grid)
+    if len({float(c) for c in c_grid}) != len(c_grid):
+        raise r.fail("C", "a list without repeats", c_grid)
     gamma_grid = r.get("gamma", ["scale", 0.0005, 0.002, 0.008])
     gamma_grid = gamma_grid if isinstance(gamma_grid, list) else [gamma_grid]
     if not gamma_grid:
         raise r.fail("gamma", "a non-empty list", gamma_grid)
+    if len({str(parse_gamma(g, "tune.gamma", source)) for g in gamma_grid}) != len(gamma_grid):
+        raise r.fail("gamma", "a list without repeats", gamma_grid)
     scaler_grid = r.string_list("scaler", [], non_empty=False)
     for scaler in scaler_grid:
         if scaler not in SCALERS:
@@ -284,10 +289,18 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
         raise r.fail("top_k", f"a list of integers between 1 and {len(classes)} (the number of classes)", top_k)
     evaluate = EvaluateParams(top_k=tuple(sorted(set(top_k))),
                               bootstrap=r.integer("bootstrap", 1000, minimum=0),
-                              seed=r.integer("seed", 0))
+                              seed=r.integer("seed", 0, minimum=0))
 
     return Params(data=data, subset=subset, eval=eval_set, features=features, svm=svm,
                   calibrate=calibrate, tune=tune, evaluate=evaluate)
+
+
+def _n_jobs(reader: _Reader) -> int:
+    """joblib's n_jobs: a positive count, or negative for 'all cores but |n|-1'; never 0."""
+    value = reader.integer("n_jobs", -1)
+    if value == 0:
+        raise reader.fail("n_jobs", "a non-zero integer (-1: all cores)", value)
+    return value
 
 
 def _any_name(reader: _Reader, key: str, default: str) -> tuple:
@@ -296,13 +309,23 @@ def _any_name(reader: _Reader, key: str, default: str) -> tuple:
     return (value,) if isinstance(value, str) and value.strip() else (default,)
 
 
+class _Yaml12FloatLoader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-3`` as a float, as YAML 1.2 (and DVC's parser) do."""
+
+
+_Yaml12FloatLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``params.yaml`` (DVC runs every stage from the repo root)."""
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path}: not found; run stages from the repository root")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_Yaml12FloatLoader) or {}
     except yaml.YAMLError as error:
         raise PipelineError(f"{path}: is not valid YAML: {error}") from error
     return parse_params(raw, source=str(path))

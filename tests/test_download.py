@@ -144,6 +144,18 @@ def test_falls_back_to_the_mirror(unreachable_url, http_server, monkeypatch):
     assert_voc_tree(voc, 2007)
 
 
+def test_a_host_serving_the_wrong_file_falls_back_to_the_mirror(http_server, tmp_path, monkeypatch):
+    """E.g. a maintenance page answered with 200: its md5 is wrong, so the mirror is tried."""
+    tarballs = make_tarballs(http_server.root / "mirror", 2007)
+    (http_server.root / "down").mkdir()
+    for name in tarballs:
+        (http_server.root / "down" / name).write_text("<html>down for maintenance</html>")
+    monkeypatch.setattr(download, "OFFICIAL_HOSTS",
+                        {2007: (http_server.url + "down/", http_server.url + "mirror/")})
+    voc = download.obtain_voc(2007, None, md5s(tarballs), progress=False)
+    assert_voc_tree(voc, 2007)
+
+
 def test_file_url_source(tmp_path):
     tarballs = make_tarballs(tmp_path / "served", 2007)
     voc = download.obtain_voc(2007, (tmp_path / "served").as_uri(), md5s(tarballs), progress=False)

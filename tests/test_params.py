@@ -35,6 +35,10 @@ def test_repository_params_are_the_methods_defaults():
     ({"tune": {"C": []}}, r"tune\.C must be a non-empty list"),
     ({"data": {"train_split": "test"}}, r"data\.train_split and data\.eval_split are both 'test'"),
     ({"svn": {}}, r"unknown section\(s\) svn"),
+    ({"subset": {"seed": -1}}, r"subset\.seed must be an integer >= 0"),
+    ({"svm": {"n_jobs": 0}}, r"svm\.n_jobs must be a non-zero integer"),
+    ({"tune": {"C": [1, 1.0]}}, r"tune\.C must be a list without repeats"),
+    ({"tune": {"gamma": ["scale", "scale"]}}, r"tune\.gamma must be a list without repeats"),
 ])
 def test_bad_values_name_the_key(raw, message):
     with pytest.raises(PipelineError, match=message):
@@ -45,6 +49,9 @@ def test_gamma_words_and_numbers(tmp_path):
     assert parse_params({"svm": {"gamma": "median"}}).svm.gamma == "median"
     assert parse_params({"svm": {"gamma": 0.01}}).svm.gamma == 0.01
     assert parse_params({"tune": {"gamma": ["scale", 0.1]}}).tune.gamma == ("scale", 0.1)
+    exponent = tmp_path / "exponent.yaml"
+    exponent.write_text("svm:\n  gamma: 1e-3\ntune:\n  C: [1e2, 10]\n")  # YAML 1.2 floats, as DVC reads them
+    assert load_params(exponent).svm.gamma == 0.001 and load_params(exponent).tune.C == (100.0, 10.0)
     broken = tmp_path / "params.yaml"
     broken.write_text("svm: [unclosed\n")
     with pytest.raises(PipelineError, match="params.yaml: is not valid YAML"):

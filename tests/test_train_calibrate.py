@@ -26,12 +26,13 @@ def data():
     return train_labels, train_features, eval_labels, eval_features
 
 
-def test_precomputed_kernel_model_equals_plain_rbf_svc(data):
+@pytest.mark.parametrize("kernel", ["rbf", "linear", "poly", "sigmoid"])
+def test_precomputed_kernel_model_equals_plain_svc(data, kernel):
     labels, features, _, eval_features = data
     targets = training_targets(labels)[:, :4]
-    svm = SvmParams(gamma="scale", C=3.0, n_jobs=1)
+    svm = SvmParams(kernel=kernel, gamma="scale", C=3.0, n_jobs=1)
     ours = positive_probabilities(build_model(svm).fit(features, targets), eval_features)
-    reference = MultiOutputClassifier(SVC(kernel="rbf", gamma="scale", C=3.0, probability=True,
+    reference = MultiOutputClassifier(SVC(kernel=kernel, gamma="scale", C=3.0, probability=True,
                                           random_state=0)).fit(features, targets)
     expected = np.column_stack([p[:, 1] for p in reference.predict_proba(eval_features)])
     np.testing.assert_allclose(ours, expected, atol=1e-8)
