@@ -38,7 +38,8 @@ def evaluate(labels: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarr
     metrics = {
         "map": mean_ap(labels, probabilities),
         "map_voc07": mean_ap(labels, probabilities, voc07=True),
-        "map_ci95": [low, high],
+        # A mapping, not [low, high]: DVC's metrics show / exp show / diff drop list values.
+        "map_ci95": {"low": low, "high": high},
         "calibrated": multilabel_scores(labels, probabilities, thresholds, params.top_k),
         "default_threshold": multilabel_scores(labels, probabilities, np.full(len(classes), DEFAULT_THRESHOLD),
                                                params.top_k),

@@ -63,7 +63,7 @@ def test_metrics_match_scikit_learn_without_difficult_entries():
     confusion = multilabel_confusion_matrix(truth, predicted)
     assert list(per_class["tp"]) == list(confusion[:, 1, 1]) and list(per_class["fp"]) == list(confusion[:, 0, 1])
     assert list(per_class["f1"]) == pytest.approx(f1_score(truth, predicted, average=None))
-    low, high = metrics["map_ci95"]
+    low, high = metrics["map_ci95"]["low"], metrics["map_ci95"]["high"]
     assert low <= metrics["map"] <= high
 
 

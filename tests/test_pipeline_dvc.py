@@ -93,7 +93,7 @@ def test_exp_run_with_new_C_reruns_only_the_svm_stages_and_metrics_diff_shows_it
         assert changed, "dvc metrics diff read nothing from metrics/metrics.json"
         assert any(key.startswith("calibrated.") or key == "map" for key in changed), changed
         shown = project.dvc("metrics", "show", "--json", check=True).stdout
-        assert "f1_micro" in shown and "map_voc07" in shown
+        assert "f1_micro" in shown and "map_voc07" in shown and "map_ci95" in shown
     finally:
         restore(project)
 
@@ -146,6 +146,14 @@ def test_queued_sweep_reuses_the_cached_features(project):
         assert data["metrics"]["metrics/featurize.json"]["data"] == baseline_run
         logs = project.dvc("queue", "logs", run["name"], check=True).stdout
         assert "Stage 'featurize' didn't change, skipping" in logs and "Running stage 'train'" in logs, logs
+    try:  # keep the best: apply it to the workspace
+        best = max(runs, key=lambda run: run["data"]["metrics"]["metrics/metrics.json"]["data"]["map"])
+        project.dvc("exp", "apply", best["name"], check=True)
+        assert project.params()["svm"]["C"] == best["data"]["params"]["params.yaml"]["data"]["svm"]["C"]
+        applied = json.loads(project.path("metrics/metrics.json").read_text())
+        assert applied == best["data"]["metrics"]["metrics/metrics.json"]["data"]
+    finally:
+        restore(project)
 
 
 def test_predict_labels_match_the_evaluation_predictions(project, tmp_path):
