@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from stages.common import PipelineError, read_csv, run_main, write_csv_dir, write_figure, write_json
+from stages.common import (PipelineError, panel_grid, read_csv, run_main, write_csv_dir, write_figure,
+                           write_json)
 from stages.metrics import best_threshold, score_from_counts, threshold_curve
 from stages.params import CalibrateParams, load_params
 
@@ -98,22 +99,14 @@ def threshold_curves(targets: np.ndarray, probabilities: np.ndarray, classes, me
 
 def curves_figure(curves: dict, chosen: dict, metric: str):
     """One small panel per class: score against threshold, the chosen threshold marked."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = 5
-    rows = int(np.ceil(len(curves) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 2.4 * rows), squeeze=False)
-    for axis, (name, curve) in zip(axes.flat, curves.items()):
+    figure, axes = panel_grid(len(curves), panel_size=(3, 2.4))
+    for axis, (name, curve) in zip(axes, curves.items()):
         axis.plot(curve["threshold"], curve["score"], color="tab:blue")
         axis.axvline(chosen[name], color="tab:red", linestyle="--", label=f"{chosen[name]:.2f}")
         axis.axvline(DEFAULT_THRESHOLD, color="gray", linestyle=":")
         axis.set_title(name, fontsize=9)
         axis.set_xlim(0, 1)
         axis.legend(fontsize=7, loc="lower left")
-    for axis in list(axes.flat)[len(curves):]:
-        axis.axis("off")
     figure.suptitle(f"out-of-fold {metric} against threshold (red: chosen, gray: 0.5)")
     figure.tight_layout()
     return figure

@@ -12,8 +12,8 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from stages.common import (PipelineError, feature_signature, load_features, read_json, read_label_table,
-                           run_main, write_csv, write_csv_dir, write_figure, write_json)
+from stages.common import (PipelineError, feature_signature, load_features, panel_grid, read_json,
+                           read_label_table, run_main, write_csv, write_csv_dir, write_figure, write_json)
 from stages.metrics import (bootstrap_map_ci, mean_ap, multilabel_scores, per_class_ap, per_class_confusion,
                             precision_recall_points, threshold_predictions)
 from stages.model import load_model, positive_probabilities
@@ -113,14 +113,8 @@ def pr_curves(labels: np.ndarray, probabilities: np.ndarray, classes) -> dict[st
 
 def confusion_grid_figure(per_class: pd.DataFrame):
     """All per-class 2x2 confusion matrices with counts, in one figure (4 x 5 for VOC)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = 5
-    rows = int(np.ceil(len(per_class) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.6 * rows), squeeze=False)
-    for axis, row in zip(axes.flat, per_class.itertuples()):
+    figure, axes = panel_grid(len(per_class), panel_size=(2.6, 2.6))
+    for axis, row in zip(axes, per_class.itertuples()):
         matrix = np.array([[row.tn, row.fp], [row.fn, row.tp]])
         # Shade by row (the share of absent / present images predicted each way), so the
         # rare "present" row is as visible as the large "absent" one.
@@ -132,8 +126,6 @@ def confusion_grid_figure(per_class: pd.DataFrame):
         axis.set_xticks([0, 1], ["absent", "present"], fontsize=7)
         axis.set_yticks([0, 1], ["absent", "present"], fontsize=7)
         axis.set_title(f"{row._1} (t={row.threshold:.2f}, F1={row.f1:.2f})", fontsize=8)
-    for axis in list(axes.flat)[len(per_class):]:
-        axis.axis("off")
     figure.supxlabel("predicted")
     figure.supylabel("actual")
     figure.tight_layout()

@@ -12,7 +12,8 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from stages.common import PipelineError, read_csv, run_main, training_targets, write_csv, write_figure
+from stages.common import (PipelineError, pyplot, read_csv, run_main, training_targets, write_csv,
+                           write_figure)
 from stages.params import EvalSetParams, SubsetParams, load_params
 from stages.stratify import stratified_subset
 
@@ -72,10 +73,7 @@ def class_distribution(train_pool: pd.DataFrame, train: pd.DataFrame, eval_set: 
 
 def distribution_figure(distribution: pd.DataFrame, n_train: int, n_eval: int):
     """A horizontal bar chart of positives per class, train subset beside eval set."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     positions = np.arange(len(distribution))
     figure, axes = plt.subplots(1, 2, figsize=(10, 0.3 * len(distribution) + 1.5), sharey=True)
     for axis, column, title in ((axes[0], "train", f"train subset ({n_train} images)"),

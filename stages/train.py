@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from stages.common import (PipelineError, feature_signature, load_features, read_json, read_label_table,
-                           run_main, training_targets, write_csv, write_figure, write_json)
+from stages.common import (PipelineError, feature_signature, load_features, pyplot, read_json,
+                           read_label_table, run_main, training_targets, write_csv, write_figure, write_json)
 from stages.metrics import mean_ap
 from stages.model import RANDOM_STATE, build_model, positive_probabilities, save_model
 from stages.params import SvmParams, TuneParams, load_params
@@ -135,10 +135,7 @@ def tune_heatmap(grid: pd.DataFrame | None, svm: SvmParams):
     Without tuning the figure says which single setting was trained, so the plot (a
     declared DVC output) always exists and is never stale.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if grid is None:
         figure, axis = plt.subplots(figsize=(5, 1.5))
         axis.axis("off")
