@@ -125,31 +125,39 @@ def test_images_in_no_split_are_kept_as_unused(tmp_path, params_file):
 
 # --------------------------------------------------------------------------- end to end with DVC
 
-def test_dvc_repro_prepare_downloads_once(dvc_project, http_server):
-    tarballs = make_tarballs(http_server.root, 2007)
-    dvc_project.set_params({"data.source": http_server.url, "data.md5": md5s(tarballs)})
+@pytest.mark.parametrize("year, train_split, eval_split", [(2007, "trainval", "test"), (2012, "train", "val")])
+def test_dvc_repro_subset_downloads_once(dvc_project, http_server, year, train_split, eval_split):
+    tarballs = make_tarballs(http_server.root, year)
+    dvc_project.set_params({"data.source": http_server.url, "data.md5": md5s(tarballs), "data.year": year,
+                            "data.train_split": train_split, "data.eval_split": eval_split,
+                            "subset.n_images": 30, "subset.min_per_class": 2})
 
-    first = dvc_project.dvc("repro", "prepare")
+    first = dvc_project.dvc("repro", "subset")
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "Running stage 'download'" in first.stdout and "Running stage 'prepare'" in first.stdout
+    for stage in ("download", "prepare", "subset"):
+        assert f"Running stage '{stage}'" in first.stdout
     assert dvc_project.path("data", "raw", "voc").is_symlink()
     table = pd.read_csv(dvc_project.path("data", "labels.csv"), dtype={"image_id": str})
-    pd.testing.assert_frame_equal(table, label_table(voc_spec(2007)), check_dtype=False)
-    assert len(http_server.requests) == 2
+    expected = label_table(voc_spec(year))
+    expected["split"] = expected["split"].where(expected["split"].isin([train_split, eval_split]), "unused")
+    pd.testing.assert_frame_equal(table, expected, check_dtype=False)
+    train = pd.read_csv(dvc_project.path("data", "subset", "train.csv"), dtype={"image_id": str})
+    assert len(train) == 30 and set(train["split"]) == {train_split}
+    assert len(http_server.requests) == len(tarballs)
     cached = [p for p in dvc_project.path(".dvc", "cache", "files").rglob("*") if p.is_file()]
-    assert len(cached) == 1  # labels.csv only: the images are not stored twice
+    assert len(cached) == 3  # labels.csv and the two subset CSVs: the images are not stored twice
 
-    second = dvc_project.dvc("repro", "prepare")
+    second = dvc_project.dvc("repro", "subset")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "Running stage" not in second.stdout
     assert "Stage 'download' didn't change" in second.stdout
-    assert len(http_server.requests) == 2
+    assert len(http_server.requests) == len(tarballs)
 
     # A forced rerun relinks from the extraction cache (no request), and undoes DVC's chmod 777
     # of the old link's target (DVC's way of removing a linked output before a rerun).
     forced = dvc_project.dvc("repro", "-f", "download")
     assert forced.returncode == 0, forced.stdout + forced.stderr
-    assert len(http_server.requests) == 2
+    assert len(http_server.requests) == len(tarballs)
     target = dvc_project.path("data", "raw", "voc").resolve()
     assert stat.S_IMODE(target.stat().st_mode) & 0o002 == 0
 
