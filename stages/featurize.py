@@ -193,6 +193,18 @@ class BackboneSpec:
         return user_cache_dir("features", f"{label}-{self.input_size}{flip}-{digest}")
 
 
+def _feature_code_hash() -> str:
+    """Hash of the code that turns an image file into features (decode, resize, model wrapping).
+
+    Part of the cache key, so editing that code cannot silently serve features of the old code.
+    """
+    import inspect
+    from stages import backbones
+    parts = (load_image, decode_batch, backbones.build_extractor, backbones._Preprocess, backbones._Flip,
+             backbones._pool)
+    return hashlib.sha1("".join(inspect.getsource(part) for part in parts).encode()).hexdigest()[:16]
+
+
 def backbone_specs(params: FeaturesParams, input_sizes: list[int] | None = None) -> list[BackboneSpec]:
     """Resolve each backbone's input size and cache key (cheap: nothing is built)."""
     if not params.backbones:
@@ -222,7 +234,7 @@ def backbone_specs(params: FeaturesParams, input_sizes: list[int] | None = None)
             backbone_key, this_weights = name, weights_key
         key = {"cache_format": CACHE_FORMAT, "backbone": backbone_key, "weights": this_weights,
                "input_size": size, "flip_tta": bool(params.flip_tta), "keras": keras.__version__,
-               "tensorflow": tf.__version__, "pixels": PIXELS}
+               "tensorflow": tf.__version__, "pixels": PIXELS, "code": _feature_code_hash()}
         specs.append(BackboneSpec(name=name, input_size=size, key=key))
     return specs
 
