@@ -14,12 +14,11 @@ import pandas as pd
 
 from stages.common import (PipelineError, feature_signature, load_features, panel_grid, read_json,
                            read_label_table, run_main, write_csv, write_csv_dir, write_figure, write_json)
-from stages.metrics import (bootstrap_map_ci, mean_ap, multilabel_scores, per_class_ap, per_class_confusion,
-                            precision_recall_points, threshold_predictions)
+from stages.calibrate import DEFAULT_THRESHOLD
+from stages.metrics import (bootstrap_map_ci, fbeta_from_counts, mean_ap, multilabel_scores, per_class_ap,
+                            per_class_confusion, precision_recall_points, threshold_predictions)
 from stages.model import load_model, positive_probabilities
 from stages.params import EvaluateParams, load_params
-
-DEFAULT_THRESHOLD = 0.5
 
 
 def load_thresholds(path: str, classes) -> np.ndarray:
@@ -50,8 +49,7 @@ def evaluate(labels: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarr
     tn, fp, fn, tp = (confusion[:, i, j] for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
 
     def f1(counts):
-        tp_, fp_, fn_ = counts[:, 1, 1], counts[:, 0, 1], counts[:, 1, 0]
-        return np.where(2 * tp_ + fp_ + fn_ > 0, 2 * tp_ / np.maximum(2 * tp_ + fp_ + fn_, 1), 0.0)
+        return fbeta_from_counts(counts[:, 1, 1], counts[:, 0, 1], counts[:, 1, 0])
 
     per_class = pd.DataFrame({
         "class": list(classes),

@@ -35,7 +35,7 @@ import numpy as np
 
 from stages.backbones import (build_extractor, check_backbone_name, is_model_file,
                               resolve_input_size)
-from stages.common import (FEATURE_IDENTITY_KEYS, PipelineError, atomic_path, feature_signature, file_md5,
+from stages.common import (PipelineError, atomic_path, feature_signature, file_md5,
                            read_csv, run_main, user_cache_dir, write_json)
 from stages.params import FeaturesParams, load_params
 
@@ -45,7 +45,6 @@ import tensorflow as tf  # noqa: E402
 CACHE_FORMAT = 1
 # How pixels reach the model; part of the cache key, so changing it invalidates old features.
 PIXELS = "tf.io.decode_image(channels=3) -> tf.image.resize(bilinear) -> float32 RGB 0..255"
-SIGNATURE_KEYS = FEATURE_IDENTITY_KEYS  # meta.json's identity fields; feature_signature(meta) picks them
 IMAGE_EXTENSION = ".jpg"
 
 # Leading bytes of the formats tf.io.decode_image reads (a cheap check before any extraction).
@@ -436,7 +435,6 @@ def features_params_from_meta(meta: dict) -> tuple[FeaturesParams, list[int]]:
     sizes = [int(s) for s in signature["input_sizes"]]
     params = FeaturesParams(backbones=tuple(signature["backbones"]), weights=signature["weights"],
                             image_size=sizes[0] if len(set(sizes)) == 1 else None,
-                            batch_size=int(meta.get("batch_size", 8)),
                             flip_tta=bool(signature["flip_tta"]))
     return params, sizes
 
