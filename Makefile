@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: pipeline test setup bench clean-venv
+.PHONY: pipeline test setup bench quality clean-venv
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ test: setup
 ## Feature-extraction throughput (see bench/featurize.py --help for options).
 bench: setup
 	python bench/featurize.py
+
+## Quality on real photos: bench/quality.yaml's configs on devdata (../shared/devdata), 5 draws.
+quality: setup
+	python bench/quality.py --draws 5 --json bench/results/quality.json
 
 clean-venv:
 	rm -rf $(VENV)

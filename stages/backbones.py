@@ -2,12 +2,13 @@
 
 Every extractor built here takes float RGB in 0..255 at ``(size, size, 3)`` and returns one
 feature vector per image: the family's own ``preprocess_input`` and the global average
-pooling are part of the model, and so is the optional flip test-time augmentation, so the
-featurize stage and the ``predict`` command feed every backbone the same decoded pixels.
+pooling are part of the model, so the featurize stage and the ``predict`` command feed every
+backbone the same decoded pixels (see :mod:`stages.views`).
 """
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import os
 import re
@@ -24,6 +25,8 @@ KERAS_SUFFIX = ".keras"
 # Each family's native resolution (what its ImageNet weights were trained at).
 _EFFICIENTNET_SIZES = {"B0": 224, "B1": 240, "B2": 260, "B3": 300,
                        "B4": 380, "B5": 456, "B6": 528, "B7": 600}
+# A model file that accepts any input size is taken to be trained at this size.
+DEFAULT_NATIVE_SIZE = 224
 _EFFICIENTNET_V2_SIZES = {"B0": 224, "B1": 240, "B2": 260, "B3": 300, "S": 384, "M": 480, "L": 480}
 
 
@@ -74,60 +77,61 @@ def check_backbone_name(name: str) -> None:
         f"or a path to a saved model ending in {KERAS_SUFFIX}")
 
 
-def resolve_input_size(name_or_path: str, image_size: int | None) -> int:
-    """The input size a backbone will run at, without building it (a .keras file is loaded)."""
+def native_input_size(name_or_path: str) -> int:
+    """The size a backbone was trained at: a fixed-input ``.keras`` model's own size, a
+    ``keras.applications`` family's listed size, or 224 for a model file that takes any size."""
     if is_model_file(name_or_path):
-        return _model_file_size(_load_model_file(name_or_path), name_or_path, image_size)
+        fixed = _model_file_fixed_size(_load_model_file(name_or_path), name_or_path)
+        return fixed or DEFAULT_NATIVE_SIZE
     check_backbone_name(name_or_path)
-    return int(image_size) if image_size else default_input_size(name_or_path)
+    return default_input_size(name_or_path)
 
 
-def build_extractor(name_or_path: str, weights: str | None, image_size: int | None,
-                    flip_tta: bool = False) -> tuple[keras.Model, int]:
+def fixed_input_size(name_or_path: str) -> int | None:
+    """The only size a backbone can run at (a ``.keras`` model with a fixed input), else None."""
+    if is_model_file(name_or_path):
+        return _model_file_fixed_size(_load_model_file(name_or_path), name_or_path)
+    check_backbone_name(name_or_path)
+    return None
+
+
+def build_extractor(name_or_path: str, weights: str | None, image_size: int | None) -> tuple[keras.Model, int]:
     """Build a frozen feature extractor and return ``(model, input_size)``.
 
     ``name_or_path``: a ``keras.applications`` constructor name (built with
     ``include_top=False, pooling='avg'`` and its family's ``preprocess_input`` fused in front),
-    or a path to a ``.keras`` model that takes RGB 0..255 (its input size comes from its input
-    shape; a feature-map output is global-average-pooled).
+    or a path to a ``.keras`` model that takes RGB 0..255 (a feature-map output is
+    global-average-pooled; a fixed input size wins over ``image_size``).
     ``weights``: ``'imagenet'``, ``None`` (random init, seeded so it is reproducible) or a path
     to a weights file for ``load_weights``. A ``.keras`` model keeps its stored weights unless
     ``weights`` is a path.
-    ``image_size``: None for the model's default size.
-    ``flip_tta``: the output is the mean of the features of the image and its mirror.
-    The model's input is float32 ``(batch, size, size, 3)`` RGB in 0..255.
+    ``image_size``: None for the model's native size.
+    The model's input is float32 ``(batch, size, size, 3)`` RGB in 0..255. Views (mirror,
+    several sizes) are applied to the pixels by :mod:`stages.views`, not here.
     """
     name_or_path = str(name_or_path)
     weights_file = _weights_file(weights)
+    size = int(image_size) if image_size else native_input_size(name_or_path)
     if is_model_file(name_or_path):
         base = _load_model_file(name_or_path)
-        size = _model_file_size(base, name_or_path, image_size)
+        size = _model_file_fixed_size(base, name_or_path) or size
         if weights_file is not None:
             _load_weights(base, weights_file, name_or_path)
         inputs = keras.Input((size, size, 3), name="rgb_0_255")
         features = _pool(base(inputs), name_or_path)
-        if flip_tta:
-            features = keras.layers.Average(name="flip_tta")(
-                [features, _pool(base(_Flip(name="mirror")(inputs)), name_or_path)])
         label = Path(name_or_path).stem
     else:
         check_backbone_name(name_or_path)
-        size = int(image_size) if image_size else default_input_size(name_or_path)
         constructor = getattr(keras.applications, name_or_path)
         keras.utils.set_random_seed(0)  # a random-init model is the same in every run
         base = _construct(constructor, name_or_path, size, weights)
         if weights_file is not None:
             _load_weights(base, weights_file, name_or_path)
         inputs = keras.Input((size, size, 3), name="rgb_0_255")
-        pixels = _Preprocess(constructor.__module__, name="preprocess_input")(inputs)
-        features = base(pixels)
-        if flip_tta:
-            # preprocess_input works per pixel, so mirroring after it equals mirroring the image
-            features = keras.layers.Average(name="flip_tta")(
-                [features, base(_Flip(name="mirror")(pixels))])
+        features = base(_Preprocess(constructor.__module__, name="preprocess_input")(inputs))
         label = name_or_path
     base.trainable = False
-    model = keras.Model(inputs, features, name=re.sub(r"\W", "_", f"features_{label}"))
+    model = keras.Model(inputs, features, name=re.sub(r"\W", "_", f"features_{label}_{size}"))
     model.trainable = False
     return model, size
 
@@ -150,16 +154,6 @@ class _Preprocess(keras.layers.Layer):
         return {**super().get_config(), "module": self.module}
 
 
-class _Flip(keras.layers.Layer):
-    """Horizontal mirror of NHWC images."""
-
-    def call(self, inputs):
-        return keras.ops.flip(inputs, axis=2)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-
 def _pool(outputs, source: str):
     """Feature map (b, h, w, c) or tokens (b, n, c) -> (b, c); vectors pass through."""
     if isinstance(outputs, (list, tuple, dict)):
@@ -179,6 +173,13 @@ def _load_model_file(path: str) -> keras.Model:
     if not Path(path).is_file():
         raise PipelineError(f"{path}: backbone model file not found (features.backbones); "
                             f"give a path to a saved .keras model relative to the repository root")
+    stat = os.stat(path)
+    return _load_model_file_cached(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model_file_cached(path: str, mtime_ns: int, size: int) -> keras.Model:
+    """Load a ``.keras`` file once per process (sizes and views share it)."""
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many kinds here
@@ -187,19 +188,18 @@ def _load_model_file(path: str) -> keras.Model:
                             f"registered with keras.saving.register_keras_serializable)") from error
 
 
-def _model_file_size(model: keras.Model, path: str, image_size: int | None) -> int:
+def _model_file_fixed_size(model: keras.Model, path: str) -> int | None:
+    """A model file's fixed square input size, or None when it accepts any size."""
     shape = model.inputs[0].shape if len(model.inputs) == 1 else None
     if shape is None or len(shape) != 4 or shape[-1] != 3:
         raise PipelineError(f"{path}: the model must have one input of shape (batch, size, size, 3) "
                             f"taking RGB 0..255, got {[tuple(i.shape) for i in model.inputs]}")
     height, width = shape[1], shape[2]
     if height is None and width is None:
-        if not image_size:
-            raise PipelineError(f"{path}: the model accepts any input size; set features.image_size")
-        return int(image_size)
+        return None
     if height != width or height is None:
         raise PipelineError(f"{path}: the model's input must be square (size, size, 3), got {tuple(shape)}")
-    return int(height)  # a fixed input size wins over features.image_size
+    return int(height)
 
 
 def _weights_file(weights: str | None) -> str | None:

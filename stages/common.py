@@ -188,7 +188,7 @@ def read_json(path: str | Path) -> dict:
         raise PipelineError(f"{path}: is not valid JSON ({error}); rerun the stage that writes it") from error
 
 
-FEATURE_IDENTITY_KEYS = ("backbones", "dims", "input_sizes", "weights", "flip_tta")
+FEATURE_IDENTITY_KEYS = ("backbones", "dims", "input_sizes", "resize", "combine", "flip_tta", "weights")
 
 
 def feature_signature(meta: dict) -> dict:

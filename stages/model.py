@@ -5,11 +5,13 @@ command wrote it.
 """
 from __future__ import annotations
 
+import itertools
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.metrics.pairwise import pairwise_kernels
 from sklearn.multioutput import MultiOutputClassifier
@@ -18,7 +20,9 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC
 
 from stages.common import PipelineError, atomic_path
-from stages.params import SvmParams
+from stages.metrics import mean_ap
+from stages.params import SvmParams, TuneParams
+from stages.stratify import check_folds, multilabel_kfold
 
 RANDOM_STATE = 0
 
@@ -97,6 +101,37 @@ def positive_probabilities(model: Pipeline, features: np.ndarray) -> np.ndarray:
     return np.column_stack([proba[:, 1] for proba in per_class])
 
 
+def tune_grid(features: np.ndarray, targets: np.ndarray, svm: SvmParams, tune: TuneParams,
+              classes) -> pd.DataFrame:
+    """Cross-validated mAP of every (scaler, gamma, C) in the grid, on the training images only.
+
+    The kernel of each (fold, scaler, gamma) is computed once and reused for every C.
+    """
+    folds = multilabel_kfold(targets, tune.folds, seed=RANDOM_STATE)
+    check_folds(targets, folds, classes, purpose=f"tune.folds={tune.folds}")
+    scalers = tune.scaler or (svm.scaler,)
+    rows = []
+    for scaler, gamma in itertools.product(scalers, tune.gamma):
+        fold_scores = {c: [] for c in tune.C}
+        resolved = []
+        for fold in np.unique(folds):
+            held_out = folds == fold
+            prefix = build_model(replace(svm, scaler=scaler, gamma=gamma))[:2]  # scaler + kernel map
+            train_kernel = prefix.fit_transform(features[~held_out])
+            test_kernel = prefix.transform(features[held_out])
+            resolved.append(prefix[-1].gamma_)
+            for c in tune.C:
+                classifier = build_model(replace(svm, C=c))[-1]
+                classifier.fit(train_kernel, targets[~held_out])
+                scores = np.column_stack([p[:, 1] for p in classifier.predict_proba(test_kernel)])
+                fold_scores[c].append(mean_ap(targets[held_out] * 2 - 1, scores))
+        for c in tune.C:
+            rows.append({"scaler": scaler, "gamma": str(gamma), "gamma_value": float(np.mean(resolved)),
+                         "C": c, "map_mean": float(np.mean(fold_scores[c])),
+                         "map_std": float(np.std(fold_scores[c]))})
+    return pd.DataFrame(rows)
+
+
 def save_model(path, model: Pipeline, classes, svm: SvmParams, signature: dict, n_train: int) -> None:
     """Save the fitted model with what it was trained for (classes, feature space, settings)."""
     import joblib
@@ -112,7 +147,15 @@ def load_model(path, classes, signature: dict | None = None) -> dict:
 
     if not Path(path).exists():
         raise PipelineError(f"{path}: not found; run the train stage first (dvc repro train)")
-    bundle = joblib.load(path)
+    try:
+        bundle = joblib.load(path)
+    except Exception as error:  # a truncated or foreign file fails in pickle/zlib/numpy in many ways
+        raise PipelineError(f"{path}: cannot be read as a model ({type(error).__name__}: {error}); it is "
+                            f"truncated or not written by the train stage: retrain it "
+                            f"(dvc repro -f train)") from error
+    if not isinstance(bundle, dict) or not {"model", "classes", "feature_signature"} <= set(bundle):
+        raise PipelineError(f"{path}: is not a model bundle written by the train stage; retrain it "
+                            f"(dvc repro -f train)")
     if list(bundle["classes"]) != list(classes):
         raise PipelineError(f"{path}: was trained for classes {bundle['classes']}, but data.classes is "
                             f"{list(classes)}; retrain (dvc repro)")

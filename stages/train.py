@@ -13,7 +13,6 @@ cross-validated mAP on the training images only, then refits the best.
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 from dataclasses import dataclass, replace
 
@@ -23,8 +22,7 @@ from sklearn.pipeline import Pipeline
 
 from stages.common import (PipelineError, feature_signature, load_features, pyplot, read_json,
                            read_label_table, run_main, training_targets, write_csv, write_figure, write_json)
-from stages.metrics import mean_ap
-from stages.model import RANDOM_STATE, build_model, positive_probabilities, save_model
+from stages.model import RANDOM_STATE, build_model, positive_probabilities, save_model, tune_grid
 from stages.params import SvmParams, TuneParams, load_params
 from stages.stratify import check_folds, multilabel_kfold
 
@@ -50,37 +48,6 @@ def out_of_fold_probabilities(features: np.ndarray, targets: np.ndarray, svm: Sv
         model = build_model(svm).fit(features[~held_out], targets[~held_out])
         oof[held_out] = positive_probabilities(model, features[held_out])
     return oof
-
-
-def tune_grid(features: np.ndarray, targets: np.ndarray, svm: SvmParams, tune: TuneParams,
-              classes) -> pd.DataFrame:
-    """Cross-validated mAP of every (scaler, gamma, C) in the grid, on the training images only.
-
-    The kernel of each (fold, scaler, gamma) is computed once and reused for every C.
-    """
-    folds = multilabel_kfold(targets, tune.folds, seed=RANDOM_STATE)
-    check_folds(targets, folds, classes, purpose=f"tune.folds={tune.folds}")
-    scalers = tune.scaler or (svm.scaler,)
-    rows = []
-    for scaler, gamma in itertools.product(scalers, tune.gamma):
-        fold_scores = {c: [] for c in tune.C}
-        resolved = []
-        for fold in np.unique(folds):
-            held_out = folds == fold
-            prefix = build_model(replace(svm, scaler=scaler, gamma=gamma))[:2]  # scaler + kernel map
-            train_kernel = prefix.fit_transform(features[~held_out])
-            test_kernel = prefix.transform(features[held_out])
-            resolved.append(prefix[-1].gamma_)
-            for c in tune.C:
-                classifier = build_model(replace(svm, C=c))[-1]
-                classifier.fit(train_kernel, targets[~held_out])
-                scores = np.column_stack([p[:, 1] for p in classifier.predict_proba(test_kernel)])
-                fold_scores[c].append(mean_ap(targets[held_out] * 2 - 1, scores))
-        for c in tune.C:
-            rows.append({"scaler": scaler, "gamma": str(gamma), "gamma_value": float(np.mean(resolved)),
-                         "C": c, "map_mean": float(np.mean(fold_scores[c])),
-                         "map_std": float(np.std(fold_scores[c]))})
-    return pd.DataFrame(rows)
 
 
 def best_settings(grid: pd.DataFrame, svm: SvmParams) -> SvmParams:

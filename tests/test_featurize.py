@@ -19,9 +19,10 @@ from PIL import Image
 
 from stages.backbones import build_extractor, default_input_size
 from stages.common import PipelineError, feature_signature, load_features
-from stages.featurize import (extract_features, feature_batches, features_params_from_meta,
-                              load_image)
+from stages.featurize import (Recipe, candidate_recipes, choose_recipes, extract_features,
+                              recipes_from_meta)
 from stages.params import FeaturesParams
+from stages.views import View, load_image, view_batches
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -114,7 +115,7 @@ def test_features_match_the_model_called_directly_in_order(images, isolated_cach
     features, stats = extract_features(images, params(), progress=False)
     assert features.dtype == np.float32 and features.shape == (len(images), 1280)
     assert stats["n_extracted"] == len(images) and stats["n_cached"] == 0
-    assert stats["dims"] == [1280] and stats["input_sizes"] == [SIZE] and stats["images_per_second"] > 0
+    assert stats["dims"] == [1280] and stats["input_sizes"] == [[SIZE]] and stats["images_per_second"] > 0
 
     model, size = build_extractor("EfficientNetB0", None, SIZE)
     assert size == SIZE
@@ -124,9 +125,9 @@ def test_features_match_the_model_called_directly_in_order(images, isolated_cach
 
     # both input pipelines (the GPU one prefetches with tf.data) give the same rows in order
     for prefetch in (True, False):
-        batches = list(feature_batches(model, images, SIZE, batch_size=3, prefetch=prefetch))
-        assert [len(b) for b in batches] == [3, 3, 2]
-        assert_close(np.concatenate(batches), expected)
+        batches = list(view_batches({SIZE: model}, images, [View(SIZE)], batch_size=3, prefetch=prefetch))
+        assert [len(b[0]) for b in batches] == [3, 3, 2]
+        assert_close(np.concatenate([b[0] for b in batches]), expected)
 
     # another order, extracted afresh (new cache): rows follow the input order
     monkeypatch.setenv("FEWLABEL_CACHE_DIR", str(isolated_cache / "other"))
@@ -165,22 +166,31 @@ def test_second_run_is_served_from_the_cache(images, isolated_cache):
     first, _ = extract_features(images, params(), progress=False)
     second, stats = extract_features(images, params(batch_size=2), progress=False)  # batch size: same key
     assert stats["n_extracted"] == 0 and stats["n_cached"] == len(images)
-    assert stats["images_per_second"] is None and stats["per_backbone"][0]["build_seconds"] == 0
+    assert stats["images_per_second"] is None and stats["per_backbone"][0]["extract_seconds"] == 0
     np.testing.assert_array_equal(first, second)
 
-    # cache layout: <cache>/features/<backbone>-<size>-<key hash>/{key.json, <sha1[:2]>/<sha1>.npy}
+    # cache layout: <cache>/features/<backbone>-<view>-<key hash>/{key.json, <sha1[:2]>/<sha1>.npy}
     (folder,) = (isolated_cache / "features").iterdir()
-    assert folder.name.startswith(f"EfficientNetB0-{SIZE}-")
+    assert folder.name.startswith(f"EfficientNetB0-{SIZE}-bilinear-")
     key = json.loads((folder / "key.json").read_text())
-    assert key["backbone"] == "EfficientNetB0" and key["weights"] == "none" and key["input_size"] == SIZE
+    assert key["backbone"] == "EfficientNetB0" and key["weights"] == "none" and key["size"] == SIZE
+    assert key["resize"] == "bilinear" and key["mirrored"] is False
     assert len(list(folder.glob("*/*.npy"))) == len(images)
 
-    # other size or flip: other caches
+    # each view has its own cache entry: another size, the mirror, another resize method
     _, stats = extract_features(images[:2], params(image_size=48), progress=False)
-    assert stats["n_extracted"] == 2 and stats["input_sizes"] == [48]
+    assert stats["n_extracted"] == 2 and stats["input_sizes"] == [[48]]
     _, stats = extract_features(images[:2], params(flip_tta=True), progress=False)
+    assert stats["n_extracted"] == 2 and stats["per_backbone"][0]["views"] == [f"{SIZE}-bilinear",
+                                                                              f"{SIZE}-bilinear-mirror"]
+    _, stats = extract_features(images[:2], params(resize="area"), progress=False)
     assert stats["n_extracted"] == 2
-    assert len(list((isolated_cache / "features").iterdir())) == 3
+    folders = sorted(f.name.rsplit("-", 1)[0] for f in (isolated_cache / "features").iterdir())
+    assert folders == ["EfficientNetB0-48-bilinear", f"EfficientNetB0-{SIZE}-area", f"EfficientNetB0-{SIZE}-bilinear",
+                       f"EfficientNetB0-{SIZE}-bilinear-mirror"]
+    # a view combination made of cached views extracts nothing
+    _, stats = extract_features(images[:2], params(image_size=(SIZE, 48), flip_tta=False), progress=False)
+    assert stats["n_extracted"] == 0
 
 
 def test_changed_subset_extracts_only_new_images(images, tmp_path):
@@ -226,7 +236,7 @@ def test_keras_file_backbone_and_weights_file(images, tmp_path):
     path = tmp_path / "tiny.keras"
     custom.save(path)
     features, stats = extract_features(images, params(backbones=str(path)), progress=False)
-    assert stats["dims"] == [6] and stats["input_sizes"] == [32]  # its input shape wins over image_size
+    assert stats["dims"] == [6] and stats["input_sizes"] == [[32]]  # its input shape wins over image_size
     batch = np.stack([load_image(p, 32).numpy() for p in images])
     assert_close(features, np.asarray(custom(batch)).mean(axis=(1, 2)))
 
@@ -244,6 +254,88 @@ def test_keras_file_backbone_and_weights_file(images, tmp_path):
     assert not np.allclose(loaded, random, rtol=1e-2, atol=0)
     with pytest.raises(PipelineError, match="features.weights: 'nope.h5'"):
         extract_features(images[:3], params(weights="nope.h5"), progress=False)
+
+
+# --------------------------------------------------------------------------- views
+
+def test_multi_scale_features_are_the_mean_or_concatenation_of_single_sizes(images):
+    small, _ = extract_features(images, params(image_size=48), progress=False)
+    large, _ = extract_features(images, params(image_size=SIZE), progress=False)
+    mean, stats = extract_features(images, params(image_size=(48, SIZE)), progress=False)
+    assert stats["n_extracted"] == 0 and stats["input_sizes"] == [[48, SIZE]] and stats["dims"] == [1280]
+    np.testing.assert_allclose(mean, (small.astype(np.float64) + large) / 2, rtol=1e-6, atol=0)
+    concat, stats = extract_features(images, params(image_size=(48, SIZE), combine="concat"), progress=False)
+    assert stats["dims"] == [2560]
+    np.testing.assert_array_equal(concat, np.concatenate([small, large], axis=1))
+
+    # with flip: each size's features are the mean of the image and its mirror, then combined
+    flipped, _ = extract_features(images, params(image_size=(48, SIZE), flip_tta=True), progress=False)
+    flip_small, _ = extract_features(images, params(image_size=48, flip_tta=True), progress=False)
+    flip_large, _ = extract_features(images, params(image_size=SIZE, flip_tta=True), progress=False)
+    np.testing.assert_allclose(flipped, (flip_small.astype(np.float64) + flip_large) / 2, rtol=1e-6, atol=0)
+
+
+def test_views_in_one_pass_equal_the_model_on_each_resized_image(images):
+    """One decode feeds several sizes, resize methods and mirrors; each equals the direct call."""
+    model, _ = build_extractor("EfficientNetB0", None, SIZE)
+    small, _ = build_extractor("EfficientNetB0", None, 48)
+    views = [View(SIZE, "area"), View(SIZE, "bicubic", True), View(48, "bilinear_antialias"), View(SIZE)]
+    for prefetch in (False, True):
+        batches = list(view_batches({SIZE: model, 48: small}, images, views, batch_size=3, prefetch=prefetch))
+        outputs = [np.concatenate([b[i] for b in batches]) for i in range(len(views))]
+        for view, output in zip(views, outputs):
+            pixels = np.stack([load_image(p, view.size, view.resize).numpy() for p in images])
+            if view.mirrored:
+                pixels = pixels[:, :, ::-1]
+            assert_close(output, np.asarray((small if view.size == 48 else model)(pixels, training=False)))
+    # the resize methods give different pixels (so different views)
+    area, bicubic = (load_image(images[3], SIZE, m).numpy() for m in ("area", "bicubic"))
+    assert np.abs(area - bicubic).max() > 1 and bicubic.min() >= 0 and bicubic.max() <= 255
+
+
+def test_any_size_model_file_runs_at_native_224_and_auto_scales_from_it(images, tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((None, None, 3))
+    feature_map = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+    path = tmp_path / "any_size.keras"
+    keras.Model(inputs, feature_map).save(path)
+    _, stats = extract_features(images[:2], params(backbones=str(path), image_size=None), progress=False)
+    assert stats["input_sizes"] == [[224]]
+    candidates = candidate_recipes(params(backbones=str(path), image_size="auto",
+                                          select_scales=((1.0,), (1.5,), (1.0, 2.0))))
+    assert [c[0].sizes for c in candidates] == [(224,), (336,), (224, 448)]
+
+
+def labelled_images(folder: Path, n: int = 24) -> tuple[list[str], np.ndarray]:
+    """``n`` small JPEGs and 0/1 targets of two classes (bright images, wide images)."""
+    rng = np.random.default_rng(5)
+    paths, targets = [], []
+    for i in range(n):
+        bright, wide = i % 2, (i // 2) % 2
+        width, height = (60, 30) if wide else (36, 40)
+        image = rng.uniform(0, 120, (height, width, 3)) + 120 * bright
+        path = folder / f"{i:06d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.astype(np.uint8)).save(path)
+        paths.append(str(path))
+        targets.append([bright, wide])
+    return paths, np.array(targets)
+
+
+def test_view_choice_is_the_best_cross_validated_candidate(tmp_path):
+    paths, targets = labelled_images(tmp_path / "img")
+    auto = params(image_size="auto", select_scales=((0.5,), (1.0,), (0.5, 1.0)), select_folds=2)
+    recipes, table, _ = choose_recipes(paths, targets, auto, ["bright", "wide"], progress=False)
+    assert [sizes for (sizes,) in table["input_sizes"]] == [[112], [224], [112, 224]]
+    best = int(table["cv_map"].idxmax())
+    assert list(table["chosen"]) == [i == best for i in range(3)]
+    assert [r.sizes for r in recipes] == [tuple(table["input_sizes"][best][0])]
+    assert table["cost"].tolist() == [0.25, 1.0, 1.25]
+    # the labels are what it scores against: other labels, other scores
+    _, other, _ = choose_recipes(paths, targets[::-1].copy(), auto, ["bright", "wide"], progress=False)
+    assert not np.allclose(other["cv_map"], table["cv_map"])
 
 
 # --------------------------------------------------------------------------- the stage (CLI)
@@ -276,17 +368,18 @@ def test_stage_cli_writes_features_and_meta(tmp_path, isolated_cache):
     ids, evaluation = load_features(project / "data/features/eval.npz", expected_ids=np.array(eval_ids))
     assert evaluation.shape == (3, 1280)
     meta = json.loads((project / "data/features/meta.json").read_text())
-    assert feature_signature(meta) == {"backbones": ["EfficientNetB0"], "dims": [1280], "input_sizes": [64],
-                                       "weights": None, "flip_tta": False}
+    assert feature_signature(meta) == {"backbones": ["EfficientNetB0"], "dims": [1280], "input_sizes": [[64]],
+                                       "resize": "bilinear", "combine": "mean", "weights": None,
+                                       "flip_tta": False}
     assert meta["total_dim"] == 1280 and meta["keras_version"]
     run = json.loads((project / "metrics/featurize.json").read_text())
     assert run["n_extracted"] == 7 and run["n_cached"] == 0 and run["images_per_second"] > 0
     assert "7 extracted" in result.stdout
 
     # what predict does: the meta's params reproduce the features, from the cache
-    features_params, sizes = features_params_from_meta(meta)
+    features_params, recipes = recipes_from_meta(meta)
     again, stats = extract_features([str(jpegs / f"{i}.jpg") for i in train_ids], features_params,
-                                    progress=False, input_sizes=sizes)
+                                    progress=False, recipes=recipes)
     assert stats["n_extracted"] == 0
     np.testing.assert_array_equal(again, train)
 
@@ -295,3 +388,43 @@ def test_stage_cli_writes_features_and_meta(tmp_path, isolated_cache):
     assert result.returncode == 1
     assert "data/raw/voc/JPEGImages/000004.jpg: image not found" in result.stderr
     assert "data/subset/eval.csv" in result.stderr
+
+
+def test_stage_chooses_views_from_training_labels_only(tmp_path, isolated_cache):
+    """image_size: auto reads the train CSV's labels; shuffled eval labels change nothing."""
+    project = tmp_path / "project"
+    paths, targets = labelled_images(project / "data/raw/voc/JPEGImages", n=30)
+    ids = [Path(p).stem for p in paths]
+    rows = [f"{image_id},{'trainval' if i < 24 else 'test'},{2 * b - 1},{2 * w - 1}\n"
+            for i, (image_id, (b, w)) in enumerate(zip(ids, targets))]
+    (project / "data/subset").mkdir(parents=True)
+    (project / "data/subset/train.csv").write_text("image_id,split,bright,wide\n" + "".join(rows[:24]))
+    eval_csv = project / "data/subset/eval.csv"
+    eval_csv.write_text("image_id,split,bright,wide\n" + "".join(rows[24:]))
+    (project / "params.yaml").write_text(
+        "data:\n  classes: [bright, wide]\nfeatures:\n  backbones: [EfficientNetB0]\n  weights: null\n"
+        "  image_size: auto\n  select_scales: [0.25, 0.5]\n  select_folds: 2\n  flip_tta: true\n  batch_size: 8\n"
+        "evaluate:\n  top_k: [1]\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "FEWLABEL_CACHE_DIR": str(isolated_cache)}
+    outputs = ("data/features/train.npz", "data/features/eval.npz", "data/features/meta.json")
+
+    result = run_stage(project, env)
+    assert result.returncode == 0, result.stderr
+    assert "chosen by cross-validation" in result.stdout
+    run = json.loads((project / "metrics/featurize.json").read_text())
+    candidates = run["view_selection"]["candidates"]
+    assert [c["input_sizes"] for c in candidates] == [[[56]], [[112]]] and sum(c["chosen"] for c in candidates) == 1
+    chosen = next(c for c in candidates if c["chosen"])
+    meta = json.loads((project / "data/features/meta.json").read_text())
+    assert meta["input_sizes"] == chosen["input_sizes"] and meta["flip_tta"] is True
+    before = {name: (project / name).read_bytes() for name in outputs}
+
+    eval_csv.write_text("image_id,split,bright,wide\n" + "".join(
+        f"{line.split(',')[0]},test,{1 - 2 * (i % 2)},-1\n" for i, line in enumerate(rows[24:])))
+    for name in outputs:
+        (project / name).unlink()
+    result = run_stage(project, env)
+    assert result.returncode == 0, result.stderr
+    for name in outputs:
+        assert (project / name).read_bytes() == before[name], name
+    assert json.loads((project / "metrics/featurize.json").read_text())["view_selection"] == run["view_selection"]
