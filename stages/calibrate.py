@@ -1,98 +1,304 @@
-"""calibrate: decision thresholds from out-of-fold probabilities on the training images only.
+"""calibrate: the decision rule, chosen on out-of-fold probabilities of the training images only.
 
-``predict_proba >= 0.5`` is rarely the best rule for a rare class. Per class, the threshold
-that maximises ``calibrate.metric`` on the out-of-fold probabilities is used instead.
-With 750 images those per-class thresholds are noisy for rare classes, so
-``strategy: auto`` compares per-class, one global threshold and plain 0.5 by choosing each
-one's thresholds inside the folds and scoring them on the held-out fold, and keeps the best.
+A decision rule turns probabilities into labels: per-class thresholds plus label-count
+constraints (at least ``calibrate.min_labels`` labels per image, the top-scored classes
+filling in; optionally at most ``calibrate.max_labels``). :func:`apply_rule` is the one
+implementation, used here, by evaluate and by predict.
+
+The thresholds maximise ``calibrate.metric`` of the *whole rule* (constraints included) on
+the out-of-fold probabilities: one global threshold (exact search over every candidate),
+or per-class thresholds (coordinate ascent from the global one, each step an exact search
+over one class's candidates), shrunk toward the global threshold for classes with few
+positives. ``strategy: auto`` compares none (0.5) / global / per_class by choosing each
+one's rule inside the folds and scoring it on the held-out fold, and keeps the best.
 Evaluation labels are never read here.
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
-from stages.common import (PipelineError, panel_grid, read_csv, run_main, write_csv_dir, write_figure,
-                           write_json)
-from stages.metrics import best_threshold, score_from_counts, threshold_curve
+from stages.common import (PipelineError, file_md5, panel_grid, read_csv, read_json, run_main,
+                           write_csv_dir, write_figure, write_json)
+from stages.metrics import best_plateau_threshold, image_parts, metric_from_parts, metric_parts, target_score
 from stages.params import CalibrateParams, load_params
 
 DEFAULT_THRESHOLD = 0.5
 # Simplest first: on a tie, auto keeps the simpler strategy.
 STRATEGIES = ("none", "global", "per_class")
+# Coordinate ascent over the per-class thresholds stops after this many passes over the
+# classes (it usually settles in two; each pass only ever raises the score).
+MAX_SWEEPS = 4
 
 
-def choose_thresholds(targets: np.ndarray, probabilities: np.ndarray, strategy: str, metric: str,
-                      min_positives: int) -> tuple[np.ndarray, float]:
-    """Thresholds (one per class) and the global threshold for one strategy.
+@dataclass(frozen=True)
+class DecisionRule:
+    """Per-class thresholds plus label-count constraints (see :func:`apply_rule`).
 
-    ``targets`` are 0/1. Under ``per_class``, a class with fewer than ``min_positives``
-    positives keeps the global threshold.
+    ``max_labels`` None means no upper limit. Round-trips through thresholds.json with
+    :meth:`to_record` / :meth:`from_record`.
+    """
+    thresholds: tuple[float, ...]
+    min_labels: int = 0
+    max_labels: int | None = None
+
+    def __post_init__(self):
+        thresholds = tuple(float(t) for t in np.ravel(self.thresholds))
+        object.__setattr__(self, "thresholds", thresholds)
+        if not all(np.isfinite(thresholds)):
+            raise ValueError(f"thresholds must be finite numbers, got {thresholds}")
+        if isinstance(self.min_labels, bool) or not isinstance(self.min_labels, (int, np.integer)) \
+                or self.min_labels < 0:
+            raise ValueError(f"min_labels must be an integer >= 0, got {self.min_labels!r}")
+        if self.max_labels is not None and (
+                isinstance(self.max_labels, bool) or not isinstance(self.max_labels, (int, np.integer))
+                or self.max_labels < max(self.min_labels, 1)):
+            raise ValueError(f"max_labels must be null or an integer >= max(1, min_labels={self.min_labels}), "
+                             f"got {self.max_labels!r}")
+
+    @classmethod
+    def uniform(cls, n_classes: int, threshold: float = DEFAULT_THRESHOLD, min_labels: int = 0,
+                max_labels: int | None = None) -> DecisionRule:
+        """One threshold for every class."""
+        return cls((float(threshold),) * n_classes, min_labels, max_labels)
+
+    def to_record(self, classes) -> dict:
+        """The rule's part of thresholds.json: ``thresholds`` by class name, ``min_labels``, ``max_labels``."""
+        return {"thresholds": dict(zip(classes, self.thresholds)),
+                "min_labels": int(self.min_labels),
+                "max_labels": None if self.max_labels is None else int(self.max_labels)}
+
+    @classmethod
+    def from_record(cls, record: dict, classes, source: str = "thresholds.json") -> DecisionRule:
+        """The rule in a thresholds.json mapping, thresholds in ``classes`` order."""
+        thresholds = record.get("thresholds")
+        missing = [c for c in classes if not isinstance(thresholds, dict) or c not in thresholds]
+        if missing:
+            raise PipelineError(f"{source}: has no threshold for {', '.join(missing)}; rerun calibrate (dvc repro)")
+        if "min_labels" not in record or "max_labels" not in record:
+            raise PipelineError(f"{source}: has no min_labels/max_labels (written by an older calibrate); "
+                                "rerun calibrate (dvc repro)")
+        try:
+            return cls(tuple(thresholds[c] for c in classes), record["min_labels"], record["max_labels"])
+        except (TypeError, ValueError) as error:
+            raise PipelineError(f"{source}: not a valid decision rule: {error}") from error
+
+
+def load_rule(path, classes, model_path=None) -> DecisionRule:
+    """The decision rule calibrate wrote to ``path`` (thresholds.json).
+
+    With ``model_path``, refuse a rule calibrated for another model: calibrate records the
+    md5 of the model file whose out-of-fold probabilities it used (``model_md5``).
+    """
+    record = read_json(path)
+    if model_path is not None:
+        recorded, actual = record.get("model_md5"), file_md5(model_path)
+        if recorded != actual:
+            raise PipelineError(f"{path}: was calibrated for another model (model_md5 {recorded}), not for "
+                                f"{model_path} (md5 {actual}); pass the thresholds calibrated with this "
+                                f"model (--thresholds), or rerun calibrate (dvc repro calibrate)")
+    return DecisionRule.from_record(record, classes, source=str(path))
+
+
+def score_order(probabilities: np.ndarray) -> np.ndarray:
+    """Per image, class indices from the highest probability down (ties: lower class index first)."""
+    return np.argsort(-probabilities, axis=1, kind="stable")
+
+
+def apply_rule(probabilities, rule: DecisionRule) -> np.ndarray:
+    """0/1 int predictions ``(n, C)`` of ``rule`` on ``probabilities``.
+
+    A class is predicted where ``probability >= its threshold``; of those, only the
+    ``max_labels`` highest-scored are kept; an image left with fewer than ``min_labels``
+    labels gets the highest-scored remaining classes until it has ``min_labels``. Ties in
+    probability go to the lower class index.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != len(rule.thresholds):
+        raise ValueError(f"probabilities of shape {p.shape} do not fit a rule for {len(rule.thresholds)} classes")
+    return _constrained(p >= np.array(rule.thresholds), score_order(p), rule.min_labels, rule.max_labels)
+
+
+def _constrained(passing: np.ndarray, order: np.ndarray, min_labels: int, max_labels: int | None) -> np.ndarray:
+    """:func:`apply_rule` from the threshold-passing cells and :func:`score_order`."""
+    chosen = np.take_along_axis(passing, order, axis=1)  # columns: best-scored class first
+    if max_labels is not None:
+        chosen &= np.cumsum(chosen, axis=1) <= max_labels
+    missing = np.maximum(min_labels - chosen.sum(axis=1), 0)
+    chosen |= ~chosen & (np.cumsum(~chosen, axis=1) <= missing[:, None])
+    predictions = np.zeros(passing.shape, dtype=np.int64)
+    np.put_along_axis(predictions, order, chosen.astype(np.int64), axis=1)
+    return predictions
+
+
+def _step_curve(values: np.ndarray, base_parts: np.ndarray, step_parts: np.ndarray, metric: str,
+                n_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """Score at every threshold when items switch on in decreasing ``values`` order.
+
+    ``base_parts`` (``(k,)``) are the summed :func:`metric_parts` with nothing on; switching
+    item ``j`` on adds ``step_parts[j]``. Items must be ordered so that, among equal values,
+    they may switch on in the given order. Candidates are the distinct values and one
+    above them all (nothing on). Returns (thresholds increasing, scores).
+    """
+    events = np.argsort(-values, kind="stable")
+    sorted_values = values[events]
+    totals = base_parts + np.cumsum(step_parts[events], axis=0)
+    last_of_value = np.r_[np.flatnonzero(sorted_values[1:] != sorted_values[:-1]), sorted_values.size - 1]
+    thresholds = np.r_[np.nextafter(sorted_values[0], np.inf), sorted_values[last_of_value]]
+    totals = np.vstack([base_parts, totals[last_of_value]])
+    scores = np.asarray(metric_from_parts(metric, totals, n_images), dtype=np.float64)
+    return thresholds[::-1].copy(), scores[::-1].copy()
+
+
+def global_threshold_curve(targets: np.ndarray, probabilities: np.ndarray, metric: str, min_labels: int,
+                           max_labels: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``metric`` of the rule with one threshold for every class, at every candidate threshold.
+
+    Exact and O(nC log nC): with one threshold, an image's passing classes are its top-k
+    by score, so the rule predicts its top ``clip(k, min_labels, max_labels)``; lowering the
+    threshold past a cell raises that image's k by one.
+    """
+    truth = np.asarray(targets).astype(bool)
+    p = np.asarray(probabilities, dtype=np.float64)
+    n, n_classes = p.shape
+    order = score_order(p)
+    top_m = np.arange(n_classes + 1)
+    tp = np.hstack([np.zeros((n, 1)), np.cumsum(np.take_along_axis(truth, order, axis=1), axis=1)])
+    fn = truth.sum(axis=1, keepdims=True) - tp
+    parts_top_m = metric_parts(metric, tp, top_m - tp, fn, n_classes - top_m - fn)  # (n, C+1, k)
+    predicted_count = np.clip(top_m, min_labels, n_classes if max_labels is None else max_labels)
+    parts_k_passing = parts_top_m[:, predicted_count]
+    steps = np.diff(parts_k_passing, axis=1).reshape(n * n_classes, -1)  # cell (i, r): k from r to r+1
+    return _step_curve(np.take_along_axis(p, order, axis=1).ravel(), parts_k_passing[:, 0].sum(axis=0), steps,
+                       metric, n)
+
+
+def class_threshold_curve(targets: np.ndarray, probabilities: np.ndarray, rule: DecisionRule, class_index: int,
+                          metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """``metric`` of ``rule`` at every candidate threshold of one class, the others unchanged.
+
+    Exact: each image is in one of two states (the class passes or not), whatever the
+    label-count constraints then do; lowering the threshold switches images to "passes" in
+    decreasing order of their probability for the class.
+    """
+    truth = np.asarray(targets).astype(bool)
+    p = np.asarray(probabilities, dtype=np.float64)
+    order = score_order(p)
+    passing = p >= np.array(rule.thresholds)
+    state_parts = []
+    for passes in (False, True):
+        passing[:, class_index] = passes
+        predictions = _constrained(passing, order, rule.min_labels, rule.max_labels)
+        state_parts.append(image_parts(metric, truth, predictions))
+    fails, passes = state_parts
+    return _step_curve(p[:, class_index], fails.sum(axis=0), passes - fails, metric, len(p))
+
+
+def best_global_threshold(targets: np.ndarray, probabilities: np.ndarray, metric: str, min_labels: int,
+                          max_labels: int | None) -> float:
+    """The global threshold maximising ``metric`` of the rule (middle of the best plateau)."""
+    thresholds, scores = global_threshold_curve(targets, probabilities, metric, min_labels, max_labels)
+    return best_plateau_threshold(thresholds, scores)[0]
+
+
+def per_class_rule(targets: np.ndarray, probabilities: np.ndarray, params: CalibrateParams,
+                   global_threshold: float) -> DecisionRule:
+    """Per-class thresholds by coordinate ascent on ``params.metric`` of the whole rule, then shrunk.
+
+    Starts from ``global_threshold`` everywhere; each step moves one class's threshold to
+    the middle of its best plateau when that raises the score. A class with fewer than
+    ``params.min_positives`` positives keeps the global threshold; the others end at
+    ``global + w (t - global)`` with ``w = n_pos / (n_pos + params.shrinkage)``, since a
+    threshold fitted on few positives is mostly noise.
+    """
+    n_classes = targets.shape[1]
+    positives = np.asarray(targets).sum(axis=0)
+    tunable = np.flatnonzero(positives >= max(params.min_positives, 1))
+    rule = DecisionRule.uniform(n_classes, global_threshold, params.min_labels, params.max_labels)
+    score = target_score(params.metric, targets, apply_rule(probabilities, rule))
+    for _ in range(MAX_SWEEPS):
+        moved = False
+        for c in tunable:
+            candidates, scores = class_threshold_curve(targets, probabilities, rule, c, params.metric)
+            if scores.max() > score + 1e-12:
+                threshold, at = best_plateau_threshold(candidates, scores)
+                thresholds = list(rule.thresholds)
+                thresholds[c] = threshold
+                rule, score, moved = replace(rule, thresholds=tuple(thresholds)), scores[at], True
+        if not moved:
+            break
+    weight = positives / np.maximum(positives + params.shrinkage, 1e-12)  # untuned classes sit at global
+    shrunk = global_threshold + weight * (np.array(rule.thresholds) - global_threshold)
+    return replace(rule, thresholds=tuple(shrunk))
+
+
+def choose_rule(targets: np.ndarray, probabilities: np.ndarray, strategy: str,
+                params: CalibrateParams) -> tuple[DecisionRule, float]:
+    """The decision rule of one strategy (none / global / per_class) and its global threshold.
+
+    ``targets`` are 0/1. Every strategy carries ``params.min_labels`` / ``params.max_labels``
+    and is chosen for the metric of the rule with those constraints applied.
     """
     n_classes = targets.shape[1]
     if strategy == "none":
-        return np.full(n_classes, DEFAULT_THRESHOLD), DEFAULT_THRESHOLD
-    global_threshold = best_threshold(targets, probabilities, metric)[0]
-    thresholds = np.full(n_classes, global_threshold)
+        return DecisionRule.uniform(n_classes, DEFAULT_THRESHOLD, params.min_labels,
+                                    params.max_labels), DEFAULT_THRESHOLD
+    global_threshold = best_global_threshold(targets, probabilities, params.metric, params.min_labels,
+                                             params.max_labels)
+    if strategy == "global":
+        return DecisionRule.uniform(n_classes, global_threshold, params.min_labels,
+                                    params.max_labels), global_threshold
     if strategy == "per_class":
-        for c in range(n_classes):
-            if targets[:, c].sum() >= max(min_positives, 1):
-                thresholds[c] = best_threshold(targets[:, c], probabilities[:, c], metric)[0]
-    return thresholds, global_threshold
-
-
-def pooled_score(targets: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray, metric: str) -> float:
-    """``metric`` over all (image, class) cells pooled, e.g. micro-F1."""
-    predicted = probabilities >= thresholds
-    truth = targets.astype(bool)
-    tp, fp = np.sum(predicted & truth), np.sum(predicted & ~truth)
-    fn, tn = np.sum(~predicted & truth), np.sum(~predicted & ~truth)
-    return float(score_from_counts(metric, tp, fp, fn, tn))
+        return per_class_rule(targets, probabilities, params, global_threshold), global_threshold
+    raise ValueError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
 
 
 def out_of_fold_strategy_scores(targets: np.ndarray, probabilities: np.ndarray, folds: np.ndarray,
-                                metric: str, min_positives: int) -> dict[str, float]:
-    """Each strategy's pooled score when its thresholds are chosen without the scored fold."""
+                                params: CalibrateParams) -> dict[str, float]:
+    """Each strategy's ``params.metric`` when its rule is chosen without the scored fold."""
     scores = {}
     for strategy in STRATEGIES:
-        predicted_thresholds = np.zeros_like(probabilities)
+        predictions = np.zeros(targets.shape, dtype=np.int64)
         for fold in np.unique(folds):
             held_out = folds == fold
-            thresholds, _ = choose_thresholds(targets[~held_out], probabilities[~held_out], strategy,
-                                              metric, min_positives)
-            predicted_thresholds[held_out] = thresholds
-        scores[strategy] = pooled_score(targets, probabilities, predicted_thresholds, metric)
+            rule, _ = choose_rule(targets[~held_out], probabilities[~held_out], strategy, params)
+            predictions[held_out] = apply_rule(probabilities[held_out], rule)
+        scores[strategy] = target_score(params.metric, targets, predictions)
     return scores
 
 
 @dataclass
 class Calibration:
     strategy: str
-    thresholds: np.ndarray
+    rule: DecisionRule
     global_threshold: float
     strategy_scores: dict
 
 
 def calibrate(targets: np.ndarray, probabilities: np.ndarray, folds: np.ndarray,
               params: CalibrateParams) -> Calibration:
-    """Pick the strategy (``auto``: best out-of-fold) and its thresholds on all training images."""
-    scores = out_of_fold_strategy_scores(targets, probabilities, folds, params.metric, params.min_positives)
+    """The decision rule from out-of-fold ``probabilities``, 0/1 ``targets`` and their ``folds``.
+
+    Scores every strategy out of fold (recorded whatever is requested), picks the requested
+    one or, for ``auto``, the best (the simpler on a tie), and fits its rule on all images.
+    """
+    scores = out_of_fold_strategy_scores(targets, probabilities, folds, params)
     strategy = params.strategy
     if strategy == "auto":
         strategy = max(STRATEGIES, key=lambda name: (round(scores[name], 12), -STRATEGIES.index(name)))
-    thresholds, global_threshold = choose_thresholds(targets, probabilities, strategy, params.metric,
-                                                     params.min_positives)
-    return Calibration(strategy, thresholds, float(global_threshold), scores)
+    rule, global_threshold = choose_rule(targets, probabilities, strategy, params)
+    return Calibration(strategy, rule, float(global_threshold), scores)
 
 
-def threshold_curves(targets: np.ndarray, probabilities: np.ndarray, classes, metric: str) -> dict:
-    """Per class, the score at each candidate threshold (for plots)."""
+def threshold_curves(targets: np.ndarray, probabilities: np.ndarray, rule: DecisionRule, classes,
+                     metric: str) -> dict:
+    """Per class, ``metric`` of the whole rule against that class's threshold (for plots)."""
     curves = {}
     for c, name in enumerate(classes):
-        thresholds, scores = threshold_curve(targets[:, c], probabilities[:, c], metric)
+        thresholds, scores = class_threshold_curve(targets, probabilities, rule, c, metric)
         curves[name] = pd.DataFrame({"threshold": thresholds, "score": scores})
     return curves
 
@@ -107,7 +313,8 @@ def curves_figure(curves: dict, chosen: dict, metric: str):
         axis.set_title(name, fontsize=9)
         axis.set_xlim(0, 1)
         axis.legend(fontsize=7, loc="lower left")
-    figure.suptitle(f"out-of-fold {metric} against threshold (red: chosen, gray: 0.5)")
+    figure.suptitle(f"out-of-fold {metric} of the whole rule against one class's threshold "
+                    "(red: chosen, gray: 0.5)")
     figure.tight_layout()
     return figure
 
@@ -115,6 +322,7 @@ def curves_figure(curves: dict, chosen: dict, metric: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--oof", required=True)
+    parser.add_argument("--model", required=True, help="the model the out-of-fold probabilities belong to")
     parser.add_argument("--out", required=True)
     parser.add_argument("--plots", required=True, help="directory of per-class threshold curves")
     parser.add_argument("--figure", required=True, help="PNG of all threshold curves")
@@ -129,22 +337,26 @@ def main() -> None:
     if not np.isfinite(probabilities).all():
         raise PipelineError(f"{args.oof}: holds non-finite probabilities; rerun the train stage")
 
-    result = calibrate(targets, probabilities, oof["fold"].to_numpy(), params.calibrate)
-    chosen = {name: float(t) for name, t in zip(classes, result.thresholds)}
+    settings = params.calibrate
+    result = calibrate(targets, probabilities, oof["fold"].to_numpy(), settings)
     write_json(args.out, {
+        "model_md5": file_md5(args.model),
         "strategy": result.strategy,
-        "requested_strategy": params.calibrate.strategy,
-        "metric": params.calibrate.metric,
+        "requested_strategy": settings.strategy,
+        "metric": settings.metric,
+        **result.rule.to_record(classes),
         "global_threshold": result.global_threshold,
+        "shrinkage": settings.shrinkage,
+        "min_positives": settings.min_positives,
         "out_of_fold_scores": result.strategy_scores,
         "positives": {name: int(targets[:, c].sum()) for c, name in enumerate(classes)},
-        "thresholds": chosen,
     })
-    curves = threshold_curves(targets, probabilities, classes, params.calibrate.metric)
+    curves = threshold_curves(targets, probabilities, result.rule, classes, settings.metric)
     write_csv_dir(args.plots, curves)
-    write_figure(args.figure, curves_figure(curves, chosen, params.calibrate.metric))
+    write_figure(args.figure, curves_figure(curves, dict(zip(classes, result.rule.thresholds)), settings.metric))
     scores = ", ".join(f"{k}={v:.4f}" for k, v in result.strategy_scores.items())
-    print(f"calibrate: strategy {result.strategy} (out-of-fold {params.calibrate.metric}: {scores})")
+    print(f"calibrate: strategy {result.strategy}, at least {settings.min_labels} and at most "
+          f"{settings.max_labels or 'any'} labels (out-of-fold {settings.metric}: {scores})")
 
 
 if __name__ == "__main__":

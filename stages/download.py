@@ -8,6 +8,9 @@ Where the data comes from is ``data.source``:
 - a local folder holding the year's tarballs: checked and extracted (no download);
 - an ``http(s)://`` or ``file://`` base URL serving the tarballs: downloaded from there.
 
+A relative local path is read from the repository root, also in queued experiments (see
+:func:`resolve_source_folder`).
+
 Tarballs are kept in the per-user cache (``user_cache_dir("downloads")``), and extracted once
 into ``user_cache_dir("extracted")`` under a name keyed by their md5s, so a rerun (or a
 ``dvc exp`` in a fresh copy of the repo) neither downloads nor extracts again. ``--out``
@@ -388,11 +391,34 @@ def _is_url(source: str) -> bool:
 
 # --------------------------------------------------------------------------- the stage
 
+def resolve_source_folder(source: str, run_root: str | Path, repo_root: str | Path | None = None) -> Path:
+    """The absolute folder a local ``data.source`` names.
+
+    A relative path is taken from the root of this run (``run_root``: where dvc.yaml is,
+    DVC's working directory), then from the repository the run belongs to (``repo_root``:
+    DVC sets ``$DVC_ROOT`` to it; a queued or ``--temp`` experiment runs in a copy under
+    ``.dvc/tmp/exps`` holding only tracked files, so a relative, untracked data folder is
+    only found there). If neither exists, the error names every path tried.
+    """
+    path = Path(os.path.expanduser(source))
+    if path.is_absolute():
+        return path
+    candidates = list(dict.fromkeys(Path(os.path.abspath(Path(root) / path))
+                                    for root in (run_root, repo_root) if root))
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    tried = " nor ".join(str(c) for c in candidates)
+    raise PipelineError(f"params.yaml: data.source '{source}' is a relative path and neither {tried} "
+                        f"exists; {SOURCE_HELP} (a relative path is read from the repository root)")
+
+
 def obtain_voc(year: int, source: str | None, md5_overrides: dict[str, str] | None = None,
                progress: bool = True) -> Path:
     """Return a local ``VOC<year>`` folder for ``data.source`` (see the module docstring)."""
     if source is not None and not _is_url(source):
-        return _from_local(Path(os.path.expanduser(source)), year, md5_overrides, progress)
+        folder = resolve_source_folder(source, Path.cwd(), os.environ.get("DVC_ROOT"))
+        return _from_local(folder, year, md5_overrides, progress)
     if source is not None and urllib.parse.urlparse(source).scheme.lower() not in URL_SCHEMES:
         raise PipelineError(f"params.yaml: data.source '{source}' is a URL with an unsupported scheme; "
                             f"use http://, https:// or file://, or a local folder")

@@ -1,9 +1,10 @@
 """evaluate: multilabel metrics, per-class tables, predictions and plots on the eval set.
 
 Reports the ranking quality (mAP, the VOC07 11-point mAP and a bootstrap 95% interval)
-and the thresholded quality twice: with the calibrated thresholds and with 0.5 for every
-class, so the effect of calibration is always visible. Difficult-only (``0``) entries are
-ignored per class, as the VOC devkit does.
+and the labelling quality of three decision rules over the same probabilities: the
+calibrated rule (thresholds.json), 0.5 for every class, and 0.5 plus the top class when no
+class passes, so what calibration buys is always visible. Difficult-only (``0``) entries
+are ignored per class, as the VOC devkit does.
 """
 from __future__ import annotations
 
@@ -12,25 +13,37 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from stages.common import (PipelineError, feature_signature, load_features, panel_grid, read_json,
-                           read_label_table, run_main, write_csv, write_csv_dir, write_figure, write_json)
-from stages.calibrate import DEFAULT_THRESHOLD
+from stages.common import (feature_signature, load_features, panel_grid, pyplot, read_json, read_label_table,
+                           run_main, write_csv, write_csv_dir, write_figure, write_json)
+from stages.calibrate import DEFAULT_THRESHOLD, DecisionRule, apply_rule, load_rule
 from stages.metrics import (bootstrap_map_ci, fbeta_from_counts, mean_ap, multilabel_scores, per_class_ap,
-                            per_class_confusion, precision_recall_points, threshold_predictions)
+                            per_class_confusion, precision_recall_points)
 from stages.model import load_model, positive_probabilities
 from stages.params import EvaluateParams, load_params
 
 
-def load_thresholds(path: str, classes) -> np.ndarray:
-    """Per-class thresholds from calibrate's thresholds.json, in class order."""
-    record = read_json(path)
-    missing = [c for c in classes if c not in record.get("thresholds", {})]
-    if missing:
-        raise PipelineError(f"{path}: has no threshold for {', '.join(missing)}; rerun calibrate (dvc repro)")
-    return np.array([record["thresholds"][c] for c in classes], dtype=float)
+def compared_rules(calibrated: DecisionRule) -> dict[str, DecisionRule]:
+    """The rules metrics.json reports, by name: the calibrated one and two 0.5 baselines."""
+    n_classes = len(calibrated.thresholds)
+    return {
+        "calibrated": calibrated,
+        "default_threshold": DecisionRule.uniform(n_classes, DEFAULT_THRESHOLD),
+        "default_threshold_top1": DecisionRule.uniform(n_classes, DEFAULT_THRESHOLD, min_labels=1),
+    }
 
 
-def evaluate(labels: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray, classes,
+def rule_metrics(labels: np.ndarray, probabilities: np.ndarray, rule: DecisionRule,
+                 top_k=(1, 3)) -> dict[str, dict[str, float]]:
+    """Per compared rule (:func:`compared_rules`), :func:`multilabel_scores` of its predictions.
+
+    ``labels`` hold VOC codes (1 / 0 ignored / -1); each rule's scores hold f1_micro,
+    f1_macro, dice, jaccard, precision_at_<k>, hamming_loss, subset_accuracy, empty_rate.
+    """
+    return {name: multilabel_scores(labels, probabilities, apply_rule(probabilities, compared), top_k)
+            for name, compared in compared_rules(rule).items()}
+
+
+def evaluate(labels: np.ndarray, probabilities: np.ndarray, rule: DecisionRule, classes,
              params: EvaluateParams) -> tuple[dict, pd.DataFrame]:
     """The metrics.json content (without the counts) and the per-class table."""
     low, high = bootstrap_map_ci(labels, probabilities, params.bootstrap, params.seed)
@@ -39,13 +52,11 @@ def evaluate(labels: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarr
         "map_voc07": mean_ap(labels, probabilities, voc07=True),
         # A mapping, not [low, high]: DVC's metrics show / exp show / diff drop list values.
         "map_ci95": {"low": low, "high": high},
-        "calibrated": multilabel_scores(labels, probabilities, thresholds, params.top_k),
-        "default_threshold": multilabel_scores(labels, probabilities, np.full(len(classes), DEFAULT_THRESHOLD),
-                                               params.top_k),
+        **rule_metrics(labels, probabilities, rule, params.top_k),
     }
-    predicted = threshold_predictions(probabilities, thresholds)
-    confusion = per_class_confusion(labels, predicted)
-    default_confusion = per_class_confusion(labels, threshold_predictions(probabilities, DEFAULT_THRESHOLD))
+    confusion = per_class_confusion(labels, apply_rule(probabilities, rule))
+    default_rule = compared_rules(rule)["default_threshold"]
+    default_confusion = per_class_confusion(labels, apply_rule(probabilities, default_rule))
     tn, fp, fn, tp = (confusion[:, i, j] for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
 
     def f1(counts):
@@ -57,7 +68,7 @@ def evaluate(labels: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarr
         "ignored": (labels == 0).sum(axis=0),
         "ap": per_class_ap(labels, probabilities),
         "ap_voc07": per_class_ap(labels, probabilities, voc07=True),
-        "threshold": thresholds,
+        "threshold": rule.thresholds,
         "f1": f1(confusion),
         "precision": np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0),
         "recall": np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 0.0),
@@ -79,7 +90,7 @@ def _rounded(value):
 
 
 def predictions_table(ids, probabilities: np.ndarray, predicted: np.ndarray, classes) -> pd.DataFrame:
-    """``image_id, p_<class>..., y_<class>...`` (y: 0/1 after the calibrated threshold)."""
+    """``image_id, p_<class>..., y_<class>...`` (y: 0/1 from the calibrated decision rule)."""
     table = pd.DataFrame({"image_id": ids})
     for c, name in enumerate(classes):
         table[f"p_{name}"] = probabilities[:, c]
@@ -109,6 +120,33 @@ def pr_curves(labels: np.ndarray, probabilities: np.ndarray, classes) -> dict[st
     return curves
 
 
+def label_count_table(labels: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
+    """Images per number of labels: ``labels_per_image, actual, predicted``.
+
+    ``actual`` counts the present (``1``) classes of each image, ``predicted`` its predicted
+    classes; rows run from 0 to the largest count seen.
+    """
+    actual = np.bincount((labels == 1).sum(axis=1), minlength=labels.shape[1] + 1)
+    predicted_counts = np.bincount(np.asarray(predicted).sum(axis=1), minlength=labels.shape[1] + 1)
+    last = int(np.flatnonzero((actual > 0) | (predicted_counts > 0)).max(initial=0))
+    return pd.DataFrame({"labels_per_image": np.arange(last + 1), "actual": actual[:last + 1],
+                         "predicted": predicted_counts[:last + 1]})
+
+
+def label_count_figure(table: pd.DataFrame):
+    """Bars of the images per label count, actual against predicted by the calibrated rule."""
+    figure, axis = pyplot().subplots(figsize=(5, 3))
+    x = table["labels_per_image"].to_numpy()
+    axis.bar(x - 0.2, table["actual"], width=0.4, label="actual", color="tab:gray")
+    axis.bar(x + 0.2, table["predicted"], width=0.4, label="predicted (calibrated rule)", color="tab:blue")
+    axis.set_xticks(x)
+    axis.set_xlabel("labels per image")
+    axis.set_ylabel("images")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
 def confusion_grid_figure(per_class: pd.DataFrame):
     """All per-class 2x2 confusion matrices with counts, in one figure (4 x 5 for VOC)."""
     figure, axes = panel_grid(len(per_class), panel_size=(2.6, 2.6))
@@ -133,31 +171,37 @@ def confusion_grid_figure(per_class: pd.DataFrame):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     for flag in ("--model", "--thresholds", "--features", "--meta", "--labels", "--metrics-out",
-                 "--per-class-out", "--predictions-out", "--confusion-dir", "--pr-dir", "--confusion-png"):
+                 "--per-class-out", "--predictions-out", "--confusion-dir", "--pr-dir", "--confusion-png",
+                 "--label-counts-out", "--label-counts-png"):
         parser.add_argument(flag, required=True)
     args = parser.parse_args()
 
     params = load_params()
     classes = params.data.classes
     bundle = load_model(args.model, classes, feature_signature(read_json(args.meta)))
-    thresholds = load_thresholds(args.thresholds, classes)
+    rule = load_rule(args.thresholds, classes, model_path=args.model)
     ids, labels = read_label_table(args.labels, classes)
     _, features = load_features(args.features, expected_ids=ids)
 
     probabilities = positive_probabilities(bundle["model"], features)
-    metrics, per_class = evaluate(labels, probabilities, thresholds, classes, params.evaluate)
+    metrics, per_class = evaluate(labels, probabilities, rule, classes, params.evaluate)
     metrics = {"n_train": bundle["n_train"], "n_eval": len(ids), **metrics}
-    predicted = threshold_predictions(probabilities, thresholds)
+    predicted = apply_rule(probabilities, rule)
+    label_counts = label_count_table(labels, predicted)
 
     write_csv(args.predictions_out, predictions_table(ids, probabilities, predicted, classes))
     write_csv(args.per_class_out, per_class)
     write_csv_dir(args.confusion_dir, confusion_records(labels, predicted, classes))
     write_csv_dir(args.pr_dir, pr_curves(labels, probabilities, classes))
     write_figure(args.confusion_png, confusion_grid_figure(per_class))
+    write_csv(args.label_counts_out, label_counts)
+    write_figure(args.label_counts_png, label_count_figure(label_counts))
     write_json(args.metrics_out, metrics)
-    calibrated, default = metrics["calibrated"], metrics["default_threshold"]
-    print(f"evaluate: {len(ids)} images, mAP {metrics['map']}, F1 micro {calibrated['f1_micro']} "
-          f"(0.5: {default['f1_micro']}), Dice {calibrated['dice']} (0.5: {default['dice']})")
+    print(f"evaluate: {len(ids)} images, mAP {metrics['map']}")
+    for name in compared_rules(rule):
+        scores = metrics[name]
+        print(f"  {name}: F1 micro {scores['f1_micro']}, macro {scores['f1_macro']}, Dice {scores['dice']}, "
+              f"Jaccard {scores['jaccard']}, no label {scores['empty_rate']}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ with ``1`` = present, ``0`` = only *difficult* objects, ``-1`` = absent. A ``0``
 **ignored** for that class by every function here that takes ``labels``: it is dropped from
 that class's ranking / counts, and from that image's label and prediction sets, exactly as if
 the (image, class) pair did not exist. Changing the score or prediction of a ``0`` cell never
-changes any result.
+changes any result, except ``empty_rate``, which describes the predictions alone.
 
 Functions that work on one class take ``y_true01`` (0/1 or bool, 1-D) instead; the caller
 drops ignored cells first (or passes ``ignore=`` where offered).
@@ -17,7 +17,9 @@ ranking:      :func:`average_precision`, :func:`voc07_average_precision`, :func:
 thresholded:  :func:`threshold_predictions`, :func:`multilabel_scores`,
               :func:`precision_at_k`, :func:`per_class_confusion`
 calibration:  :func:`fbeta_from_counts`, :func:`mcc_from_counts`, :func:`score_from_counts`,
-              :func:`threshold_curve`, :func:`best_threshold`, :func:`score_at_threshold`
+              :func:`dice_from_counts`, :func:`jaccard_from_counts`, :func:`target_score`,
+              :func:`image_parts`, :func:`metric_parts`, :func:`metric_from_parts`, :func:`threshold_curve`,
+              :func:`best_threshold`, :func:`best_plateau_threshold`, :func:`score_at_threshold`
 """
 from __future__ import annotations
 
@@ -41,15 +43,26 @@ __all__ = [
     "fbeta_from_counts",
     "mcc_from_counts",
     "score_from_counts",
+    "dice_from_counts",
+    "jaccard_from_counts",
+    "metric_parts",
+    "metric_from_parts",
+    "target_score",
+    "image_parts",
     "threshold_curve",
     "best_threshold",
+    "best_plateau_threshold",
     "score_at_threshold",
     "METRIC_KEYS",
+    "PER_IMAGE_METRICS",
 ]
 
 #: Keys of :func:`multilabel_scores` with the default ``top_k=(1, 3)``, in order.
 METRIC_KEYS = ("f1_micro", "f1_macro", "dice", "jaccard", "precision_at_1", "precision_at_3",
-               "hamming_loss", "subset_accuracy")
+               "hamming_loss", "subset_accuracy", "empty_rate")
+
+#: Target metrics scored per image and averaged over images (the others pool all cells).
+PER_IMAGE_METRICS = ("dice", "jaccard")
 
 
 # --------------------------------------------------------------------------- input checks
@@ -362,11 +375,12 @@ def _ratio(num, den, empty_value: float) -> np.ndarray:
     return out
 
 
-def multilabel_scores(labels, probabilities, thresholds, top_k: Sequence[int] = (1, 3),
+def multilabel_scores(labels, probabilities, predictions, top_k: Sequence[int] = (1, 3),
                       zero_division: float = 0.0) -> dict[str, float]:
-    """Thresholded and top-k multilabel metrics, ignoring ``0`` cells everywhere.
+    """Multilabel metrics of 0/1 ``predictions`` (and top-k of ``probabilities``), ignoring ``0`` cells.
 
-    Predictions are ``probability >= thresholds`` (``(C,)`` array or scalar). Keys, in order:
+    ``predictions`` has the shape of ``labels`` (e.g. :func:`threshold_predictions`, or a
+    decision rule's output). Keys, in order:
 
     * ``f1_micro``: F1 of the tp/fp/fn summed over all non-ignored cells (sklearn ``micro``).
     * ``f1_macro``: mean over classes of each class's F1 on its non-ignored cells (sklearn
@@ -383,13 +397,20 @@ def multilabel_scores(labels, probabilities, thresholds, top_k: Sequence[int] = 
       non-ignored classes divides by that number instead of ``k``.
     * ``hamming_loss``: fraction of non-ignored cells predicted wrong.
     * ``subset_accuracy``: fraction of images whose non-ignored cells are all right.
+    * ``empty_rate``: fraction of images with no predicted class at all. It describes what
+      users get, so it is the one metric that counts predictions on ignored cells too.
 
     In the per-image metrics, an image's ignored cells are removed from both Y and P; images
     whose cells are all ignored are left out of the per-image means.
     """
     lab = _as_labels(labels)
     p = _as_scores(probabilities, lab.shape, "probabilities")
-    pred = threshold_predictions(p, thresholds).astype(bool)
+    pred = np.asarray(predictions)
+    if pred.shape != lab.shape:
+        raise ValueError(f"predictions have shape {pred.shape}, expected {lab.shape}")
+    if not np.isin(pred, (0, 1)).all():
+        raise ValueError("predictions must hold only 0/1 (apply thresholds or a decision rule first)")
+    pred = pred.astype(bool)
     valid = lab != 0
     truth = lab == 1
     pred_v = pred & valid
@@ -408,8 +429,8 @@ def multilabel_scores(labels, probabilities, thresholds, top_k: Sequence[int] = 
     inter = tp_cell.sum(1)
     n_true = truth.sum(1)       # truth implies valid
     n_pred = pred_v.sum(1)
-    dice = _ratio(2 * inter, n_true + n_pred, 1.0)[has_cells]
-    jacc = _ratio(inter, n_true + n_pred - inter, 1.0)[has_cells]
+    dice = dice_from_counts(inter, n_pred - inter, n_true - inter)[has_cells]
+    jacc = jaccard_from_counts(inter, n_pred - inter, n_true - inter)[has_cells]
     wrong = (fp_cell | fn_cell)
 
     out: dict[str, float] = {
@@ -423,6 +444,7 @@ def multilabel_scores(labels, probabilities, thresholds, top_k: Sequence[int] = 
     n_valid = int(valid.sum())
     out["hamming_loss"] = float(wrong.sum() / n_valid) if n_valid else float("nan")
     out["subset_accuracy"] = _nanmean((~wrong.any(axis=1))[has_cells].astype(np.float64))
+    out["empty_rate"] = float(np.mean(~pred.any(axis=1))) if len(pred) else float("nan")
     return out
 
 
@@ -482,6 +504,18 @@ def mcc_from_counts(tp, fp, fn, tn):
     return _scalar_or_array(_ratio(tp * tn - fp * fn, den, 0.0))
 
 
+def dice_from_counts(tp, fp, fn) -> np.ndarray:
+    """Per-image Dice ``2tp / (2tp + fp + fn)``: 1 when the image has no true and no predicted class."""
+    tp = np.asarray(tp, dtype=np.float64)
+    return _ratio(2 * tp, 2 * tp + np.asarray(fp, np.float64) + np.asarray(fn, np.float64), 1.0)
+
+
+def jaccard_from_counts(tp, fp, fn) -> np.ndarray:
+    """Per-image Jaccard (IoU) ``tp / (tp + fp + fn)``: 1 when the image has no true and no predicted class."""
+    tp = np.asarray(tp, dtype=np.float64)
+    return _ratio(tp, tp + np.asarray(fp, np.float64) + np.asarray(fn, np.float64), 1.0)
+
+
 _FBETA = re.compile(r"^f(\d+(?:\.\d+)?)$")
 
 
@@ -494,6 +528,55 @@ def score_from_counts(metric: str, tp, fp, fn, tn):
     if match and float(match.group(1)) > 0:
         return fbeta_from_counts(tp, fp, fn, float(match.group(1)))
     raise ValueError(f"unknown metric {metric!r}: use f1, f2, f0.5 (any f<beta>) or mcc")
+
+
+def metric_parts(metric: str, tp, fp, fn, tn) -> np.ndarray:
+    """Per-image parts of a target metric that add up over images, shape ``(..., k)``.
+
+    ``tp``/``fp``/``fn``/``tn`` are one image's counts (arrays broadcast). For the pooled
+    metrics (f-beta, mcc) the parts are the four counts; for the per-image metrics
+    (``dice``, ``jaccard``) the part is the image's score. Summing parts over images and
+    passing the sum to :func:`metric_from_parts` gives the metric, so a search can update a
+    score incrementally when only some images change.
+    """
+    name = str(metric).lower().strip()
+    if name == "dice":
+        return dice_from_counts(tp, fp, fn)[..., None]
+    if name == "jaccard":
+        return jaccard_from_counts(tp, fp, fn)[..., None]
+    score_from_counts(name, 1.0, 0.0, 0.0, 1.0)  # validates the name
+    return np.stack(np.broadcast_arrays(*(np.asarray(x, np.float64) for x in (tp, fp, fn, tn))), axis=-1)
+
+
+def metric_from_parts(metric: str, summed_parts: np.ndarray, n_images: int):
+    """The target metric from :func:`metric_parts` summed over ``n_images`` images (``(..., k)`` in)."""
+    parts = np.asarray(summed_parts, dtype=np.float64)
+    if str(metric).lower().strip() in PER_IMAGE_METRICS:
+        return _scalar_or_array(parts[..., 0] / max(n_images, 1))
+    return score_from_counts(metric, parts[..., 0], parts[..., 1], parts[..., 2], parts[..., 3])
+
+
+def target_score(metric: str, targets01, predictions) -> float:
+    """A calibration target metric of 0/1 ``predictions`` against 0/1 ``targets01`` (``(n, C)``).
+
+    f1/f2/f0.5/mcc pool the counts of all (image, class) cells (f1: micro-F1); ``dice`` and
+    ``jaccard`` are means over images of ``2|Y∩P| / (|Y| + |P|)`` and ``|Y∩P| / |Y∪P|``
+    (1 for an image with neither true nor predicted class), as :func:`multilabel_scores`.
+    """
+    parts = image_parts(metric, targets01, predictions)
+    return float(metric_from_parts(metric, parts.sum(axis=0), len(parts)))
+
+
+def image_parts(metric: str, targets01, predictions) -> np.ndarray:
+    """:func:`metric_parts` of each image (row) of 0/1 ``predictions`` against ``targets01``: ``(n, k)``."""
+    truth = np.asarray(targets01).astype(bool)
+    pred = np.asarray(predictions).astype(bool)
+    if truth.shape != pred.shape or truth.ndim != 2:
+        raise ValueError(f"targets {truth.shape} and predictions {pred.shape} must be equal 2-D shapes")
+    tp = np.sum(truth & pred, axis=1)
+    fp = np.sum(pred, axis=1) - tp
+    fn = np.sum(truth, axis=1) - tp
+    return metric_parts(metric, tp, fp, fn, truth.shape[1] - tp - fp - fn)
 
 
 def _prepare_1class(y_true01, probabilities, ignore):
@@ -555,6 +638,19 @@ def best_threshold(y_true01, probabilities, metric: str = "f1", ignore=None):
     thr, scores = threshold_curve(y_true01, probabilities, metric, ignore)
     if thr.size == 0:
         raise ValueError("best_threshold: no cells left to score")
+    threshold, at = best_plateau_threshold(thr, scores)
+    return threshold, float(scores[at]), thr, scores
+
+
+def best_plateau_threshold(thresholds, scores) -> tuple[float, int]:
+    """The middle of the best plateau of a step-function score curve (see :func:`best_threshold`).
+
+    ``thresholds`` are the candidates in increasing order, ``scores[k]`` what predicting
+    ``p >= thresholds[k]`` scores. Returns ``(threshold, k)``: the chosen threshold and the
+    index of the candidate whose predictions it reproduces.
+    """
+    thr = np.asarray(thresholds, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
     best = scores.max()
     is_best = scores >= best - 1e-12 * max(1.0, abs(best))
     # runs of adjacent best candidates (thresholds increasing)
@@ -573,8 +669,7 @@ def best_threshold(y_true01, probabilities, metric: str = "f1", ignore=None):
         if threshold <= lower[pick]:  # adjacent floats: no room for a midpoint
             threshold = float(upper[pick])
     # the candidate whose predictions the threshold reproduces: smallest candidate >= threshold
-    at = int(np.searchsorted(thr, threshold, side="left"))
-    return threshold, float(scores[at]), thr, scores
+    return threshold, int(np.searchsorted(thr, threshold, side="left"))
 
 
 def score_at_threshold(y_true01, probabilities, threshold: float, metric: str = "f1",

@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.metrics.pairwise import pairwise_kernels
 from sklearn.multioutput import MultiOutputClassifier
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
 from sklearn.svm import SVC
 
 from stages.common import PipelineError, atomic_path
@@ -78,6 +78,12 @@ def resolve_gamma(gamma, features: np.ndarray) -> float:
     return float(gamma)
 
 
+def signed_sqrt(features: np.ndarray) -> np.ndarray:
+    """Power normalisation ``sign(x) * sqrt(|x|)``: it damps the few large activations that
+    dominate pooled CNN features (the ``sqrt`` scaler; +0.65 mAP on devdata, see README)."""
+    return np.sign(features) * np.sqrt(np.abs(features))
+
+
 def build_model(svm: SvmParams) -> Pipeline:
     """The unfitted model for these SVM settings.
 
@@ -85,7 +91,8 @@ def build_model(svm: SvmParams) -> Pipeline:
     ``SVC(kernel=svm.kernel, gamma=...)``, but the kernel matrix is computed once (with
     BLAS) for all classes and all of libsvm's internal Platt-scaling folds.
     """
-    scalers = {"none": "passthrough", "standard": StandardScaler(), "l2": Normalizer(norm="l2")}
+    scalers = {"none": "passthrough", "standard": StandardScaler(), "l2": Normalizer(norm="l2"),
+               "sqrt": FunctionTransformer(signed_sqrt)}
     classifier = SVC(kernel="precomputed", C=svm.C, probability=True, class_weight=svm.class_weight,
                      random_state=RANDOM_STATE)
     return Pipeline([

@@ -20,11 +20,13 @@ VOC_CLASSES = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
     "train", "tvmonitor",
 )
-SCALERS = ("none", "standard", "l2")
+SCALERS = ("none", "standard", "l2", "sqrt")
 KERNELS = ("rbf", "linear", "poly", "sigmoid")
 GAMMA_WORDS = ("scale", "auto", "median")
-CALIBRATION_METRICS = ("f1", "f2", "f0.5", "mcc")
+CALIBRATION_METRICS = ("f1", "f2", "f0.5", "mcc", "dice", "jaccard")
 CALIBRATION_STRATEGIES = ("per_class", "global", "none", "auto")
+COMBINE_METHODS = ("mean", "concat")
+RESIZE_METHODS = ("bilinear", "bilinear_antialias", "area", "bicubic")
 
 
 class _Reader:
@@ -114,6 +116,7 @@ class DataParams:
     classes: tuple = VOC_CLASSES
     train_split: str = "trainval"
     eval_split: str = "test"
+    skip_no_objects: bool = False  # leave out images whose annotation has no <object>
 
 
 @dataclass(frozen=True)
@@ -131,11 +134,22 @@ class EvalSetParams:
 
 @dataclass(frozen=True)
 class FeaturesParams:
+    """How images become feature vectors (see stages/featurize.py).
+
+    ``image_size``: None (each backbone's native size), ``"auto"`` (chosen among
+    ``select_scales`` by cross-validated mAP on the training images), a size in pixels, or
+    a tuple of sizes (multi-scale, joined by ``combine``). ``select_scales``: the candidates
+    for ``auto``, each a tuple of multiples of the native size.
+    """
     backbones: tuple = ("EfficientNetB6",)
     weights: str | None = "imagenet"
-    image_size: int | None = None
-    batch_size: int = 8
+    image_size: object = None
+    select_scales: tuple = ((1.0,),)
+    select_folds: int = 3
+    combine: str = "mean"
+    resize: str = "bilinear"
     flip_tta: bool = False
+    batch_size: int = 8
 
 
 @dataclass(frozen=True)
@@ -154,6 +168,9 @@ class CalibrateParams:
     metric: str = "f1"
     strategy: str = "auto"
     min_positives: int = 3
+    shrinkage: float = 10.0
+    min_labels: int = 1
+    max_labels: int | None = None
 
 
 @dataclass(frozen=True)
@@ -196,7 +213,9 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
     sections = ("data", "subset", "eval", "features", "svm", "calibrate", "tune", "evaluate")
     unknown = sorted(set(raw) - set(sections))
     if unknown:
-        raise PipelineError(f"{source}: unknown section(s) {', '.join(unknown)}; "
+        hints = [f"{name}" + (f" (did you mean {close[0]}?)" if (close := difflib.get_close_matches(
+            str(name), sections, n=1)) else "") for name in unknown]
+        raise PipelineError(f"{source}: unknown section(s) {', '.join(hints)}; "
                             f"expected: {', '.join(sections)}")
 
     r = _section(raw, "data", DataParams, source)
@@ -211,7 +230,8 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
     classes = r.string_list("classes", list(VOC_CLASSES))
     data = DataParams(year=year, source=src, md5=dict(md5), classes=tuple(classes),
                       train_split=r.choice("train_split", "trainval", _any_name(r, "train_split", "trainval")),
-                      eval_split=r.choice("eval_split", "test", _any_name(r, "eval_split", "test")))
+                      eval_split=r.choice("eval_split", "test", _any_name(r, "eval_split", "test")),
+                      skip_no_objects=r.boolean("skip_no_objects", False))
     if data.train_split == data.eval_split:
         raise PipelineError(f"{source}: data.train_split and data.eval_split are both "
                             f"'{data.train_split}'; evaluation must use images not trained on")
@@ -240,9 +260,13 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
         raise r.fail("weights", "imagenet, null or a path to a weights file", weights)
     features = FeaturesParams(backbones=tuple(r.string_list("backbones", ["EfficientNetB6"])),
                               weights=weights,
-                              image_size=r.integer("image_size", None, minimum=32, allow_none=True),
-                              batch_size=r.integer("batch_size", 8, minimum=1),
-                              flip_tta=r.boolean("flip_tta", False))
+                              image_size=_image_size(r),
+                              select_scales=_select_scales(r),
+                              select_folds=r.integer("select_folds", 3, minimum=2),
+                              combine=r.choice("combine", "mean", COMBINE_METHODS),
+                              resize=r.choice("resize", "bilinear", RESIZE_METHODS),
+                              flip_tta=r.boolean("flip_tta", False),
+                              batch_size=r.integer("batch_size", 8, minimum=1))
 
     r = _section(raw, "svm", SvmParams, source)
     svm = SvmParams(kernel=r.choice("kernel", "rbf", KERNELS),
@@ -256,7 +280,18 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
     calibrate = CalibrateParams(folds=r.integer("folds", 5, minimum=2),
                                 metric=r.choice("metric", "f1", CALIBRATION_METRICS),
                                 strategy=r.choice("strategy", "auto", CALIBRATION_STRATEGIES),
-                                min_positives=r.integer("min_positives", 3, minimum=0))
+                                min_positives=r.integer("min_positives", 3, minimum=0),
+                                shrinkage=r.number("shrinkage", 10.0),
+                                min_labels=r.integer("min_labels", 1, minimum=0),
+                                max_labels=r.integer("max_labels", None, minimum=1, allow_none=True))
+    if calibrate.shrinkage < 0:
+        raise r.fail("shrinkage", "a number >= 0", calibrate.shrinkage)
+    if calibrate.min_labels > len(classes):
+        raise r.fail("min_labels", f"an integer between 0 and {len(classes)} (the number of classes)",
+                     calibrate.min_labels)
+    if calibrate.max_labels is not None and calibrate.max_labels < calibrate.min_labels:
+        raise r.fail("max_labels", f"null or an integer >= calibrate.min_labels ({calibrate.min_labels})",
+                     calibrate.max_labels)
 
     r = _section(raw, "tune", TuneParams, source)
     c_grid = r.get("C", [0.1, 1, 10, 100])
@@ -293,6 +328,37 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
 
     return Params(data=data, subset=subset, eval=eval_set, features=features, svm=svm,
                   calibrate=calibrate, tune=tune, evaluate=evaluate)
+
+
+def _image_size(reader: _Reader):
+    """features.image_size: null, 'auto', a size >= 32, or a list of sizes (multi-scale)."""
+    value = reader.get("image_size", None)
+    if value is None or value == "auto":
+        return value
+    sizes = value if isinstance(value, list) else [value]
+    if not sizes or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 32
+                            for v in sizes) or len(set(sizes)) != len(sizes):
+        raise reader.fail("image_size", "null (native size), auto, a size in pixels >= 32, or a list of "
+                                        "different sizes (multi-scale)", value)
+    return int(sizes[0]) if not isinstance(value, list) else tuple(int(v) for v in sizes)
+
+
+def _select_scales(reader: _Reader) -> tuple:
+    """features.select_scales: candidates for image_size: auto, each a scale or a list of scales."""
+    value = reader.get("select_scales", [1.0])
+    candidates = value if isinstance(value, list) else [value]
+    parsed = []
+    for candidate in candidates:
+        scales = candidate if isinstance(candidate, list) else [candidate]
+        if not scales or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and 0.25 <= v <= 4
+                                 for v in scales):
+            raise reader.fail("select_scales", "a list of candidates, each a multiple of the native size "
+                                               "(0.25 to 4) or a list of them (multi-scale), e.g. "
+                                               "[1.0, 1.5, [1.0, 1.5]]", value)
+        parsed.append(tuple(float(v) for v in scales))
+    if not parsed or len(set(parsed)) != len(parsed):
+        raise reader.fail("select_scales", "a non-empty list without repeats", value)
+    return tuple(parsed)
 
 
 def _n_jobs(reader: _Reader) -> int:

@@ -1,4 +1,4 @@
-"""predict: label new photos with the trained model and its calibrated thresholds.
+"""predict: label new photos with the trained model and its calibrated decision rule.
 
     python -m stages.predict photos/ more/*.jpg one.png [--out predictions.csv] [--top-k 3]
 
@@ -10,6 +10,7 @@ again. A file that is not a readable image gets its own error line; the others g
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
 import sys
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from stages.common import PipelineError, feature_signature, read_json, run_main, write_csv
-from stages.evaluate import load_thresholds
+from stages.calibrate import DecisionRule, apply_rule, load_rule
 from stages.model import load_model, positive_probabilities
 from stages.params import load_params
 
@@ -48,26 +49,77 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     return list(dict.fromkeys(paths)), problems
 
 
+#: Leading bytes of the image formats, to say in plain words why a file does not decode.
+MAGIC_BYTES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+#: Formats tf.io.decode_image reads; others get "convert it".
+DECODABLE_KINDS = ("JPEG", "PNG", "GIF", "BMP", "WebP")
+
+
+def image_kind(head: bytes) -> str | None:
+    """The image format a file's first bytes announce (JPEG, PNG, WebP, ...), or None."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
+        return "HEIC/AVIF"
+    return next((kind for magic, kind in MAGIC_BYTES if head.startswith(magic)), None)
+
+
+def describe_unreadable(path: str) -> str:
+    """One plain line saying why ``path`` is not an image the feature extractor can decode."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    if not head:
+        return "an empty file (0 bytes)"
+    kind = image_kind(head)
+    if kind is None:
+        return f"not an image: its content is none of {', '.join(DECODABLE_KINDS)}"
+    if kind not in DECODABLE_KINDS:
+        return f"a {kind} image, which is not supported: convert it to JPEG or PNG"
+    return f"a damaged or truncated {kind} file that cannot be decoded"
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Send what native code writes to stderr (file descriptor 2) nowhere for a while.
+
+    libjpeg and TensorFlow's C++ logging print lines such as "Improper call to JPEG library
+    in state 201" for each bad file; :func:`describe_unreadable` says it in one line instead.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def readable_images(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """Split paths into the images that decode and (path, problem) for those that do not."""
     import tensorflow as tf
-    from stages.featurize import load_image
+    from stages.views import load_image
 
     good, bad = [], []
     for path in paths:
         try:
-            load_image(path, 32)
+            with native_stderr_silenced():
+                load_image(path, 32)
             good.append(path)
-        except tf.errors.OpError as error:
-            reason = (error.message or "").strip().splitlines()[-1:] or [type(error).__name__]
-            bad.append((path, f"not a readable image ({reason[0]})"))
+        except tf.errors.OpError:
+            bad.append((path, f"not a readable image ({describe_unreadable(path)}); skipped"))
     return good, bad
 
 
-def label_images(probabilities: np.ndarray, thresholds: np.ndarray, classes, top_k: int) -> pd.DataFrame:
-    """Per image: the labels over their thresholds, the top-k classes, and every probability."""
+def label_images(probabilities: np.ndarray, rule: DecisionRule, classes, top_k: int) -> pd.DataFrame:
+    """Per image: the labels of the decision rule (as evaluate's), the top-k classes, and every probability."""
     classes = list(classes)
-    predicted = probabilities >= thresholds
+    predicted = apply_rule(probabilities, rule).astype(bool)
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
     table = pd.DataFrame({
         "labels": [" ".join(c for c, on in zip(classes, row) if on) for row in predicted],
@@ -96,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         raise PipelineError(f"--top-k must be between 1 and {len(classes)}, got {args.top_k}")
     meta = read_json(args.meta)
     bundle = load_model(args.model, classes, feature_signature(meta))
-    thresholds = load_thresholds(args.thresholds, classes)
+    rule = load_rule(args.thresholds, classes, model_path=args.model)
 
     paths, problems = expand_inputs(args.inputs)
     paths, unreadable = readable_images(paths)
@@ -106,11 +158,11 @@ def main(argv: list[str] | None = None) -> None:
     if not paths:
         raise PipelineError("no readable image among the inputs; give JPEG/PNG files, folders or globs")
 
-    from stages.featurize import extract_features, features_params_from_meta
-    features_params, input_sizes = features_params_from_meta(meta)
-    features, stats = extract_features(paths, features_params, progress=True, input_sizes=input_sizes)
+    from stages.featurize import extract_features, recipes_from_meta
+    features_params, recipes = recipes_from_meta(meta)
+    features, stats = extract_features(paths, features_params, progress=True, recipes=recipes)
     probabilities = positive_probabilities(bundle["model"], features)
-    table = label_images(probabilities, thresholds, classes, args.top_k)
+    table = label_images(probabilities, rule, classes, args.top_k)
     table.insert(0, "path", paths)
 
     for row, probability_row in zip(table.itertuples(index=False), probabilities):

@@ -4,16 +4,23 @@ Every ``Annotations/*.xml`` is parsed (not only the images the split lists name)
 row per image: ``image_id, split, <class>...`` with the VOC codes per class: ``1`` at least
 one non-difficult object, ``0`` only difficult objects, ``-1`` absent. ``split`` is the name
 of the ImageSets/Main list (``data.train_split`` or ``data.eval_split``) that holds the
-image, or ``unused`` when neither does.
+image, or ``unused`` when neither does. ``image_file`` is the image's file name in
+``JPEGImages`` (``<filename>`` of the XML, else ``<id>.<any image extension>``), so exports of
+labelling tools (CVAT, Label Studio) with PNG or ``.JPG`` files work as they are.
+
+Class names match ``data.classes`` after stripping spaces and case-folding (a warning lists
+the names that needed it). Every bad annotation is reported in one error, not one per run.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
 import sys
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import pandas as pd
 
@@ -23,16 +30,29 @@ from stages.params import load_params
 UNUSED = "unused"
 PRESENT, DIFFICULT_ONLY, ABSENT = 1, 0, -1
 
-#: One object of an annotation: (class name, difficult).
+#: Image files the feature extractor decodes (tf.io.decode_image), in order of preference
+#: when several files share an annotation's id.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+#: How many bad files one error lists (the rest are counted).
+MAX_REPORTED = 20
+
+#: One object of an annotation: (class name as written, difficult).
 Object = tuple[str, bool]
 
 
-def parse_annotation(xml_text: str | bytes, source_name: str) -> tuple[str, list[Object]]:
-    """Parse one VOC annotation; return ``(image_id, [(class name, difficult), ...])``.
+class Annotation(NamedTuple):
+    """One parsed annotation: the image id, its objects, and its ``<filename>`` ('' if none)."""
+    image_id: str
+    objects: list[Object]
+    filename: str
+
+
+def parse_annotation(xml_text: str | bytes, source_name: str) -> Annotation:
+    """Parse one VOC annotation; return ``(image_id, [(class name, difficult), ...], filename)``.
 
     The image id is the annotation's file stem (``Annotations/000005.xml`` -> ``000005``),
-    which is what ImageSets lists and JPEGImages names. ``source_name`` (the file's path) is
-    only used for the id and in error messages.
+    which is what ImageSets lists. Class names are kept as written (see :func:`match_class`).
+    ``source_name`` (the file's path) is only used for the id and in error messages.
     """
     image_id = Path(source_name).stem
     try:
@@ -45,15 +65,58 @@ def parse_annotation(xml_text: str | bytes, source_name: str) -> tuple[str, list
                             f"is this a VOC annotation?")
     objects = []
     for number, node in enumerate(root.findall("object"), start=1):
-        name = (node.findtext("name") or "").strip()
-        if not name:
+        name = node.findtext("name") or ""
+        if not name.strip():
             raise PipelineError(f"{source_name}: object #{number} has no <name>; add the class name")
         flag = (node.findtext("difficult") or "0").strip()
         if flag not in ("0", "1"):
-            raise PipelineError(f"{source_name}: object #{number} ({name}) has <difficult>{flag}"
+            raise PipelineError(f"{source_name}: object #{number} ({name.strip()}) has <difficult>{flag}"
                                 f"</difficult>; expected 0 or 1")
         objects.append((name, flag == "1"))
-    return image_id, objects
+    return Annotation(image_id, objects, (root.findtext("filename") or "").strip())
+
+
+def class_matcher(classes: Iterable[str]) -> dict[str, str]:
+    """``{normalised name: class}`` for :func:`match_class`; two classes that differ only in
+    case or spaces are an error (a name in the XML could not tell them apart)."""
+    matcher: dict[str, str] = {}
+    for name in classes:
+        key = name.strip().casefold()
+        if key in matcher:
+            raise PipelineError(f"params.yaml: data.classes has both '{matcher[key]}' and '{name}', which "
+                                f"differ only in case or spaces; keep one of them")
+        matcher[key] = name
+    return matcher
+
+
+def match_class(name: str, matcher: dict[str, str]) -> str | None:
+    """The class of data.classes that an XML ``<name>`` means, ignoring case and surrounding
+    spaces (``' Dog '`` -> ``dog``), or None for a name not in data.classes."""
+    return matcher.get(name.strip().casefold())
+
+
+def resolve_image_file(image_id: str, filename: str, images: dict[str, str]) -> str | None:
+    """The file in JPEGImages that an annotation describes, or None.
+
+    ``images`` maps each JPEGImages file name, lower-cased, to its real name. The XML's
+    ``<filename>`` wins (CVAT and Label Studio write ``.png``, ``.jpeg`` or ``.JPG`` there;
+    only its last path part counts); else ``<id>`` with any image extension, in any case.
+    """
+    if filename:
+        base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+        if os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS and base.lower() in images:
+            return images[base.lower()]
+    for extension in IMAGE_EXTENSIONS:
+        found = images.get(f"{image_id}{extension}".lower())
+        if found is not None:
+            return found
+    return None
+
+
+def list_images(images_dir: Path) -> dict[str, str]:
+    """``{lower-cased file name: file name}`` of the image files in ``images_dir``."""
+    return {entry.name.lower(): entry.name for entry in os.scandir(images_dir)
+            if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file()}
 
 
 def parse_split_list(text: str) -> list[str]:
@@ -83,27 +146,40 @@ def assign_splits(split_lists: dict[str, list[str]], sources: dict[str, str] | N
 
 
 def unknown_classes(annotations: dict[str, list[Object]], classes: Iterable[str]) -> Counter:
-    """Objects per class name that is not in ``classes`` (these are left out of the table)."""
-    known = set(classes)
-    return Counter(name for objects in annotations.values() for name, _ in objects if name not in known)
+    """Objects per class name (stripped) that no class of ``classes`` matches; these are left
+    out of the table."""
+    matcher = class_matcher(classes)
+    return Counter(name.strip() for objects in annotations.values() for name, _ in objects
+                   if match_class(name, matcher) is None)
+
+
+def normalised_names(annotations: dict[str, list[Object]], classes: Iterable[str]) -> Counter:
+    """Objects per ``(name as written, class)`` where the two differ (case or spaces)."""
+    matcher = class_matcher(classes)
+    return Counter((name, match_class(name, matcher)) for objects in annotations.values()
+                   for name, _ in objects if match_class(name, matcher) not in (None, name))
 
 
 def build_label_table(annotations: dict[str, list[Object]], splits: dict[str, str],
-                      classes: tuple[str, ...] | list[str]) -> pd.DataFrame:
+                      classes: tuple[str, ...] | list[str],
+                      image_files: dict[str, str] | None = None) -> pd.DataFrame:
     """The label table: one row per annotated image, sorted by id.
 
     ``annotations``: ``{image id: [(class name, difficult), ...]}``; ``splits``: ``{image id:
-    split name}`` (images not in it get ``unused``). Objects of classes not in ``classes``
-    are ignored here (see :func:`unknown_classes`).
+    split name}`` (images not in it get ``unused``); ``image_files``: ``{image id: file name
+    in JPEGImages}``, written as the ``image_file`` column when given. Names match classes
+    as :func:`match_class` says; objects of other classes are ignored here (see
+    :func:`unknown_classes`).
     """
     classes = list(classes)
+    matcher = class_matcher(classes)
     column = {name: k for k, name in enumerate(classes)}
     ids = sorted(annotations)
     rows = []
     for image_id in ids:
         codes = [ABSENT] * len(classes)
         for name, difficult in annotations[image_id]:
-            k = column.get(name)
+            k = column.get(match_class(name, matcher))
             if k is None:
                 continue
             code = DIFFICULT_ONLY if difficult else PRESENT
@@ -111,16 +187,29 @@ def build_label_table(annotations: dict[str, list[Object]], splits: dict[str, st
         rows.append(codes)
     table = pd.DataFrame(rows, columns=classes, dtype="int8") if rows else \
         pd.DataFrame({c: pd.Series(dtype="int8") for c in classes})
+    if image_files is not None:
+        table.insert(0, "image_file", [image_files[i] for i in ids])
     table.insert(0, "split", [splits.get(i, UNUSED) for i in ids])
     table.insert(0, "image_id", pd.Series(ids, dtype=str))
     return table
 
 
-def read_voc(voc_dir: Path, train_split: str, eval_split: str
-             ) -> tuple[dict[str, list[Object]], dict[str, str]]:
+class VocLabels(NamedTuple):
+    """What :func:`read_voc` reads: ``annotations`` and ``image_files`` by image id, the
+    ``splits`` of the listed images, and the annotation files with no ``<object>``."""
+    annotations: dict[str, list[Object]]
+    splits: dict[str, str]
+    image_files: dict[str, str]
+    no_objects: list[Path]
+
+
+def read_voc(voc_dir: Path, train_split: str, eval_split: str, skip_no_objects: bool = False) -> VocLabels:
     """Read every annotation and the two split lists of a VOC folder, checking they agree.
 
-    Returns ``(annotations, splits)`` as :func:`build_label_table` takes them.
+    Every unreadable annotation and every annotation without its image is collected, and
+    one error lists them all (up to :data:`MAX_REPORTED`). ``skip_no_objects``: leave out
+    the images whose annotation has no ``<object>`` (else they are rows with every class
+    absent).
     """
     if UNUSED in (train_split, eval_split):
         raise PipelineError(f"params.yaml: '{UNUSED}' cannot be a split name (data.train_split / "
@@ -132,6 +221,10 @@ def read_voc(voc_dir: Path, train_split: str, eval_split: str
     files = sorted(annotations_dir.glob("*.xml"))
     if not files:
         raise PipelineError(f"{annotations_dir}: holds no .xml annotation; check data.source")
+    images_dir = voc_dir / "JPEGImages"
+    if not images_dir.is_dir():
+        raise PipelineError(f"{images_dir}: not found; a VOC folder keeps its images there (rename "
+                            f"the export's image folder to JPEGImages)")
 
     split_lists, sources = {}, {}
     for key, split in (("data.train_split", train_split), ("data.eval_split", eval_split)):
@@ -144,8 +237,8 @@ def read_voc(voc_dir: Path, train_split: str, eval_split: str
         sources[split] = str(path)
     splits = assign_splits(split_lists, sources)
 
-    annotations = {}
-    images_dir = voc_dir / "JPEGImages"
+    images = list_images(images_dir)
+    annotations, image_files, no_objects, problems = {}, {}, [], []
     try:
         from tqdm import tqdm
         files = tqdm(files, desc="annotations", unit="file", file=sys.stderr, mininterval=1.0,
@@ -153,12 +246,26 @@ def read_voc(voc_dir: Path, train_split: str, eval_split: str
     except ImportError:  # pragma: no cover - tqdm ships with dvc
         pass
     for path in files:
-        image_id, objects = parse_annotation(path.read_bytes(), str(path))
-        image = images_dir / f"{image_id}.jpg"
-        if not image.is_file():
-            raise PipelineError(f"{image}: not found, but {path} annotates it; restore the image "
-                                f"or delete the annotation")
-        annotations[image_id] = objects
+        try:
+            image_id, objects, filename = parse_annotation(path.read_bytes(), str(path))
+        except PipelineError as error:
+            problems.append(str(error))
+            continue
+        image_file = resolve_image_file(image_id, filename, images)
+        if image_file is None:
+            expected = images_dir / (filename.replace("\\", "/").rsplit("/", 1)[-1] or f"{image_id}.jpg")
+            problems.append(f"{expected}: not found, but {path} annotates it (looked for its <filename> "
+                            f"and for {image_id}{'/'.join(IMAGE_EXTENSIONS)} in any case); restore the "
+                            f"image or delete the annotation")
+            continue
+        if not objects:
+            no_objects.append(path)
+        annotations[image_id], image_files[image_id] = objects, image_file
+    if problems:
+        shown = "\n  ".join(problems[:MAX_REPORTED])
+        more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
+        raise PipelineError(f"{len(problems)} annotation problem(s) in {voc_dir}; fix them all and rerun:"
+                            f"\n  {shown}{more}")
 
     for split, ids in split_lists.items():
         missing = [i for i in ids if i not in annotations]
@@ -166,22 +273,61 @@ def read_voc(voc_dir: Path, train_split: str, eval_split: str
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise PipelineError(f"{sources[split]}: lists {len(missing)} image(s) without an annotation "
                                 f"in {annotations_dir}: {shown}; restore them or remove them from the list")
-    return annotations, splits
+    if skip_no_objects:
+        for path in no_objects:
+            image_id = path.stem
+            del annotations[image_id], image_files[image_id]
+            splits.pop(image_id, None)
+    return VocLabels(annotations, splits, image_files, no_objects)
+
+
+def warn_no_objects(no_objects: list[Path], skipped: bool) -> None:
+    """Say (on stderr) how many annotations have no ``<object>`` and what became of them."""
+    if not no_objects:
+        return
+    names = ", ".join(p.name for p in no_objects[:5]) + (f" and {len(no_objects) - 5} more"
+                                                         if len(no_objects) > 5 else "")
+    if skipped:
+        print(f"note: {len(no_objects)} annotation(s) have no <object> and their images were left out "
+              f"(data.skip_no_objects: true): {names}", file=sys.stderr)
+    else:
+        print(f"WARNING: {len(no_objects)} annotation(s) have no <object>, so their images count as "
+              f"showing none of the classes (every class -1): {names}. If they are unlabelled rather "
+              f"than empty scenes, set data.skip_no_objects: true in params.yaml to leave them out.",
+              file=sys.stderr)
 
 
 def warn_unknown(unknown: Counter, classes: Iterable[str]) -> None:
-    """Say (on stderr) which object names were left out because data.classes lacks them."""
+    """Say (on stderr) which object names were left out because data.classes lacks them,
+    with the nearest class name as a hint."""
     if not unknown:
         return
-    listed = ", ".join(f"{name!r} ({count})" for name, count in unknown.most_common())
+    classes = list(classes)
+
+    def hint(name: str) -> str:
+        close = difflib.get_close_matches(name.casefold(), [c.casefold() for c in classes], n=1)
+        return f", did you mean '{classes[[c.casefold() for c in classes].index(close[0])]}'?" if close else ""
+
+    listed = ", ".join(f"{name!r} ({count}{hint(name)})" for name, count in unknown.most_common())
     print(f"WARNING: {sum(unknown.values())} object(s) have a class not in data.classes and were "
           f"left out: {listed}. Add these names to data.classes in params.yaml to use them "
           f"(or fix the annotations if they are typos).", file=sys.stderr)
 
 
+def warn_normalised(normalised: Counter) -> None:
+    """Say (on stderr) which XML names matched a class only after case-folding or stripping."""
+    if not normalised:
+        return
+    listed = ", ".join(f"{raw!r} -> '{name}' ({count})" for (raw, name), count in normalised.most_common())
+    print(f"WARNING: {sum(normalised.values())} object name(s) differ from data.classes in case or "
+          f"spaces and were matched to it: {listed}. Fix the annotations to silence this.",
+          file=sys.stderr)
+
+
 def warn_empty_classes(annotations: dict[str, list[Object]], classes: Iterable[str]) -> None:
     """Say (on stderr) which classes of data.classes no annotation has (a typo, often)."""
-    seen = {name for objects in annotations.values() for name, _ in objects}
+    matcher = class_matcher(classes)
+    seen = {match_class(name, matcher) for objects in annotations.values() for name, _ in objects}
     empty = [name for name in classes if name not in seen]
     if empty:
         print(f"WARNING: no annotation has an object of class {', '.join(repr(c) for c in empty)} "
@@ -196,10 +342,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
     data = load_params(args.params).data
-    annotations, splits = read_voc(Path(args.voc), data.train_split, data.eval_split)
-    warn_unknown(unknown_classes(annotations, data.classes), data.classes)
-    warn_empty_classes(annotations, data.classes)
-    table = build_label_table(annotations, splits, data.classes)
+    class_matcher(data.classes)  # classes that differ only in case fail before any reading
+    voc = read_voc(Path(args.voc), data.train_split, data.eval_split, data.skip_no_objects)
+    warn_no_objects(voc.no_objects, data.skip_no_objects)
+    warn_normalised(normalised_names(voc.annotations, data.classes))
+    warn_unknown(unknown_classes(voc.annotations, data.classes), data.classes)
+    warn_empty_classes(voc.annotations, data.classes)
+    table = build_label_table(voc.annotations, voc.splits, data.classes, voc.image_files)
     write_csv(args.out, table)
     counts = table["split"].value_counts()
     summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in (data.train_split, data.eval_split, UNUSED)

@@ -3,7 +3,11 @@
 The training subset is drawn from the train split by multilabel iterative stratification,
 so each class keeps roughly its share of positives, with a floor (``subset.min_per_class``)
 and exact targets for named classes (``subset.class_quota``: the seed article's way of
-adding or removing images of one class to fix the class balance).
+adding or removing images of one class to fix the class balance). When the draw misses a
+floor or quota, an exact integer repair meets it if any subset can; when none can, the error
+names the binding constraint and the values that would fit. Every class must end with a
+positive and a negative training image, else subset fails here rather than train after
+featurize.
 """
 from __future__ import annotations
 
@@ -35,11 +39,13 @@ def select_subsets(labels: pd.DataFrame, classes: tuple[str, ...], train_split: 
         raise PipelineError(f"subset.n_images={subset.n_images} but the '{train_split}' split has only "
                             f"{len(train_pool)} images; set subset.n_images to at most {len(train_pool)}")
     quotas = {classes.index(name): target for name, target in subset.class_quota.items()}
+    targets = training_targets(train_pool[list(classes)].to_numpy())
     try:
-        chosen = stratified_subset(training_targets(train_pool[list(classes)].to_numpy()), subset.n_images,
-                                   subset.min_per_class, quotas, subset.seed, class_names=classes)
+        chosen = stratified_subset(targets, subset.n_images, subset.min_per_class, quotas, subset.seed,
+                                   class_names=classes)
     except PipelineError as error:
-        raise PipelineError(f"params.yaml subset: {error}") from error
+        raise PipelineError(f"params.yaml: {error}") from error
+    check_every_class_learnable(targets, chosen, classes, train_split, subset)
     train = train_pool.iloc[chosen].reset_index(drop=True)
 
     eval_pool = pools[eval_split]
@@ -48,6 +54,36 @@ def select_subsets(labels: pd.DataFrame, classes: tuple[str, ...], train_split: 
     chosen = stratified_subset(eval_pool[list(classes)].to_numpy() == 1, eval_set.max_images,
                                seed=subset.seed, class_names=classes)
     return train, eval_pool.iloc[chosen].reset_index(drop=True)
+
+
+def check_every_class_learnable(targets: np.ndarray, chosen: np.ndarray, classes: tuple[str, ...],
+                                train_split: str, subset: SubsetParams) -> None:
+    """Each class needs a positive and a negative training image, or train cannot fit its SVM:
+    fail here, before featurize, naming the class and the setting to change."""
+    drawn = targets[chosen]
+    for index, name in enumerate(classes):
+        positives, in_pool = int(drawn[:, index].sum()), int(targets[:, index].sum())
+        if in_pool == 0:
+            raise PipelineError(f"data/labels.csv: no image of the '{train_split}' split has class '{name}', "
+                                f"so it cannot be learnt; add annotated images of it, or remove it from "
+                                f"data.classes in params.yaml")
+        if positives == 0:
+            if name in subset.class_quota:
+                fix = (f"subset.class_quota.{name}=0 asks for that; the classifier needs at least one: "
+                       f"raise the quota, or remove '{name}' from data.classes")
+            else:
+                fix = f"raise subset.min_per_class (now {subset.min_per_class}) to at least 1"
+            raise PipelineError(f"params.yaml: class '{name}' has no positive among the {len(chosen)} "
+                                f"training images, so it cannot be learnt; {fix}")
+        if positives == len(chosen):
+            raise PipelineError(f"params.yaml: every one of the {len(chosen)} training images has class "
+                                f"'{name}', so it cannot be learnt; raise subset.n_images or set "
+                                f"subset.class_quota.{name} below {len(chosen)}")
+
+
+def pool_limited_classes(distribution: pd.DataFrame, min_per_class: int) -> list[str]:
+    """Classes whose train pool holds fewer than ``min_per_class`` positives (all are taken)."""
+    return distribution.loc[distribution["pool"] < min_per_class, "class"].tolist()
 
 
 def class_distribution(train_pool: pd.DataFrame, train: pd.DataFrame, eval_set: pd.DataFrame,
@@ -110,11 +146,14 @@ def main() -> None:
     write_csv(args.eval_out, eval_set)
     write_csv(args.distribution_out, distribution)
     write_figure(args.distribution_png, distribution_figure(distribution, len(train), len(eval_set)))
-    short = distribution.loc[distribution["train"] < params.subset.min_per_class, "class"].tolist()
     print(f"subset: {len(train)} training images, {len(eval_set)} evaluation images")
+    short = [name for name in pool_limited_classes(distribution, params.subset.min_per_class)
+             if name not in params.subset.class_quota]
     if short:
-        print(f"warning: the pool has fewer than subset.min_per_class={params.subset.min_per_class} "
-              f"images of: {', '.join(short)}")
+        counts = dict(zip(distribution["class"], distribution["pool"]))
+        listed = ", ".join(f"{name} ({counts[name]})" for name in short)
+        print(f"warning: the '{params.data.train_split}' split has fewer than subset.min_per_class="
+              f"{params.subset.min_per_class} images of {listed}; all of them were taken")
 
 
 if __name__ == "__main__":

@@ -258,3 +258,78 @@ def test_link_is_replaced_atomically_but_real_folders_are_kept(tmp_path):
     with pytest.raises(PipelineError, match="real folder"):
         download.link_dataset(a, real)
     assert (real / "Annotations").is_dir()
+
+
+# --------------------------------------------------------------------------- issue 12: your own folder
+
+def test_dvc_repro_download_never_opens_up_your_own_folder(dvc_project, tmp_path):
+    """Item 5: DVC used to chmod the linked folder to 777 when it reran download; the link is
+    now a persistent output DVC never deletes, so the user's modes stay as they were."""
+    devkit = make_voc(tmp_path / "mine", 2007)
+    voc = devkit / "VOC2007"
+    folders = (tmp_path / "mine", devkit, voc, voc / "ImageSets" / "Main")
+    for folder in folders:
+        folder.chmod(0o750)
+    dvc_project.set_params({"data.source": str(tmp_path / "mine")})
+    first = dvc_project.dvc("repro", "download")
+    assert first.returncode == 0, first.stdout + first.stderr
+
+    (voc / "ImageSets" / "Main" / "x.txt").touch()  # the linked output changed: download reruns
+    second = dvc_project.dvc("repro", "download")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "Running stage 'download'" in second.stdout
+    assert {str(f): oct(f.stat().st_mode & 0o777) for f in folders} == {str(f): oct(0o750) for f in folders}
+    assert "world-writable" not in second.stdout + second.stderr
+    assert Path(os.readlink(dvc_project.path("data", "raw", "voc"))) == voc
+
+
+def test_a_relative_source_is_read_from_the_repository_root(tmp_path):
+    """Item 7: a relative data.source is tried in the run's root, then in the repository the
+    run belongs to ($DVC_ROOT: the user's repo when a queued experiment runs in a copy)."""
+    repo, copy = tmp_path / "repo", tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmp123"
+    copy.mkdir(parents=True)
+    (tmp_path / "mine").mkdir()
+    assert download.resolve_source_folder("../mine", copy, repo) == tmp_path / "mine"
+    (copy / "data").mkdir()
+    (repo / "data").mkdir()
+    assert download.resolve_source_folder("data", copy, repo) == copy / "data"  # the run's own copy first
+    assert download.resolve_source_folder(str(tmp_path / "mine"), copy, repo) == tmp_path / "mine"
+    with pytest.raises(PipelineError) as error:
+        download.resolve_source_folder("../missing", copy, repo)
+    assert f"neither {copy.parent / 'missing'} nor {tmp_path / 'missing'} exists" in str(error.value)
+    assert "data.source '../missing'" in str(error.value)
+
+
+def test_a_relative_source_works_in_a_queued_experiment(dvc_project, tmp_path):
+    """Item 7: ``data.source: ../mine`` works under ``dvc repro`` and in a queued experiment,
+    which runs in a copy of the repository under .dvc/tmp/exps."""
+    import re
+    import time
+
+    import pandas as pd
+
+    make_voc(tmp_path / "mine", 2007)  # beside the project folder: ../mine from its root
+    dvc_project.set_params({"data.source": "../mine", "subset.n_images": 30, "subset.min_per_class": 2})
+    dvc_project.commit("relative data.source")
+    dvc_project.dvc("exp", "run", "--queue", "-S", "subset.seed=7", "subset", check=True)
+    dvc_project.dvc("queue", "start", "-j", "1", check=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        status = dvc_project.dvc("queue", "status").stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(2)
+    names = re.findall(r"^\w+\s+([\w-]+)\s+.*Success", status, flags=re.M)
+    assert len(names) == 1, status
+    logs = dvc_project.dvc("queue", "logs", names[0], check=True).stdout
+    assert f"data/raw/voc -> {tmp_path / 'mine' / 'VOCdevkit' / 'VOC2007'}" in logs, logs
+
+    # The experiment's train.csv, through its dvc.lock and the DVC cache (only the stages up
+    # to subset ran, so `dvc exp apply` could not check out the later outputs).
+    import yaml
+    ref = next(line.split()[-1] for line in dvc_project.git("for-each-ref", "refs/exps", check=True).stdout.splitlines()
+               if line.endswith("/" + names[0]))
+    lock = yaml.safe_load(dvc_project.git("show", f"{ref}:dvc.lock", check=True).stdout)
+    md5 = next(out["md5"] for out in lock["stages"]["subset"]["outs"] if out["path"] == "data/subset/train.csv")
+    train = pd.read_csv(dvc_project.path(".dvc", "cache", "files", "md5", md5[:2], md5[2:]), dtype={"image_id": str})
+    assert len(train) == 30 and set(train["image_id"]) <= set(voc_spec(2007).splits["trainval"])

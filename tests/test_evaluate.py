@@ -10,11 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from sklearn.metrics import average_precision_score, f1_score, multilabel_confusion_matrix
+from sklearn.metrics import (accuracy_score, average_precision_score, f1_score, hamming_loss, jaccard_score,
+                             multilabel_confusion_matrix)
 
 from bench.synthetic import write_synthetic_inputs
-from stages.evaluate import confusion_records, evaluate
+from stages.calibrate import DecisionRule, apply_rule, load_rule
+from stages.evaluate import confusion_records, evaluate, label_count_table, rule_metrics
 from stages.params import EvaluateParams, VOC_CLASSES
+from stages.predict import label_images
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,14 +25,19 @@ TRAIN = ["stages.train", "--features", "data/features/train.npz", "--meta", "dat
          "--labels", "data/subset/train.csv", "--model-out", "models/model.joblib",
          "--oof-out", "models/oof_probabilities.csv", "--tune-out", "metrics/tune.json",
          "--tune-heatmap", "plots/tune_heatmap.png"]
-CALIBRATE = ["stages.calibrate", "--oof", "models/oof_probabilities.csv", "--out", "models/thresholds.json",
+CALIBRATE = ["stages.calibrate", "--oof", "models/oof_probabilities.csv", "--model", "models/model.joblib",
+             "--out", "models/thresholds.json",
              "--plots", "plots/thresholds", "--figure", "plots/thresholds.png"]
 EVALUATE = ["stages.evaluate", "--model", "models/model.joblib", "--thresholds", "models/thresholds.json",
             "--features", "data/features/eval.npz", "--meta", "data/features/meta.json",
             "--labels", "data/subset/eval.csv", "--metrics-out", "metrics/metrics.json",
             "--per-class-out", "metrics/per_class.csv", "--predictions-out", "predictions/eval.csv",
             "--confusion-dir", "plots/confusion", "--pr-dir", "plots/pr",
-            "--confusion-png", "plots/confusion_matrices.png"]
+            "--confusion-png", "plots/confusion_matrices.png", "--label-counts-out", "plots/label_counts.csv",
+            "--label-counts-png", "plots/label_counts.png"]
+RULES = ("calibrated", "default_threshold", "default_threshold_top1")
+SCORE_KEYS = {"f1_micro", "f1_macro", "dice", "jaccard", "precision_at_1", "precision_at_3", "hamming_loss",
+              "subset_accuracy", "empty_rate"}
 
 
 def run_stage(workdir: Path, args: list[str]) -> subprocess.CompletedProcess:
@@ -53,7 +61,8 @@ def test_metrics_match_scikit_learn_without_difficult_entries():
     labels = np.where(rng.random((120, 4)) < 0.3, 1, -1)
     probabilities = rng.random((120, 4))
     thresholds = np.array([0.3, 0.5, 0.6, 0.7])
-    metrics, per_class = evaluate(labels, probabilities, thresholds, list("abcd"), EvaluateParams(bootstrap=20))
+    metrics, per_class = evaluate(labels, probabilities, DecisionRule(tuple(thresholds)), list("abcd"),
+                                  EvaluateParams(bootstrap=20))
     truth, predicted = labels == 1, probabilities >= thresholds
     assert metrics["map"] == pytest.approx(np.mean([average_precision_score(truth[:, c], probabilities[:, c])
                                                     for c in range(4)]), abs=1e-6)
@@ -65,6 +74,60 @@ def test_metrics_match_scikit_learn_without_difficult_entries():
     assert list(per_class["f1"]) == pytest.approx(f1_score(truth, predicted, average=None))
     low, high = metrics["map_ci95"]["low"], metrics["map_ci95"]["high"]
     assert low <= metrics["map"] <= high
+
+
+def test_the_three_rules_match_scikit_learn():
+    rng = np.random.default_rng(1)
+    labels = np.where(rng.random((150, 5)) < 0.25, 1, -1)
+    labels[labels.sum(axis=1) == -5, 0] = 1          # every image has a class, as in VOC
+    probabilities = np.clip(rng.random((150, 5)) * 0.7 + 0.3 * (labels == 1), 0, 1)
+    thresholds = np.array([0.3, 0.4, 0.5, 0.6, 0.45])
+    rule = DecisionRule(tuple(thresholds), min_labels=1, max_labels=2)
+    truth = labels == 1
+    over_half = probabilities >= 0.5
+    top1 = over_half.copy()
+    none = ~top1.any(axis=1)
+    top1[none, probabilities[none].argmax(axis=1)] = True      # 0.5, plus the top class when none passes
+    calibrated = probabilities >= thresholds
+    for row in np.flatnonzero(calibrated.sum(axis=1) > 2):     # at most the two top-scored passing classes
+        passing = np.flatnonzero(calibrated[row])
+        calibrated[row, passing[np.argsort(-probabilities[row, passing])[2:]]] = False
+    for row in np.flatnonzero(~calibrated.any(axis=1)):        # at least one label
+        calibrated[row, probabilities[row].argmax()] = True
+    assert none.any() and (probabilities >= thresholds).sum(axis=1).max() > 2
+    metrics = rule_metrics(labels, probabilities, rule)
+    assert list(metrics) == list(RULES)
+    for name, predicted in zip(RULES, (calibrated, over_half, top1)):
+        scores = metrics[name]
+        assert set(scores) == SCORE_KEYS
+        assert scores["f1_micro"] == pytest.approx(f1_score(truth, predicted, average="micro"))
+        assert scores["f1_macro"] == pytest.approx(f1_score(truth, predicted, average="macro"))
+        assert scores["dice"] == pytest.approx(f1_score(truth, predicted, average="samples", zero_division=1.0))
+        assert scores["jaccard"] == pytest.approx(jaccard_score(truth, predicted, average="samples",
+                                                                zero_division=1.0))
+        assert scores["hamming_loss"] == pytest.approx(hamming_loss(truth, predicted))
+        assert scores["subset_accuracy"] == pytest.approx(accuracy_score(truth, predicted))
+        assert scores["empty_rate"] == pytest.approx(np.mean(~predicted.any(axis=1)))
+    assert metrics["default_threshold"]["empty_rate"] > 0
+    assert metrics["default_threshold_top1"]["empty_rate"] == metrics["calibrated"]["empty_rate"] == 0
+
+
+def test_label_count_table_hand_example():
+    labels = np.array([[1, -1, 1], [1, 0, -1], [-1, -1, 1], [1, 1, 1]])
+    predicted = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 1, 0]])
+    table = label_count_table(labels, predicted)
+    # actual: 2, 1 (the difficult-only cell is not a label), 1, 3; predicted: 1, 2, 0, 2
+    assert table.to_dict("list") == {"labels_per_image": [0, 1, 2, 3], "actual": [0, 2, 1, 1],
+                                     "predicted": [1, 1, 2, 0]}
+
+
+def test_predict_labels_images_with_the_rule():
+    probabilities = np.array([[0.2, 0.1, 0.3], [0.9, 0.8, 0.7], [0.6, 0.1, 0.55]])
+    rule = DecisionRule.uniform(3, 0.5, min_labels=1, max_labels=2)
+    table = label_images(probabilities, rule, ["cat", "dog", "sofa"], top_k=2)
+    assert list(table["labels"]) == ["sofa", "cat dog", "cat sofa"]
+    assert (table[["y_cat", "y_dog", "y_sofa"]].to_numpy() == apply_rule(probabilities, rule)).all()
+    assert list(table["top_2"]) == ["sofa cat", "cat dog", "cat sofa"]
 
 
 def test_difficult_entries_are_left_out_of_confusion_records():
@@ -82,26 +145,35 @@ def test_stages_write_every_declared_output(synthetic_workdir):
         assert completed.returncode == 0, completed.stderr
     metrics = json.loads((synthetic_workdir / "metrics/metrics.json").read_text())
     assert metrics["n_train"] == 150 and metrics["n_eval"] == 200
-    assert set(metrics["calibrated"]) == {"f1_micro", "f1_macro", "dice", "jaccard", "precision_at_1",
-                                          "precision_at_3", "hamming_loss", "subset_accuracy"}
+    for name in RULES:
+        assert set(metrics[name]) == SCORE_KEYS, name
     predictions = pd.read_csv(synthetic_workdir / "predictions/eval.csv", dtype={"image_id": str})
     assert list(predictions.columns) == ["image_id"] + [f"p_{c}" for c in VOC_CLASSES] + [f"y_{c}" for c in VOC_CLASSES]
-    thresholds = json.loads((synthetic_workdir / "models/thresholds.json").read_text())["thresholds"]
-    for name in ("cat", "person"):
-        assert list(predictions[f"y_{name}"]) == list((predictions[f"p_{name}"] >= thresholds[name]).astype(int))
+    record = json.loads((synthetic_workdir / "models/thresholds.json").read_text())
+    assert (record["min_labels"], record["max_labels"]) == (1, None)   # the defaults
+    rule = load_rule(synthetic_workdir / "models/thresholds.json", VOC_CLASSES)
+    predicted = predictions[[f"y_{c}" for c in VOC_CLASSES]].to_numpy()
+    np.testing.assert_array_equal(predicted, apply_rule(predictions[[f"p_{c}" for c in VOC_CLASSES]], rule))
+    assert predicted.sum(axis=1).min() >= 1 and metrics["calibrated"]["empty_rate"] == 0
+    counts = pd.read_csv(synthetic_workdir / "plots/label_counts.csv")
+    assert counts["actual"].sum() == counts["predicted"].sum() == 200
+    assert list(counts["predicted"]) == list(np.bincount(predicted.sum(axis=1), minlength=len(counts)))
+    assert (synthetic_workdir / "plots/label_counts.png").stat().st_size > 5_000
     assert len(list((synthetic_workdir / "plots/confusion").glob("*.csv"))) == 20
     assert len(list((synthetic_workdir / "plots/pr").glob("*.csv"))) == 20
     assert len(list((synthetic_workdir / "plots/thresholds").glob("*.csv"))) == 20
     assert (synthetic_workdir / "plots/confusion_matrices.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("tuning", [False, True])
-def test_evaluation_labels_never_reach_the_model_or_the_thresholds(synthetic_workdir, tuning):
-    """Shuffle the eval labels: model, grid and thresholds must stay byte-identical."""
-    if tuning:
-        params = yaml.safe_load((synthetic_workdir / "params.yaml").read_text())
+@pytest.mark.parametrize("settings", ["defaults", "tuning", "per_class_dice_capped"])
+def test_evaluation_labels_never_reach_the_model_or_the_thresholds(synthetic_workdir, settings):
+    """Shuffle the eval labels: model, grid and decision rule must stay byte-identical."""
+    params = yaml.safe_load((synthetic_workdir / "params.yaml").read_text())
+    if settings == "tuning":
         params["tune"].update(enabled=True, C=[0.5, 5.0], gamma=["scale"], folds=2)
-        (synthetic_workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    if settings == "per_class_dice_capped":
+        params["calibrate"].update(strategy="per_class", metric="dice", min_labels=1, max_labels=3)
+    (synthetic_workdir / "params.yaml").write_text(yaml.safe_dump(params))
     outputs = ("models/model.joblib", "models/thresholds.json", "models/oof_probabilities.csv",
                "metrics/tune.json")
     for args in (TRAIN, CALIBRATE):

@@ -305,7 +305,7 @@ def test_any_size_model_file_runs_at_native_224_and_auto_scales_from_it(images, 
     assert stats["input_sizes"] == [[224]]
     candidates = candidate_recipes(params(backbones=str(path), image_size="auto",
                                           select_scales=((1.0,), (1.5,), (1.0, 2.0))))
-    assert [c[0].sizes for c in candidates] == [(224,), (336,), (224, 448)]
+    assert [c[0].sizes for c in candidates] == [(224,), (352,), (224, 448)]
 
 
 def labelled_images(folder: Path, n: int = 24) -> tuple[list[str], np.ndarray]:
@@ -328,11 +328,11 @@ def test_view_choice_is_the_best_cross_validated_candidate(tmp_path):
     paths, targets = labelled_images(tmp_path / "img")
     auto = params(image_size="auto", select_scales=((0.5,), (1.0,), (0.5, 1.0)), select_folds=2)
     recipes, table, _ = choose_recipes(paths, targets, auto, ["bright", "wide"], progress=False)
-    assert [sizes for (sizes,) in table["input_sizes"]] == [[112], [224], [112, 224]]
+    assert [sizes for (sizes,) in table["input_sizes"]] == [[128], [224], [128, 224]]
     best = int(table["cv_map"].idxmax())
     assert list(table["chosen"]) == [i == best for i in range(3)]
     assert [r.sizes for r in recipes] == [tuple(table["input_sizes"][best][0])]
-    assert table["cost"].tolist() == [0.25, 1.0, 1.25]
+    assert table["cost"].tolist() == [0.327, 1.0, 1.327]  # pixels relative to 224 x 224
     # the labels are what it scores against: other labels, other scores
     _, other, _ = choose_recipes(paths, targets[::-1].copy(), auto, ["bright", "wide"], progress=False)
     assert not np.allclose(other["cv_map"], table["cv_map"])
@@ -413,10 +413,12 @@ def test_stage_chooses_views_from_training_labels_only(tmp_path, isolated_cache)
     assert "chosen by cross-validation" in result.stdout
     run = json.loads((project / "metrics/featurize.json").read_text())
     candidates = run["view_selection"]["candidates"]
-    assert [c["input_sizes"] for c in candidates] == [[[56]], [[112]]] and sum(c["chosen"] for c in candidates) == 1
-    chosen = next(c for c in candidates if c["chosen"])
+    assert list(candidates) == ["EfficientNetB0@64 bilinear flip", "EfficientNetB0@128 bilinear flip"]
+    assert sum(c["chosen"] for c in candidates.values()) == 1
+    best = max(candidates, key=lambda name: candidates[name]["cv_map"])
+    assert candidates[best]["chosen"] and run["view_selection"]["chosen"] == best == run["views"]
     meta = json.loads((project / "data/features/meta.json").read_text())
-    assert meta["input_sizes"] == chosen["input_sizes"] and meta["flip_tta"] is True
+    assert meta["input_sizes"] == [[64 if "@64" in best else 128]] and meta["flip_tta"] is True
     before = {name: (project / name).read_bytes() for name in outputs}
 
     eval_csv.write_text("image_id,split,bright,wide\n" + "".join(

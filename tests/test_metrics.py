@@ -138,7 +138,7 @@ def test_multilabel_scores_match_sklearn(seed):
     probs[6, 0] = 0.99
     y = to01(labels)
     pred = (probs >= thresholds).astype(int)
-    out = M.multilabel_scores(labels, probs, thresholds)
+    out = M.multilabel_scores(labels, probs, pred)
     assert list(out) == list(M.METRIC_KEYS)
     assert out["f1_micro"] == pytest.approx(f1_score(y, pred, average="micro", zero_division=0))
     assert out["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))
@@ -147,6 +147,7 @@ def test_multilabel_scores_match_sklearn(seed):
         jaccard_score(y, pred, average="samples", zero_division=1.0))
     assert out["hamming_loss"] == pytest.approx(hamming_loss(y, pred))
     assert out["subset_accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert out["empty_rate"] == pytest.approx(np.mean(pred.sum(axis=1) == 0)) and out["empty_rate"] > 0
     # precision@k: brute force by sorting each row
     for k in (1, 3):
         top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
@@ -158,20 +159,20 @@ def test_f1_macro_zero_division_convention():
     # class 1 has no positive and is never predicted: F1 ill-defined
     labels = np.array([[1, -1], [-1, -1], [1, -1]])
     probs = np.array([[0.9, 0.1], [0.2, 0.1], [0.3, 0.1]])
-    out = M.multilabel_scores(labels, probs, np.array([0.5, 0.5]))
     y, pred = to01(labels), (probs >= 0.5).astype(int)
+    out = M.multilabel_scores(labels, probs, pred)
     # class 0: tp 1, fn 1 -> F1 2/3; class 1 -> 0 (sklearn's default)
     assert out["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))
     assert out["f1_macro"] == pytest.approx((2 / 3 + 0) / 2)
-    skipped = M.multilabel_scores(labels, probs, np.array([0.5, 0.5]), zero_division=np.nan)
+    skipped = M.multilabel_scores(labels, probs, pred, zero_division=np.nan)
     assert skipped["f1_macro"] == pytest.approx(2 / 3)
 
 
 def test_top_k_keys_follow_argument():
     labels, probs = random_problem(0, n=10, c=4)
-    out = M.multilabel_scores(labels, probs, 0.5, top_k=(2, 5))
+    out = M.multilabel_scores(labels, probs, M.threshold_predictions(probs, 0.5), top_k=(2, 5))
     assert set(out) == {"f1_micro", "f1_macro", "dice", "jaccard", "precision_at_2",
-                        "precision_at_5", "hamming_loss", "subset_accuracy"}
+                        "precision_at_5", "hamming_loss", "subset_accuracy", "empty_rate"}
 
 
 def test_precision_at_k_hand_example():
@@ -189,7 +190,7 @@ def test_precision_at_k_hand_example():
     # P@1 = mean(1, 0, 1) = 2/3 ; P@3 = mean(2/3, 1/3, 2/3) = 5/9
     assert out[1] == pytest.approx(2 / 3)
     assert out[3] == pytest.approx(5 / 9)
-    ms = M.multilabel_scores(labels, probs, 0.5)
+    ms = M.multilabel_scores(labels, probs, M.threshold_predictions(probs, 0.5))
     assert ms["precision_at_1"] == pytest.approx(2 / 3)
     assert ms["precision_at_3"] == pytest.approx(5 / 9)
 
@@ -220,7 +221,7 @@ def all_metrics(labels, probs, thresholds):
         "ap": M.per_class_ap(labels, probs),
         "ap07": M.per_class_ap(labels, probs, voc07=True),
         "map": M.mean_ap(labels, probs),
-        "scores": M.multilabel_scores(labels, probs, thresholds),
+        "scores": M.multilabel_scores(labels, probs, pred),
         "confusion": M.per_class_confusion(labels, pred),
         "ci": M.bootstrap_map_ci(labels, probs, 50, seed=3),
     }
@@ -240,7 +241,9 @@ def test_zero_cells_scores_do_not_matter(seed):
         np.testing.assert_allclose(after["ap"], before["ap"])
         np.testing.assert_allclose(after["ap07"], before["ap07"])
         assert after["map"] == pytest.approx(before["map"])
-        assert after["scores"] == pytest.approx(before["scores"])
+        # empty_rate describes the predictions alone, ignored cells included (checked below)
+        assert {k: v for k, v in after["scores"].items() if k != "empty_rate"} == pytest.approx(
+            {k: v for k, v in before["scores"].items() if k != "empty_rate"})
         np.testing.assert_array_equal(after["confusion"], before["confusion"])
         assert after["ci"] == pytest.approx(before["ci"])
 
@@ -261,7 +264,7 @@ def test_zero_cell_equals_removing_it():
     assert M.per_class_ap(labels, probs, voc07=True)[c] == pytest.approx(devkit_voc07(yc, pc))
     np.testing.assert_array_equal(M.per_class_confusion(labels, pred)[c],
                                   multilabel_confusion_matrix(yc, pred[keep, c])[1])
-    out = M.multilabel_scores(labels, probs, thresholds)
+    out = M.multilabel_scores(labels, probs, pred)
     per_class_f1 = [f1_score(y[:, k] if k != c else yc, pred[:, k] if k != c else pred[keep, c],
                              zero_division=0) for k in range(4)]
     assert out["f1_macro"] == pytest.approx(np.mean(per_class_f1))
@@ -282,6 +285,7 @@ def test_zero_cell_equals_removing_it():
     assert out["jaccard"] == pytest.approx(
         jaccard_score(y_neutral, pred_neutral, average="samples", zero_division=1.0))
     assert out["subset_accuracy"] == pytest.approx(accuracy_score(y_neutral, pred_neutral))
+    assert out["empty_rate"] == pytest.approx(np.mean(pred.sum(axis=1) == 0))  # the (i, c) prediction counts
     # hamming: the wrong cells are the same, the denominator loses one cell
     wrong = (y_neutral != pred_neutral).sum()
     assert out["hamming_loss"] == pytest.approx(wrong / (y.size - 1))
@@ -294,13 +298,25 @@ def test_zero_cell_equals_removing_it():
         assert out[f"precision_at_{k}"] == pytest.approx(expected)
 
 
+def test_empty_rate_counts_predictions_on_ignored_cells():
+    labels = np.array([[1, 0], [1, -1]])
+    probs = np.array([[0.1, 0.9], [0.1, 0.2]])
+    out = M.multilabel_scores(labels, probs, M.threshold_predictions(probs, 0.5))
+    assert out["empty_rate"] == 0.5    # image 0 gets a label (its difficult-only class), image 1 none
+    assert out["dice"] == 0.0          # ... though for the scores image 0 predicted nothing
+
+
 def test_invalid_codes_rejected():
     with pytest.raises(ValueError):
         M.per_class_ap(np.array([[2, 1], [1, -1]]), np.zeros((2, 2)))
     with pytest.raises(ValueError):
         M.average_precision(np.array([1, -1]), np.array([0.3, 0.2]))   # VOC codes, not 0/1
     with pytest.raises(ValueError):
-        M.multilabel_scores(np.ones((2, 2), int), np.zeros((3, 2)), 0.5)
+        M.multilabel_scores(np.ones((2, 2), int), np.zeros((3, 2)), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="predictions have shape"):
+        M.multilabel_scores(np.ones((2, 2), int), np.zeros((2, 2)), np.array([0.5, 0.5]))  # thresholds, not 0/1
+    with pytest.raises(ValueError, match="only 0/1"):
+        M.multilabel_scores(np.ones((2, 2), int), np.zeros((2, 2)), np.full((2, 2), 0.7))
 
 
 # ----------------------------------------------------------------------------- bootstrap
@@ -485,6 +501,43 @@ def test_score_helpers_match_sklearn():
     assert M.mcc_from_counts(0, 0, 3, 5) == 0.0
     with pytest.raises(ValueError):
         M.score_from_counts("auc", 1, 1, 1, 1)
+
+
+# ----------------------------------------------------------------------------- target metrics
+
+def test_target_scores_match_sklearn():
+    labels, probs = random_problem(4, n=90, c=5)
+    y, pred = to01(labels), (probs >= 0.55).astype(int)
+    y[3], pred[3] = 0, 0               # neither true nor predicted: Dice and Jaccard 1
+    pred[4] = 0                        # truth but no prediction: 0
+    assert M.target_score("f1", y, pred) == pytest.approx(f1_score(y, pred, average="micro"))
+    assert M.target_score("f2", y, pred) == pytest.approx(fbeta_score(y, pred, beta=2, average="micro"))
+    assert M.target_score("mcc", y, pred) == pytest.approx(matthews_corrcoef(y.ravel(), pred.ravel()))
+    assert M.target_score("dice", y, pred) == pytest.approx(
+        f1_score(y, pred, average="samples", zero_division=1.0))
+    assert M.target_score("jaccard", y, pred) == pytest.approx(
+        jaccard_score(y, pred, average="samples", zero_division=1.0))
+    # the same per-image definitions as the evaluation metrics
+    scores = M.multilabel_scores(np.where(y == 1, 1, -1), probs, pred)
+    assert M.target_score("dice", y, pred) == pytest.approx(scores["dice"])
+    assert M.target_score("jaccard", y, pred) == pytest.approx(scores["jaccard"])
+    with pytest.raises(ValueError, match="unknown metric"):
+        M.target_score("auc", y, pred)
+
+
+def test_dice_and_jaccard_hand_example():
+    y = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 0], [1, 0, 0]])
+    pred = np.array([[1, 0, 1], [0, 1, 0], [0, 0, 0], [0, 1, 1]])
+    # image 0: |Y∩P| 1, |Y| 2, |P| 2 -> Dice 1/2, Jaccard 1/3; image 1: 1, 1; image 2: empty,
+    # empty -> 1, 1; image 3: 0, 0
+    assert M.target_score("dice", y, pred) == pytest.approx((1 / 2 + 1 + 1 + 0) / 4)
+    assert M.target_score("jaccard", y, pred) == pytest.approx((1 / 3 + 1 + 1 + 0) / 4)
+    # parts add up over images, so a sum over any split gives the same score
+    parts = M.image_parts("dice", y, pred)
+    assert parts.shape == (4, 1)
+    assert M.metric_from_parts("dice", parts[:2].sum(0) + parts[2:].sum(0), 4) == pytest.approx(0.625)
+    counts = M.image_parts("f1", y, pred)
+    np.testing.assert_array_equal(counts.sum(0), [2, 3, 2, 5])  # tp, fp, fn, tn
 
 
 # ----------------------------------------------------------------------------- PR curve points

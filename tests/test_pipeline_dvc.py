@@ -7,6 +7,7 @@ import json
 import re
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -16,7 +17,10 @@ from tests.vocgen import make_voc
 FAST_PARAMS = {
     "features.backbones": ["EfficientNetB0"],
     "features.weights": None,
-    "features.image_size": 32,
+    # views chosen by cross-validation (the default policy), between 32 and 64 pixels
+    "features.image_size": "auto",
+    "features.select_scales": [0.125, 0.25],
+    "features.select_folds": 2,
     "features.batch_size": 16,
     "subset.n_images": 40,
     "subset.min_per_class": 3,
@@ -54,11 +58,13 @@ def restore(project):
 
 
 def test_repro_runs_every_stage_and_writes_the_declared_outputs(project):
-    assert stages_run(project.first_repro_output) == {"download", "prepare", "subset", "featurize", "train",
-                                                      "calibrate", "evaluate"}
+    assert stages_run(project.first_repro_output) == {"check_params", "download", "prepare", "subset", "featurize",
+                                                      "train", "calibrate", "evaluate"}
     metrics = json.loads(project.path("metrics/metrics.json").read_text())
     assert metrics["n_train"] == 40 and metrics["n_eval"] == 40
-    assert 0 <= metrics["map"] <= 1 and set(metrics["calibrated"]) == set(metrics["default_threshold"])
+    assert 0 <= metrics["map"] <= 1
+    for rule in ("calibrated", "default_threshold", "default_threshold_top1"):  # what calibration buys
+        assert {"f1_micro", "f1_macro", "dice", "jaccard", "empty_rate"} <= set(metrics[rule]), rule
     meta = json.loads(project.path("data/features/meta.json").read_text())
     assert meta["backbones"] == ["EfficientNetB0"] and meta["dims"] == [1280]
     dag = project.dvc("dag", check=True).stdout
@@ -84,7 +90,8 @@ def test_an_impossible_subset_fails_with_a_clear_message(project):
 def test_exp_run_with_new_C_reruns_only_the_svm_stages_and_metrics_diff_shows_it(project):
     try:
         run = project.dvc("exp", "run", "-S", "svm.C=10", check=True)
-        assert stages_run(run.stdout) == {"train", "calibrate", "evaluate"}, run.stdout
+        # check_params reruns on any params change; its output is unchanged, so download is skipped
+        assert stages_run(run.stdout) == {"check_params", "train", "calibrate", "evaluate"}, run.stdout
         assert "featurize" not in stages_run(run.stdout)
         model = project.lock()["stages"]["train"]
         assert any(p.get("svm", {}).get("C") == 10 for p in model["params"].values())
@@ -104,7 +111,8 @@ def test_plots_show_renders_every_declared_plot(project):
     assert "failed to load" not in result.stderr, result.stderr
     for plot in ("plots/confusion/cat.csv", "plots/pr/dog.csv", "plots/thresholds/person.csv",
                  "plots/class_distribution.csv", "plots/confusion_matrices.png", "plots/class_distribution.png",
-                 "plots/thresholds.png", "plots/tune_heatmap.png"):
+                 "plots/thresholds.png", "plots/tune_heatmap.png", "plots/label_counts.csv",
+                 "plots/label_counts.png"):
         plot_id = plot.replace("/", "_").replace(".", "_")  # how DVC names each plot in the page
         assert plot_id in html, (plot, result.stdout)
 
@@ -172,3 +180,134 @@ def test_predict_labels_match_the_evaluation_predictions(project, tmp_path):
     probabilities = [c for c in evaluated.columns if c.startswith("p_")]
     assert abs(predicted[probabilities].to_numpy() - evaluated[probabilities].to_numpy()).max() < 1e-5
     assert "served from the feature cache" in result.stdout
+    assert predicted[columns].sum(axis=1).min() >= 1  # calibrate.min_labels: 1
+
+    # the rule's label counts hold in predict: exactly two labels each, the top two
+    rule = json.loads(project.path("models/thresholds.json").read_text())
+    two_labels = tmp_path / "two_labels.json"
+    two_labels.write_text(json.dumps({**rule, "min_labels": 2, "max_labels": 2}))
+    result = project.run(["python", "-m", "stages.predict", *images, "--thresholds", str(two_labels),
+                          "--out", str(tmp_path / "two.csv"), "--top-k", "2"], check=True)
+    predicted = pd.read_csv(tmp_path / "two.csv")
+    assert (predicted[columns].sum(axis=1) == 2).all()
+    assert [set(labels.split()) for labels in predicted["labels"]] == [set(top.split()) for top in predicted["top_2"]]
+
+
+# --------------------------------------------------------------------------- issue 12: bad input
+
+def test_a_typo_in_any_section_fails_the_experiment_at_once(project):
+    """Item 1: a typo'd key changes no stage's params, yet check_params (which depends on the
+    whole params.yaml) fails the run at once, naming the key; nothing is recorded or written."""
+    kept = ("data/labels.csv", "data/subset/train.csv", "models/model.joblib", "metrics/metrics.json")
+    before = {path: project.path(path).read_bytes() for path in kept}
+    experiments = project.dvc("exp", "list", check=True).stdout
+    typos = {"+data.clases=[dog,cat]": r"unknown key\(s\) data\.clases \(did you mean data\.classes\?\)",
+             "+eval.max_image=5": r"unknown key\(s\) eval\.max_image \(did you mean eval\.max_images\?\)",
+             "+svn.C=10": r"unknown section\(s\) svn \(did you mean svm\?\)",
+             "+data.yeer=2012": r"unknown key\(s\) data\.yeer \(did you mean data\.year\?\)"}
+    try:
+        for override, message in typos.items():
+            run = project.dvc("exp", "run", "-S", override)
+            output = run.stdout + run.stderr
+            assert run.returncode != 0, (override, output)
+            assert re.search(r"error: params\.yaml: " + message, output), output
+            assert stages_run(run.stdout) == {"check_params"}, output
+            assert project.dvc("exp", "list", check=True).stdout == experiments  # no experiment recorded
+            assert {path: project.path(path).read_bytes() for path in kept} == before
+            restore(project)
+    finally:
+        restore(project)
+        project.dvc("repro", "check_params", check=True)  # DVC removed its output before the failed run
+
+
+def _model_md5(project) -> str:
+    from stages.common import file_md5
+    return file_md5(project.path("models/model.joblib"))
+
+
+def test_predict_says_in_one_line_why_a_file_is_not_an_image(project, tmp_path):
+    """Item 8: one plain error line per bad file; no TensorFlow text, no libjpeg noise."""
+    from PIL import Image
+
+    evaluated = pd.read_csv(project.path("predictions/eval.csv"), dtype={"image_id": str}).head(2)
+    images = [str(project.path("data/raw/voc/JPEGImages", f"{i}.jpg")) for i in evaluated["image_id"]]
+    jpeg = project.path("data/raw/voc/JPEGImages", f"{evaluated['image_id'][0]}.jpg").read_bytes()
+    bad = {tmp_path / "header_only.jpg": (jpeg[:200], "a damaged or truncated JPEG file that cannot be decoded"),
+           tmp_path / "half.jpg": (jpeg[:len(jpeg) // 2], "a damaged or truncated JPEG file that cannot be decoded"),
+           tmp_path / "notes.jpg": (b"this is not a JPEG", "not an image: its content is none of JPEG, PNG"),
+           tmp_path / "empty.png": (b"", "an empty file (0 bytes)")}
+    for path, (content, _) in bad.items():
+        path.write_bytes(content)
+    scan = tmp_path / "scan.tif"
+    Image.new("RGB", (40, 30)).save(scan, format="TIFF")
+    bad[scan] = (None, "a TIFF image, which is not supported: convert it to JPEG or PNG")
+    thresholds = project.path("models/thresholds.json")  # calibrate records the model's md5
+
+    result = project.run(["python", "-m", "stages.predict", *images, *map(str, bad), "--thresholds", str(thresholds),
+                          "--out", str(tmp_path / "p.csv")])
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == len(bad), result.stderr  # one line per bad file, in the order given
+    for line, (path, (_, reason)) in zip(errors, bad.items()):
+        assert line.startswith(f"error: {path}: not a readable image ({reason}") and line.endswith("); skipped"), line
+    for noise in ("{{function_node", "DecodeImage", "Improper call to JPEG library", "jpeg_mem", "Traceback"):
+        assert noise not in result.stderr, result.stderr
+    assert "model_md5" not in result.stderr  # the thresholds belong to this model
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 2  # the good images were labelled
+
+
+def test_predict_refuses_a_truncated_model(project, tmp_path):
+    """Item 8: a truncated model.joblib gives one clear line, not a pickle traceback."""
+    model = tmp_path / "model.joblib"
+    content = project.path("models/model.joblib").read_bytes()
+    model.write_bytes(content[:len(content) // 2])
+    image = str(next(project.path("data/raw/voc/JPEGImages").glob("*.jpg")))
+    result = project.run(["python", "-m", "stages.predict", image, "--model", str(model),
+                          "--out", str(tmp_path / "p.csv")])
+    assert result.returncode == 1
+    assert f"error: {model}: cannot be read as a model" in result.stderr
+    assert "truncated or not written by the train stage: retrain it (dvc repro -f train)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_predict_refuses_thresholds_calibrated_for_another_model(project, tmp_path):
+    """Item 8: thresholds.json records the md5 of the model it was calibrated for."""
+    rule = json.loads(project.path("models/thresholds.json").read_text())
+    other = tmp_path / "thresholds.json"
+    other.write_text(json.dumps({**rule, "model_md5": "0" * 32}))
+    image = str(next(project.path("data/raw/voc/JPEGImages").glob("*.jpg")))
+    result = project.run(["python", "-m", "stages.predict", image, "--thresholds", str(other),
+                          "--out", str(tmp_path / "p.csv")])
+    assert result.returncode == 1
+    assert f"error: {other}: was calibrated for another model (model_md5 {'0' * 32}), not for " \
+           f"models/model.joblib (md5 {_model_md5(project)})" in result.stderr
+    assert "pass the thresholds calibrated with this model (--thresholds), or rerun calibrate" in result.stderr
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_calibrate_records_the_model_it_calibrated(project):
+    """Item 8: the contract predict checks: thresholds.json's model_md5 is models/model.joblib's md5."""
+    assert json.loads(project.path("models/thresholds.json").read_text()).get("model_md5") == _model_md5(project)
+
+
+def test_a_cvat_export_runs_through_featurize(dvc_project, tmp_path):
+    """Item 6, end to end: PNG, .JPG and .jpeg files of a CVAT export reach the features."""
+    from tests.exports import cvat_file_names, write_cvat_export
+    from tests.vocgen import voc_spec
+
+    classes = ("cat", "dog", "person", "car")
+    spec = voc_spec(2007, n_train=8, n_eval=6, classes=classes)
+    export = write_cvat_export(spec, tmp_path / "cvat-export")
+    dvc_project.set_params({**FAST_PARAMS, "features.flip_tta": False, "data.source": str(export),
+                            "data.classes": list(classes), "data.train_split": "train", "data.eval_split": "test",
+                            "subset.n_images": 6, "subset.min_per_class": 1})
+    result = dvc_project.dvc("repro", "featurize")
+    assert result.returncode == 0, result.stdout + result.stderr
+    names = cvat_file_names(spec)
+    train = pd.read_csv(dvc_project.path("data/subset/train.csv"), dtype={"image_id": str})
+    assert list(train["image_file"]) == [names[i] for i in train["image_id"]]
+    assert {name.rsplit(".", 1)[1] for name in names.values()} >= {"png", "JPG", "jpeg"}
+    with np.load(dvc_project.path("data/features/eval.npz")) as features:
+        assert sorted(features["ids"]) == sorted(spec.splits["test"])
+        assert np.isfinite(features["features"]).all() and features["features"].shape[0] == 6

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import stat
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from stages import prepare
 from stages.common import PipelineError
 from stages.params import VOC_CLASSES
+from tests.exports import as_voc_folder, cvat_file_names, write_cvat_export, write_label_studio_export
 from tests.vocgen import label_table, make_tarballs, make_voc, md5s, voc_spec
 
 
@@ -40,16 +42,18 @@ def test_parse_annotation_and_build_label_table():
       <object><name>cat</name><difficult>1</difficult></object>
       <object><name> cat </name><difficult>0</difficult></object>
       <object><name>zebra</name></object></annotation>"""
-    image_id, objects = prepare.parse_annotation(xml, "VOC/Annotations/000042.xml")
-    assert image_id == "000042"
-    assert objects == [("dog", True), ("cat", True), ("cat", False), ("zebra", False)]
+    image_id, objects, filename = prepare.parse_annotation(xml, "VOC/Annotations/000042.xml")
+    assert image_id == "000042" and filename == "x.jpg"
+    assert objects == [("dog", True), ("cat", True), (" cat ", False), ("zebra", False)]  # names as written
 
     annotations = {"000042": objects, "000007": []}
-    table = prepare.build_label_table(annotations, {"000042": "test"}, ["cat", "dog", "bird"])
+    table = prepare.build_label_table(annotations, {"000042": "test"}, ["cat", "dog", "bird"],
+                                      {"000042": "x.jpg", "000007": "000007.png"})
     assert table.to_dict("records") == [
-        {"image_id": "000007", "split": "unused", "cat": -1, "dog": -1, "bird": -1},
-        {"image_id": "000042", "split": "test", "cat": 1, "dog": 0, "bird": -1}]
+        {"image_id": "000007", "split": "unused", "image_file": "000007.png", "cat": -1, "dog": -1, "bird": -1},
+        {"image_id": "000042", "split": "test", "image_file": "x.jpg", "cat": 1, "dog": 0, "bird": -1}]
     assert prepare.unknown_classes(annotations, ["cat", "dog"]) == {"zebra": 1}
+    assert prepare.normalised_names(annotations, ["cat", "dog"]) == {(" cat ", "cat"): 1}
 
     with pytest.raises(PipelineError, match="listed in both a.txt and b.txt"):
         prepare.assign_splits({"a": ["1", "2"], "b": ["2"]}, {"a": "a.txt", "b": "b.txt"})
@@ -174,3 +178,137 @@ def test_dvc_repro_fails_on_corrupt_xml_naming_it(dvc_project, tmp_path):
     assert f"Annotations/{bad.name}: is not valid XML" in output
     assert not dvc_project.path("data", "labels.csv").exists()
     assert voc.joinpath("Annotations", bad.name).exists()  # the user's data is untouched
+
+
+# --------------------------------------------------------------------------- issue 12: users' own data
+
+def _repro(project, *targets):
+    """``dvc repro <targets>`` in ``project``; (result, stdout + stderr)."""
+    result = project.dvc("repro", *targets)
+    return result, result.stdout + result.stderr
+
+
+def test_class_names_match_ignoring_case_and_spaces(dvc_project, tmp_path):
+    """Item 2: ``<name> Dog </name>`` keeps the image's dog label, with a warning; a typo'd name
+    gets a hint."""
+    spec = voc_spec(2007)
+    voc = make_voc(tmp_path / "mine", 2007) / "VOC2007"
+    image = next(i for i in spec.images if [o.name for o in i.objects if not o.difficult].count("dog") == 1)
+    xml = voc / "Annotations" / f"{image.image_id}.xml"
+    xml.write_text(xml.read_text().replace("<name>dog</name>", "<name> Dog </name>"))
+    other = voc / "Annotations" / f"{spec.images[0].image_id}.xml"
+    other.write_text(other.read_text().replace(
+        "</annotation>", "<object><name>dgo</name><difficult>0</difficult></object></annotation>"))
+    dvc_project.set_params({"data.source": str(tmp_path / "mine")})
+
+    result, output = _repro(dvc_project, "prepare")
+    assert result.returncode == 0, output
+    table = pd.read_csv(dvc_project.path("data", "labels.csv"), dtype={"image_id": str})
+    pd.testing.assert_frame_equal(table, label_table(spec), check_dtype=False)
+    assert table.loc[table["image_id"] == image.image_id, "dog"].item() == 1
+    assert "' Dog ' -> 'dog' (1)" in output and "Fix the annotations" in output
+    assert "'dgo' (1, did you mean 'dog'?)" in output
+
+
+def _expected_export_table(spec, ids: dict[str, str], files: dict[str, str]) -> pd.DataFrame:
+    """label_table(spec) with the export's image ids and files, and train/test split names."""
+    expected = label_table(spec)
+    expected["image_id"] = expected["image_id"].map(ids)
+    expected["image_file"] = expected["image_id"].map({ids[i]: files[i] for i in ids})
+    expected["split"] = expected["split"].map({"trainval": "train", "test": "test"})
+    return expected.sort_values("image_id").reset_index(drop=True)
+
+
+@pytest.mark.parametrize("tool", ["cvat", "label_studio"])
+def test_labelling_tool_exports_work_as_they_are(tool, dvc_project, tmp_path):
+    """Item 6: CVAT and Label Studio exports name .png/.jpeg/.JPG files in <filename>;
+    prepare finds each and records it as image_file."""
+    spec = voc_spec(2007, n_train=20, n_eval=20)
+    if tool == "cvat":
+        export = write_cvat_export(spec, tmp_path / "cvat-export")
+        ids, files = {i.image_id: i.image_id for i in spec.images}, cvat_file_names(spec)
+    else:
+        files = write_label_studio_export(spec, tmp_path / "label-studio-export")
+        ids = {image_id: Path(name).stem for image_id, name in files.items()}
+        export = as_voc_folder(tmp_path / "label-studio-export",
+                               {"train": [ids[i] for i in spec.splits["trainval"]],
+                                "test": [ids[i] for i in spec.splits["test"]]})
+    assert {Path(name).suffix for name in files.values()} - {".jpg"}  # not only .jpg files
+    dvc_project.set_params({"data.source": str(export), "data.train_split": "train", "data.eval_split": "test",
+                            "subset.n_images": 10, "subset.min_per_class": 1})
+
+    result, output = _repro(dvc_project, "subset")
+    assert result.returncode == 0, output
+    table = pd.read_csv(dvc_project.path("data", "labels.csv"), dtype={"image_id": str})
+    pd.testing.assert_frame_equal(table, _expected_export_table(spec, ids, files), check_dtype=False)
+    for name in ("train", "eval"):  # subset keeps the column for featurize
+        subset = pd.read_csv(dvc_project.path("data", "subset", f"{name}.csv"), dtype={"image_id": str})
+        assert (subset["image_file"] == subset["image_id"].map(table.set_index("image_id")["image_file"])).all()
+    assert all((export / "JPEGImages" / name).is_file() for name in table["image_file"])
+
+
+def test_a_missing_export_image_names_the_annotation(tmp_path, params_file):
+    """Item 6: no file for an annotation (neither its <filename> nor <id>.<image extension>)."""
+    spec = voc_spec(2007, n_train=20, n_eval=20)
+    export = write_cvat_export(spec, tmp_path / "cvat-export")
+    image_id, name = next(iter(cvat_file_names(spec).items()))
+    (export / "JPEGImages" / name).unlink()
+    out = tmp_path / "labels.csv"
+    with pytest.raises(PipelineError) as error:
+        run_stage(params_file, export, out, train_split="train", eval_split="test")
+    message = str(error.value)
+    assert f"{export / 'JPEGImages' / name}: not found, but {export / 'Annotations' / image_id}.xml annotates it" \
+        in message and "restore the image or delete the annotation" in message
+    assert not out.exists()
+
+
+def test_every_bad_annotation_is_reported_at_once(dvc_project, tmp_path):
+    """Item 8: one run lists every unreadable annotation and every missing image, not the first."""
+    voc = make_voc(tmp_path / "mine", 2007) / "VOC2007"
+    xmls = sorted((voc / "Annotations").glob("*.xml"))
+    xmls[1].write_text("<annotation><object>")
+    xmls[2].write_text(xmls[2].read_text().replace("<difficult>0</difficult>", "<difficult>maybe</difficult>", 1))
+    (voc / "JPEGImages" / f"{xmls[3].stem}.jpg").unlink()
+    dvc_project.set_params({"data.source": str(tmp_path / "mine")})
+
+    result, output = _repro(dvc_project, "prepare")
+    assert result.returncode != 0
+    assert "3 annotation problem(s)" in output and "fix them all and rerun" in output
+    assert f"Annotations/{xmls[1].name}: is not valid XML" in output
+    assert f"Annotations/{xmls[2].name}: object #1" in output and "expected 0 or 1" in output
+    assert f"JPEGImages/{xmls[3].stem}.jpg: not found, but" in output
+    assert not dvc_project.path("data", "labels.csv").exists()
+
+
+def test_the_list_of_bad_annotations_is_capped(tmp_path, params_file):
+    voc = make_voc(tmp_path, 2007) / "VOC2007"
+    for path in sorted((voc / "Annotations").glob("*.xml"))[:prepare.MAX_REPORTED + 5]:
+        path.write_text("not xml")
+    with pytest.raises(PipelineError, match=rf"{prepare.MAX_REPORTED + 5} annotation problem\(s\)(.|\n)*"
+                                            rf"\.\.\. and 5 more"):
+        run_stage(params_file, voc, tmp_path / "labels.csv")
+    assert not (tmp_path / "labels.csv").exists()
+
+
+def test_annotations_without_objects_are_counted_and_can_be_left_out(dvc_project, tmp_path):
+    """Item 8: an XML with no <object> is said, with a count, and data.skip_no_objects drops it."""
+    voc = make_voc(tmp_path / "mine", 2007) / "VOC2007"
+    empty = (voc / "ImageSets" / "Main" / "trainval.txt").read_text().split()[:2]
+    for image_id in empty:
+        path = voc / "Annotations" / f"{image_id}.xml"
+        path.write_text(re.sub(r"\s*<object>.*?</object>", "", path.read_text(), flags=re.S))
+    dvc_project.set_params({"data.source": str(tmp_path / "mine")})
+
+    result, output = _repro(dvc_project, "prepare")
+    assert result.returncode == 0, output
+    assert "WARNING: 2 annotation(s) have no <object>" in output
+    assert "set data.skip_no_objects: true in params.yaml" in output
+    table = pd.read_csv(dvc_project.path("data", "labels.csv"), dtype={"image_id": str}).set_index("image_id")
+    assert len(table) == 100 and (table.loc[empty, list(VOC_CLASSES)] == -1).all(axis=None)
+
+    dvc_project.set_params({"data.skip_no_objects": True})
+    result, output = _repro(dvc_project, "prepare")
+    assert result.returncode == 0, output
+    assert "2 annotation(s) have no <object> and their images were left out" in output
+    table = pd.read_csv(dvc_project.path("data", "labels.csv"), dtype={"image_id": str})
+    assert len(table) == 98 and not set(empty) & set(table["image_id"])

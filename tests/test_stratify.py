@@ -1,13 +1,16 @@
 """Iterative stratification: subset draws and k-fold splits on VOC-like label matrices."""
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from bench.synthetic import VOC07_TRAINVAL_POSITIVES
-from stages.common import PipelineError
+from stages.common import PipelineError, training_targets
 from stages.params import EvalSetParams, SubsetParams, VOC_CLASSES
 from stages.stratify import check_folds, multilabel_kfold, stratified_subset
-from stages.subset import select_subsets
+from stages.subset import class_distribution, pool_limited_classes, select_subsets
+from tests.vocgen import label_table, make_voc, voc_spec
 
 
 def voc_like_pool(n=5011, seed=1):
@@ -106,3 +109,118 @@ def test_select_subsets_uses_splits_and_eval_cap():
         select_subsets(labels, VOC_CLASSES, "trainval", "test", SubsetParams(n_images=300), EvalSetParams())
     with pytest.raises(PipelineError, match="no image in split 'val'"):
         select_subsets(labels, VOC_CLASSES, "trainval", "val", SubsetParams(n_images=10), EvalSetParams())
+
+
+# --------------------------------------------------------------------------- issue 12: quotas and floors
+
+def generated_pool() -> np.ndarray:
+    """Training targets of the trainval split of the generated VOC data set the end-to-end
+    tests use (60 images, 3 to 10 positives per class)."""
+    table = label_table(voc_spec(2007))
+    return training_targets(table.loc[table["split"] == "trainval", list(VOC_CLASSES)].to_numpy())
+
+
+def test_a_possible_quota_is_met_exactly_with_every_floor():
+    """Item 3: the greedy draw plus swaps missed these; the exact repair finds them."""
+    pool = generated_pool()
+    person = VOC_CLASSES.index("person")
+    floors = np.minimum(3, pool.sum(axis=0))
+    floors[person] = 0
+    for quota in (0, 1):
+        chosen = stratified_subset(pool, 40, min_per_class=3, quotas={person: quota}, seed=42, class_names=VOC_CLASSES)
+        counts = pool[chosen].sum(axis=0)
+        assert len(set(chosen)) == 40 and counts[person] == quota and (counts >= floors).all(), counts
+        assert np.array_equal(chosen, stratified_subset(pool, 40, 3, {person: quota}, 42, VOC_CLASSES))
+
+
+def _numbers(pattern: str, message: str) -> list[int]:
+    match = re.search(pattern, message)
+    assert match, message
+    return [int(g) for g in match.groups()]
+
+
+def test_impossible_floors_and_quotas_name_the_binding_constraint_truthfully():
+    """Items 3 and 4: the error names the constraint, and the values it proposes do fit."""
+    pool = generated_pool()
+    with pytest.raises(PipelineError) as error:
+        stratified_subset(pool, 40, min_per_class=5, seed=42, class_names=VOC_CLASSES)
+    n_needed, floor_fits = _numbers(r"subset\.min_per_class=5 does not fit in subset\.n_images=40: .* raise "
+                                    r"subset\.n_images to at least (\d+) or lower subset\.min_per_class to at "
+                                    r"most (\d+)", str(error.value))
+    floors = np.minimum(5, pool.sum(axis=0))
+    assert (pool[stratified_subset(pool, n_needed, 5, seed=42)].sum(axis=0) >= floors).all()
+    with pytest.raises(PipelineError):  # n_needed is the fewest
+        stratified_subset(pool, n_needed - 1, 5, seed=42)
+    fitted = pool[stratified_subset(pool, 40, floor_fits, seed=42)].sum(axis=0)
+    assert (fitted >= np.minimum(floor_fits, pool.sum(axis=0))).all(), fitted
+
+    person = VOC_CLASSES.index("person")
+    without_person = int((pool[:, person] == 0).sum())
+    with pytest.raises(PipelineError, match=rf"subset\.class_quota\.person=0 cannot be met with subset\.n_images=60: "
+                                            rf".* only {without_person} such images"):
+        stratified_subset(pool, 60, quotas={person: 0}, class_names=VOC_CLASSES)
+    with pytest.raises(PipelineError, match=r"subset\.min_per_class=3 cannot be met together with "
+                                            r"subset\.class_quota\.tvmonitor=0: .*\(horse\)"):
+        stratified_subset(pool, 40, 3, quotas={VOC_CLASSES.index("tvmonitor"): 0}, class_names=VOC_CLASSES)
+
+
+@pytest.fixture
+def subset_project(dvc_project, tmp_path):
+    """A DVC project on the generated VOC data with the end-to-end subset settings."""
+    make_voc(tmp_path / "mine", 2007)
+    dvc_project.set_params({"data.source": str(tmp_path / "mine"), "subset.n_images": 40,
+                            "subset.min_per_class": 3})
+    return dvc_project
+
+
+def test_dvc_repro_subset_meets_a_quota_the_draw_used_to_reject(subset_project):
+    """Item 3: ``class_quota.person=1`` with min_per_class 3 of 40 was refused; a subset exists."""
+    subset_project.set_params({"subset.class_quota": {"person": 1}})
+    result = subset_project.dvc("repro", "subset")
+    assert result.returncode == 0, result.stdout + result.stderr
+    train = pd.read_csv(subset_project.path("data", "subset", "train.csv"), dtype={"image_id": str})
+    counts = (train[list(VOC_CLASSES)] >= 0).sum()
+    pool = generated_pool().sum(axis=0)
+    assert len(train) == 40 and counts["person"] == 1
+    assert all(counts[name] >= min(3, pool[k]) for k, name in enumerate(VOC_CLASSES) if name != "person"), counts
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"subset.min_per_class": 5},
+     r"subset\.min_per_class=5 does not fit in subset\.n_images=40: .*raise subset\.n_images to at least \d+ "
+     r"or lower subset\.min_per_class to at most \d+"),
+    ({"subset.n_images": 10, "subset.min_per_class": 10},
+     r"subset\.min_per_class=10 does not fit in subset\.n_images=10: .*raise subset\.n_images"),
+    ({"subset.class_quota": {"person": 0}},
+     r"class 'person' has no positive among the 40 training images, so it cannot be learnt; "
+     r"subset\.class_quota\.person=0 asks for that"),
+    ({"subset.n_images": 4, "subset.min_per_class": 0},
+     r"has no positive among the 4 training images, so it cannot be learnt; raise subset\.min_per_class "
+     r"\(now 0\) to at least 1"),
+])
+def test_dvc_repro_subset_fails_when_a_floor_cannot_be_met_or_a_class_has_no_positive(
+        subset_project, settings, message):
+    """Item 4: the true reason, in subset (not after featurize), and no subset CSV written."""
+    subset_project.set_params(settings)
+    result = subset_project.dvc("repro", "subset")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert re.search(message, output), output
+    assert subset_project.path("data", "labels.csv").exists()  # prepare ran ...
+    for name in ("subset/train.csv", "subset/eval.csv"):  # ... subset wrote nothing
+        assert not subset_project.path("data", *name.split("/")).exists()
+    assert not subset_project.path("plots", "class_distribution.csv").exists()
+
+
+def test_the_pool_limited_floor_warning_is_true(tmp_path, capsys):
+    """Item 4: the warning lists only the classes whose pool is below the floor, with its count."""
+    pool = voc_like_pool(n=400)
+    labels = pd.DataFrame(np.where(pool, 1, -1), columns=list(VOC_CLASSES))
+    labels["sheep"] = np.where(labels.index < 4, 1, -1)  # only 4 sheep in the pool
+    labels.insert(0, "split", ["trainval"] * 250 + ["test"] * 150)
+    labels.insert(0, "image_id", [f"{i:06d}" for i in range(400)])
+    train, eval_set = select_subsets(labels, VOC_CLASSES, "trainval", "test",
+                                     SubsetParams(n_images=100, min_per_class=5), EvalSetParams())
+    distribution = class_distribution(labels[labels["split"] == "trainval"], train, eval_set, VOC_CLASSES)
+    assert pool_limited_classes(distribution, 5) == ["sheep"]
+    assert (train["sheep"] >= 0).sum() == 4

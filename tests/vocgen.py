@@ -341,8 +341,9 @@ def md5s(files: dict[str, Path]) -> dict[str, str]:
 def label_table(spec: VocSpec, classes: tuple[str, ...] | list[str] | None = None):
     """The ``data/labels.csv`` table (a DataFrame) that ``prepare`` writes for ``spec``.
 
-    Columns ``image_id, split, <class>...`` with codes 1/0/-1, rows sorted by image id; the
-    split is the train/eval split listing the image (2012's ``trainval`` is not used).
+    Columns ``image_id, split, image_file, <class>...`` with codes 1/0/-1, rows sorted by
+    image id; the split is the train/eval split listing the image (2012's ``trainval`` is not
+    used); ``image_file`` is the JPEG's name in JPEGImages.
     """
     import pandas as pd
 
@@ -350,6 +351,6 @@ def label_table(spec: VocSpec, classes: tuple[str, ...] | list[str] | None = Non
     rows = []
     for image in spec.images:
         codes = spec.labels(image)
-        rows.append({"image_id": image.image_id, "split": image.split,
+        rows.append({"image_id": image.image_id, "split": image.split, "image_file": f"{image.image_id}.jpg",
                      **{c: codes.get(c, -1) for c in classes}})
-    return pd.DataFrame(rows, columns=["image_id", "split", *classes])
+    return pd.DataFrame(rows, columns=["image_id", "split", "image_file", *classes])

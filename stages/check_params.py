@@ -1,0 +1,35 @@
+"""check_params: validate every key of params.yaml, first of all stages.
+
+Each stage validates the whole file when it starts, but DVC runs a stage only when the
+params it names change: a typo such as ``dvc exp run -S '+data.clases=[dog]'`` changes no
+stage's params, so nothing would run and the typo would pass silently. This stage depends
+on the whole file (``params: - params.yaml:`` in dvc.yaml), so any edit reruns it, and a
+bad key or value fails the run at once, naming the key.
+
+Its output is the same for every valid file, so the stages after it (download depends on
+it) rerun only when their own params change.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from stages.common import run_main, write_text
+from stages.params import load_params
+
+#: The output's whole content: fixed, so that a valid change leaves it byte-identical.
+VALID = "params.yaml: every key is known and every value valid\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--out", required=True, help="marker file written when the params are valid")
+    args = parser.parse_args(argv)
+    load_params(args.params)  # raises PipelineError naming the key on any problem
+    write_text(args.out, VALID)
+    print(f"{args.params}: valid", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_main(main)
