@@ -217,19 +217,23 @@ def _extract_backbone(backbone: str, views: list[View], paths: list[str], digest
     extracted = {i for rows in groups.values() for i in rows}
     label = f"{Path(backbone).name} [{', '.join(v.label for v in views)}]"
     info = {"name": backbone, "views": [v.label for v in views], "n_extracted": len(extracted),
-            "n_cached": len(paths) - len(extracted), "extract_seconds": 0.0, "images_per_second": None}
+            "n_cached": len(paths) - len(extracted), "extract_seconds": 0.0, "images_per_second": None,
+            "steady_images_per_second": None, "build_seconds": 0.0}
+    steady_images, steady_seconds = 0, 0.0  # after each pass's first batch (one-time graph set-up)
     if progress:
         print(f"featurize: {label}: {len(extracted)} to extract, {info['n_cached']} from cache",
               file=sys.stderr, flush=True)
 
     models: dict[int, keras.Model] = {}
     for missing, rows in groups.items():
+        building = time.perf_counter()
         for size in sorted({v.size for v in missing} - set(models)):
             models[size], built = build_extractor(backbone, weights, size)
             if built != size:
                 raise PipelineError(f"{backbone}: built at input size {built}, expected {size}")
-        batches = view_batches(models, [paths[i] for i in rows], missing, batch_size)
-        start, done = time.perf_counter(), 0
+        batches = view_batches(models, [paths[i] for i in rows], missing, batch_size)  # traces the graph
+        info["build_seconds"] += time.perf_counter() - building
+        start, done, first_batch = time.perf_counter(), 0, None
         with _ProgressBar(len(rows), label, progress) as bar:
             for features in batches:
                 n = len(features[0])
@@ -240,9 +244,15 @@ def _extract_backbone(backbone: str, views: list[View], paths: list[str], digest
                         vectors[view][i] = vector
                 done += n
                 bar.update(n)
-        info["extract_seconds"] += time.perf_counter() - start
+                first_batch = first_batch or (time.perf_counter(), done)
+        end = time.perf_counter()
+        info["extract_seconds"] += end - start
+        if done > first_batch[1]:
+            steady_images, steady_seconds = steady_images + done - first_batch[1], steady_seconds + end - first_batch[0]
     if extracted and info["extract_seconds"] > 0:
         info["images_per_second"] = len(extracted) / info["extract_seconds"]
+        info["steady_images_per_second"] = steady_images / steady_seconds if steady_seconds > 0 \
+            else info["images_per_second"]
     del models
     gc.collect()  # let the next backbone have the memory
 

@@ -15,8 +15,12 @@ def test_repository_params_are_the_methods_defaults():
     assert params.data.classes == VOC_CLASSES and params.data.year == 2007
     assert params.subset.n_images == 750 and params.subset.min_per_class == 10
     assert params.features.backbones == ("EfficientNetB6",) and params.features.weights == "imagenet"
-    assert (params.svm.kernel, params.svm.C, params.svm.gamma) == ("rbf", 1.0, 0.002)
-    assert (params.calibrate.folds, params.calibrate.metric, params.calibrate.strategy) == (5, "f1", "auto")
+    # chosen by measurement on real photos (README, "Quality on real photos")
+    assert (params.features.image_size, params.features.select_scales, params.features.flip_tta) == \
+        ("auto", ((1.0,), (1.5,)), True)
+    assert (params.svm.kernel, params.svm.C, params.svm.gamma, params.svm.scaler) == ("rbf", 1.0, "median", "sqrt")
+    assert (params.calibrate.folds, params.calibrate.metric, params.calibrate.strategy,
+            params.calibrate.min_labels) == (5, "jaccard", "auto", 1)
     assert params.tune.gamma == ("scale", 0.0005, 0.002, 0.008)
     assert params.evaluate.top_k == (1, 3)
 
@@ -25,7 +29,10 @@ def test_repository_params_are_the_methods_defaults():
     ({"svm": {"c": 10}}, r"svm\.c \(did you mean svm\.C\?\)"),
     ({"svm": {"C": -1}}, r"svm\.C must be a number > 0"),
     ({"svm": {"gamma": "wide"}}, r"svm\.gamma must be a number > 0 or one of scale, auto, median"),
-    ({"svm": {"scaler": "minmax"}}, r"svm\.scaler must be one of none, standard, l2"),
+    ({"svm": {"scaler": "minmax"}}, r"svm\.scaler must be one of none, standard, l2, sqrt"),
+    ({"features": {"image_size": [224, 224]}}, r"features\.image_size must be null \(native size\), auto"),
+    ({"features": {"select_scales": [1.0, [0.1]]}}, r"features\.select_scales must be a list of candidates"),
+    ({"features": {"resize": "lanczos"}}, r"features\.resize must be one of bilinear, bilinear_antialias"),
     ({"subset": {"n_images": "many"}}, r"subset\.n_images must be an integer"),
     ({"subset": {"class_quota": {"unicorn": 3}}}, r"subset\.class_quota names 'unicorn'"),
     ({"calibrate": {"strategy": "best"}}, r"calibrate\.strategy must be one of per_class, global, none, auto"),
