@@ -350,10 +350,10 @@ def _select_scales(reader: _Reader) -> tuple:
     parsed = []
     for candidate in candidates:
         scales = candidate if isinstance(candidate, list) else [candidate]
-        if not scales or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and 0.25 <= v <= 4
+        if not scales or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and 0.1 <= v <= 4
                                  for v in scales):
             raise reader.fail("select_scales", "a list of candidates, each a multiple of the native size "
-                                               "(0.25 to 4) or a list of them (multi-scale), e.g. "
+                                               "(0.1 to 4) or a list of them (multi-scale), e.g. "
                                                "[1.0, 1.5, [1.0, 1.5]]", value)
         parsed.append(tuple(float(v) for v in scales))
     if not parsed or len(set(parsed)) != len(parsed):

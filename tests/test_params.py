@@ -31,7 +31,7 @@ def test_repository_params_are_the_methods_defaults():
     ({"svm": {"gamma": "wide"}}, r"svm\.gamma must be a number > 0 or one of scale, auto, median"),
     ({"svm": {"scaler": "minmax"}}, r"svm\.scaler must be one of none, standard, l2, sqrt"),
     ({"features": {"image_size": [224, 224]}}, r"features\.image_size must be null \(native size\), auto"),
-    ({"features": {"select_scales": [1.0, [0.1]]}}, r"features\.select_scales must be a list of candidates"),
+    ({"features": {"select_scales": [1.0, [0.05]]}}, r"features\.select_scales must be a list of candidates"),
     ({"features": {"resize": "lanczos"}}, r"features\.resize must be one of bilinear, bilinear_antialias"),
     ({"subset": {"n_images": "many"}}, r"subset\.n_images must be an integer"),
     ({"subset": {"class_quota": {"unicorn": 3}}}, r"subset\.class_quota names 'unicorn'"),
