@@ -96,7 +96,7 @@ def load_pool(voc: Path, split: str, classes) -> tuple[np.ndarray, np.ndarray, l
     annotations = {}
     for image_id in ids:
         path = voc / "Annotations" / f"{image_id}.xml"
-        parsed_id, objects = parse_annotation(path.read_bytes(), str(path))[:2]
+        _, objects = parse_annotation(path.read_bytes(), str(path))[:2]
         annotations[image_id] = objects
     table = build_label_table(annotations, {i: "pool" for i in ids}, classes)
     paths = [str(voc / "JPEGImages" / f"{i}.jpg") for i in table["image_id"]]
