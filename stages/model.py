@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.metrics.pairwise import pairwise_kernels
 from sklearn.multioutput import MultiOutputClassifier
 from sklearn.pipeline import Pipeline
@@ -25,6 +26,7 @@ from stages.params import SvmParams, TuneParams
 from stages.stratify import check_folds, multilabel_kfold
 
 RANDOM_STATE = 0
+PROBABILITY_FOLDS = 5
 
 # scikit-learn 1.9 deprecates SVC(probability=True) (removal planned for 1.11). It is the
 # method's Platt scaling and requirements.txt pins 1.9, so keep it and silence the notice.
@@ -93,8 +95,13 @@ def build_model(svm: SvmParams) -> Pipeline:
     """
     scalers = {"none": "passthrough", "standard": StandardScaler(), "l2": Normalizer(norm="l2"),
                "sqrt": FunctionTransformer(signed_sqrt)}
-    classifier = SVC(kernel="precomputed", C=svm.C, probability=True, class_weight=svm.class_weight,
-                     random_state=RANDOM_STATE)
+    classifier = SVC(kernel="precomputed", C=svm.C, probability=svm.probability == "libsvm",
+                     class_weight=svm.class_weight, random_state=RANDOM_STATE)
+    if svm.probability != "libsvm":
+        # Platt (sigmoid) or isotonic map fitted on 5-fold cross-validated decision values;
+        # the SVM itself is trained on all images (ensemble=False), as libsvm does.
+        classifier = CalibratedClassifierCV(classifier, method=svm.probability, cv=PROBABILITY_FOLDS,
+                                            ensemble=False)
     return Pipeline([
         ("scaler", scalers[svm.scaler]),
         ("kernel", KernelMap(kernel=svm.kernel, gamma=svm.gamma)),

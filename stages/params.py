@@ -21,6 +21,8 @@ VOC_CLASSES = (
     "train", "tvmonitor",
 )
 SCALERS = ("none", "standard", "l2", "sqrt")
+# How each class's SVM scores become probabilities (stages/model.py::build_model).
+PROBABILITY_METHODS = ("libsvm", "sigmoid", "isotonic")
 KERNELS = ("rbf", "linear", "poly", "sigmoid")
 GAMMA_WORDS = ("scale", "auto", "median")
 CALIBRATION_METRICS = ("f1", "f2", "f0.5", "mcc", "dice", "jaccard")
@@ -159,6 +161,7 @@ class SvmParams:
     gamma: object = 0.002
     class_weight: str | None = None
     scaler: str = "none"
+    probability: str = "libsvm"
     n_jobs: int = -1
 
 
@@ -274,6 +277,7 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
                     gamma=parse_gamma(r.get("gamma", 0.002), "svm.gamma", source),
                     class_weight=r.choice("class_weight", None, (None, "balanced")),
                     scaler=r.choice("scaler", "none", SCALERS),
+                    probability=r.choice("probability", "libsvm", PROBABILITY_METHODS),
                     n_jobs=_n_jobs(r))
 
     r = _section(raw, "calibrate", CalibrateParams, source)

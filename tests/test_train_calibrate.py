@@ -43,6 +43,31 @@ def test_precomputed_kernel_model_equals_plain_svc(data, kernel):
     np.testing.assert_allclose(ours, expected, atol=1e-8)
 
 
+@pytest.mark.parametrize("method", ["sigmoid", "isotonic"])
+def test_probability_maps_equal_calibrated_classifier_cv_on_plain_svc(data, method):
+    """svm.probability sigmoid/isotonic: the precomputed kernel is cut per fold as sklearn's
+    CalibratedClassifierCV(SVC(kernel='rbf'), ensemble=False) cuts the raw features."""
+    from sklearn.calibration import CalibratedClassifierCV
+    labels, features, _, eval_features = data
+    targets = training_targets(labels)[:, :4]
+    svm = SvmParams(gamma=0.05, C=3.0, probability=method, n_jobs=1)
+    ours = positive_probabilities(build_model(svm).fit(features, targets), eval_features)
+    reference = MultiOutputClassifier(CalibratedClassifierCV(SVC(gamma=0.05, C=3.0, random_state=0), method=method,
+                                                             cv=5, ensemble=False)).fit(features, targets)
+    expected = np.column_stack([p[:, 1] for p in reference.predict_proba(eval_features)])
+    np.testing.assert_allclose(ours, expected, atol=1e-6)
+    libsvm = positive_probabilities(build_model(replace(svm, probability="libsvm")).fit(features, targets),
+                                    eval_features)
+    assert not np.allclose(ours, libsvm, atol=1e-3)  # a different map, not libsvm's Platt under another name
+
+
+def test_svm_probability_is_validated_with_the_key_named():
+    assert parse_params({}).svm.probability == "libsvm"
+    assert parse_params({"svm": {"probability": "sigmoid"}}).svm.probability == "sigmoid"
+    with pytest.raises(PipelineError, match=r"svm\.probability must be one of libsvm, sigmoid, isotonic"):
+        parse_params({"svm": {"probability": "platt"}})
+
+
 def test_gamma_resolution(data):
     _, features, _, _ = data
     x = features.astype(np.float64)
