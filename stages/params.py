@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from stages.common import PipelineError
+from stages.runtimes import PRECISION_CHOICES, RUNTIME_CHOICES
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -139,7 +140,8 @@ class FeaturesParams:
     ``image_size``: None (each backbone's native size), ``"auto"`` (chosen among
     ``select_scales`` by cross-validated mAP on the training images), a size in pixels, or
     a tuple of sizes (multi-scale, joined by ``combine``). ``select_scales``: the candidates
-    for ``auto``, each a tuple of multiples of the native size.
+    for ``auto``, each a tuple of multiples of the native size. ``runtime`` and ``precision``:
+    what runs the extractors (see stages/runtimes.py).
     """
     backbones: tuple = ("EfficientNetB6",)
     weights: str | None = "imagenet"
@@ -150,6 +152,8 @@ class FeaturesParams:
     resize: str = "bilinear"
     flip_tta: bool = False
     batch_size: int = 8
+    runtime: str = "keras"
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -266,7 +270,12 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
                               combine=r.choice("combine", "mean", COMBINE_METHODS),
                               resize=r.choice("resize", "bilinear", RESIZE_METHODS),
                               flip_tta=r.boolean("flip_tta", False),
-                              batch_size=r.integer("batch_size", 8, minimum=1))
+                              batch_size=r.integer("batch_size", 8, minimum=1),
+                              runtime=r.choice("runtime", "keras", RUNTIME_CHOICES),
+                              precision=r.choice("precision", "auto", PRECISION_CHOICES))
+    if features.precision == "bf16" and features.runtime == "keras":
+        raise r.fail("precision", "auto or f32 with features.runtime keras (Keras runs float32; "
+                                  "bf16 needs runtime openvino or auto)", features.precision)
 
     r = _section(raw, "svm", SvmParams, source)
     svm = SvmParams(kernel=r.choice("kernel", "rbf", KERNELS),

@@ -1,0 +1,165 @@
+"""Inference runtimes: what runs a frozen extractor's forward pass on the CPU.
+
+``features.runtime`` picks one:
+
+- ``keras``: the Keras model itself, run by TensorFlow (the reference: float32).
+- ``openvino``: the Keras model converted once to an OpenVINO model, cached on disk under
+  ``<user cache>/runtimes/`` (per backbone, weights, size, runtime and precision), and
+  compiled for this CPU. With ``precision: bf16`` (the ``auto`` choice where the CPU has
+  bfloat16 instructions, e.g. AVX512-BF16 or AMX) it measured 1.3-1.5x Keras's speed with
+  features within cosine 0.9999 of Keras's float32 ones; in float32 it was slower than Keras.
+- ``auto``: the fastest measured that this machine can run: OpenVINO bf16 where the package
+  is installed and the CPU has bfloat16, else Keras.
+
+Every runtime's extractor is a callable ``batch -> features`` on float32 NHWC arrays of RGB
+0..255 (Keras models are also called inside TensorFlow graphs, see :mod:`stages.views`).
+ONNX Runtime was measured too (slower than Keras here, see README) and is not offered.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import inspect
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from stages.common import PipelineError, replace_dir, user_cache_dir, write_json
+
+RUNTIMES = ("keras", "openvino")
+RUNTIME_CHOICES = ("auto",) + RUNTIMES
+PRECISIONS = ("f32", "bf16")
+PRECISION_CHOICES = ("auto",) + PRECISIONS
+# The pinned optional dependency (requirements-fast.txt) that each runtime needs.
+PACKAGES = {"openvino": "openvino"}
+INSTALL_HINT = "pip install -r requirements-fast.txt"
+MODEL_FILE = "model.xml"
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """What runs the extractors: ``runtime`` at ``precision``, and why (``note``)."""
+    runtime: str = "keras"
+    precision: str = "f32"
+    requested: str = "keras"
+    note: str = ""
+
+    @property
+    def cache_key(self) -> dict:
+        """What the per-image feature cache adds to its key: nothing for Keras (so the
+        features Keras extracted before runtimes existed stay valid), else runtime,
+        precision and the runtime's version."""
+        if self.runtime == "keras":
+            return {}
+        return {"runtime": self.runtime, "precision": self.precision,
+                "runtime_version": _module(PACKAGES[self.runtime]).__version__}
+
+    @property
+    def label(self) -> str:
+        return self.runtime if self.runtime == "keras" else f"{self.runtime}-{self.precision}"
+
+
+def _module(name: str):
+    """The runtime package ``name``, or None when it is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def openvino_bf16_supported() -> bool:
+    """True where OpenVINO's CPU plugin runs bfloat16 natively (it reports the AVX512-BF16 or
+    AMX instructions as the ``BF16`` capability); elsewhere a bf16 hint would silently run f32."""
+    openvino = _module("openvino")
+    return bool(openvino) and "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def choose_runtime(requested: str = "keras", precision: str = "auto") -> RuntimeChoice:
+    """Resolve ``features.runtime`` and ``features.precision`` on this machine.
+
+    ``auto`` is OpenVINO at bf16 where both the package and the CPU's bfloat16 are there (the
+    only measured combination faster than Keras), else Keras, with ``note`` saying why.
+    An explicit runtime whose package is missing, or ``bf16`` on a CPU without it, is a
+    PipelineError naming the key and the fix. The values are validated by stages/params.py.
+    """
+    if requested == "auto":
+        if _module("openvino") is None:
+            return RuntimeChoice("keras", "f32", "auto", f"openvino is not installed ({INSTALL_HINT})")
+        if precision == "f32" or not openvino_bf16_supported():
+            why = "features.precision: f32" if precision == "f32" else "this CPU has no bfloat16"
+            return RuntimeChoice("keras", "f32", "auto", f"{why}: OpenVINO f32 measured slower than Keras")
+        return RuntimeChoice("openvino", "bf16", "auto", "OpenVINO bf16: measured fastest")
+    if requested == "keras":  # (params.py refuses precision bf16 with keras)
+        return RuntimeChoice("keras", "f32", "keras")
+    if _module(PACKAGES[requested]) is None:
+        raise PipelineError(f"features.runtime: {requested} needs the {PACKAGES[requested]} package, which "
+                            f"is not installed: {INSTALL_HINT} (or set features.runtime to keras or auto)")
+    if precision == "bf16" and not openvino_bf16_supported():
+        raise PipelineError("features.precision: bf16: this CPU has no bfloat16 instructions "
+                            "(AVX512-BF16 or AMX); set precision to auto or f32")
+    if precision == "auto":
+        precision = "bf16" if openvino_bf16_supported() else "f32"
+    return RuntimeChoice(requested, precision, requested)
+
+
+# ----------------------------------------------------------------------------- extractors
+
+class OpenVinoExtractor:
+    """A converted extractor compiled for the CPU: ``extractor(batch) -> features`` (float32)."""
+
+    def __init__(self, model_file: Path, precision: str):
+        import openvino
+        core = openvino.Core()
+        # LATENCY: one stream using every core for each batch; decoding runs between batches
+        self.compiled = core.compile_model(core.read_model(str(model_file)), "CPU",
+                                           {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"})
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        outputs = self.request.infer([np.ascontiguousarray(pixels, dtype=np.float32)])
+        return np.array(outputs[0], dtype=np.float32)  # a copy: the request reuses its buffer
+
+
+def load_extractor(choice: RuntimeChoice, build_keras: Callable[[], object], key: dict, label: str):
+    """The extractor that ``choice`` runs: ``build_keras()``'s model for Keras; else the model
+    converted for the runtime, from the cache folder of ``key`` (what makes the model: backbone,
+    weights, size, library versions) when it is there, converted and cached when not (so
+    ``build_keras`` is only called to convert)."""
+    if choice.runtime == "keras":
+        return build_keras()
+    folder = converted_model_folder(choice, key, label)
+    if not (folder / MODEL_FILE).is_file():
+        replace_dir(folder, {MODEL_FILE: lambda target: _convert_to_openvino(build_keras(), target),
+                             "key.json": lambda target: write_json(target, converted_model_key(choice, key))})
+    return OpenVinoExtractor(folder / MODEL_FILE, choice.precision)
+
+
+def converted_model_key(choice: RuntimeChoice, key: dict) -> dict:
+    """Everything that makes a converted model: the Keras model's key, the runtime, its
+    version and precision, and the conversion code."""
+    return {**key, **choice.cache_key, "conversion": hashlib.sha1(
+        inspect.getsource(_convert_to_openvino).encode()).hexdigest()[:16]}
+
+
+def converted_model_folder(choice: RuntimeChoice, key: dict, label: str) -> Path:
+    """``<user cache>/runtimes/<label>-<runtime>-<precision>-<hash of the key>``."""
+    digest = hashlib.sha1(json.dumps(converted_model_key(choice, key), sort_keys=True).encode()).hexdigest()[:16]
+    label = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{label}-{choice.label}")
+    return user_cache_dir("runtimes") / f"{label}-{digest}"
+
+
+def _convert_to_openvino(model, target: Path) -> None:
+    """Convert a Keras extractor (input: batch x size x size x 3, any batch) to OpenVINO IR
+    files ``target`` (.xml) and its .bin, weights kept float32 (the compile hint sets the
+    precision that runs)."""
+    import openvino
+    with warnings.catch_warnings():  # OpenVINO calls the model with a tuple: Keras warns, harmlessly
+        warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
+        converted = openvino.convert_model(model)
+    openvino.save_model(converted, str(target), compress_to_fp16=False)
