@@ -289,6 +289,7 @@ def _extract_backbone(backbone: str, views: list[View], paths: list[str], digest
                 caches[view].path(digest).unlink(missing_ok=True)
             return _extract_backbone(backbone, views, paths, digests, weights, batch_size, progress, runtime)
         result[view] = np.stack(vectors[view]).astype(np.float32, copy=False)
+        vectors[view] = None  # one copy of the features at a time: peak memory stays flat
     return result, info, extracted
 
 
@@ -321,7 +322,8 @@ def extract_views(image_paths, backbone_views: dict[str, list[View]], weights: s
     for backbone, views in backbone_views.items():
         by_view, info, rows = _extract_backbone(backbone, sorted(set(views)), [first_path[d] for d in unique_digests],
                                                 unique_digests, weights, batch_size, progress, runtime)
-        features[backbone] = {view: block[order] for view, block in by_view.items()}
+        in_order = len(order) == len(unique_digests)  # no duplicate files: rows are already in order
+        features[backbone] = by_view if in_order else {view: block[order] for view, block in by_view.items()}
         per_backbone.append(info)
         extracted.update(rows)
     seconds = sum(info["extract_seconds"] for info in per_backbone)
