@@ -14,7 +14,6 @@ from pathlib import Path
 import yaml
 
 from stages.common import PipelineError
-from stages.runtimes import PRECISION_CHOICES, RUNTIME_CHOICES
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -28,6 +27,8 @@ CALIBRATION_METRICS = ("f1", "f2", "f0.5", "mcc", "dice", "jaccard")
 CALIBRATION_STRATEGIES = ("per_class", "global", "none", "auto")
 COMBINE_METHODS = ("mean", "concat")
 RESIZE_METHODS = ("bilinear", "bilinear_antialias", "area", "bicubic")
+RUNTIME_CHOICES = ("auto", "keras", "openvino")  # stages/runtimes.py
+PRECISION_CHOICES = ("auto", "f32", "bf16")
 
 
 class _Reader:

@@ -2,18 +2,21 @@
 
 ``features.runtime`` picks one:
 
-- ``keras``: the Keras model itself, run by TensorFlow (the reference: float32).
+- ``keras``: the Keras model itself, run by TensorFlow in float32 (the reference).
 - ``openvino``: the Keras model converted once to an OpenVINO model, cached on disk under
-  ``<user cache>/runtimes/`` (per backbone, weights, size, runtime and precision), and
-  compiled for this CPU. With ``precision: bf16`` (the ``auto`` choice where the CPU has
-  bfloat16 instructions, e.g. AVX512-BF16 or AMX) it measured 1.3-1.5x Keras's speed with
-  features within cosine 0.9999 of Keras's float32 ones; in float32 it was slower than Keras.
-- ``auto``: the fastest measured that this machine can run: OpenVINO bf16 where the package
-  is installed and the CPU has bfloat16, else Keras.
+  ``<user cache>/runtimes/`` (per backbone, weights, size, runtime and precision) and compiled
+  for this CPU at ``features.precision``: ``bf16`` where the CPU has bfloat16 instructions
+  (AVX512-BF16 or AMX; the ``auto`` choice there), else ``f32``.
+- ``auto``: OpenVINO bf16 where the package is installed and the CPU has bfloat16, else Keras.
+
+Measured on the 2-core development CPU (bench/runtimes.py, README "Measured speed"): OpenVINO
+bf16 ran EfficientNetB6 at 1.5x and B0 at 1.9x Keras's speed (random weights; min cosine to
+Keras float32 0.99994), EfficientNet-Lite0 with ImageNet weights at 3.3x (min cosine 0.992 on
+real photos); OpenVINO f32 ran B6 at 1.0x Keras, so without bfloat16 ``auto`` stays with Keras.
+ONNX Runtime (0.26x Keras for B6) and NNCF INT8 (min cosine 0.93 for Lite0) are not offered.
 
 Every runtime's extractor is a callable ``batch -> features`` on float32 NHWC arrays of RGB
 0..255 (Keras models are also called inside TensorFlow graphs, see :mod:`stages.views`).
-ONNX Runtime was measured too (slower than Keras here, see README) and is not offered.
 """
 from __future__ import annotations
 
@@ -31,10 +34,6 @@ import numpy as np
 
 from stages.common import PipelineError, replace_dir, user_cache_dir, write_json
 
-RUNTIMES = ("keras", "openvino")
-RUNTIME_CHOICES = ("auto",) + RUNTIMES
-PRECISIONS = ("f32", "bf16")
-PRECISION_CHOICES = ("auto",) + PRECISIONS
 # The pinned optional dependency (requirements-fast.txt) that each runtime needs.
 PACKAGES = {"openvino": "openvino"}
 INSTALL_HINT = "pip install -r requirements-fast.txt"
@@ -84,7 +83,8 @@ def choose_runtime(requested: str = "keras", precision: str = "auto") -> Runtime
     """Resolve ``features.runtime`` and ``features.precision`` on this machine.
 
     ``auto`` is OpenVINO at bf16 where both the package and the CPU's bfloat16 are there (the
-    only measured combination faster than Keras), else Keras, with ``note`` saying why.
+    combination measured faster than Keras for EfficientNetB6), else Keras, with ``note``
+    saying why.
     An explicit runtime whose package is missing, or ``bf16`` on a CPU without it, is a
     PipelineError naming the key and the fix. The values are validated by stages/params.py.
     """
@@ -93,7 +93,7 @@ def choose_runtime(requested: str = "keras", precision: str = "auto") -> Runtime
             return RuntimeChoice("keras", "f32", "auto", f"openvino is not installed ({INSTALL_HINT})")
         if precision == "f32" or not openvino_bf16_supported():
             why = "features.precision: f32" if precision == "f32" else "this CPU has no bfloat16"
-            return RuntimeChoice("keras", "f32", "auto", f"{why}: OpenVINO f32 measured slower than Keras")
+            return RuntimeChoice("keras", "f32", "auto", f"{why}: OpenVINO f32 measured no faster than Keras")
         return RuntimeChoice("openvino", "bf16", "auto", "OpenVINO bf16: measured fastest")
     if requested == "keras":  # (params.py refuses precision bf16 with keras)
         return RuntimeChoice("keras", "f32", "keras")
