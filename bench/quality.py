@@ -169,9 +169,8 @@ def views_images_per_second(backbone_views: dict, features, paths: list[str]) ->
     """Images/s of extracting these views (decode included) on ``paths`` with an empty cache;
     the first 8 photos warm up (graph tracing) and are not timed."""
     from stages.common import CACHE_ENV
-    from stages.featurize import extract_views
-    from stages.runtimes import choose_runtime
-    runtime = choose_runtime(features.runtime, features.precision)
+    from stages.featurize import extract_views, resolve_runtime
+    runtime = resolve_runtime(features)
     previous = os.environ.get(CACHE_ENV)
     with tempfile.TemporaryDirectory() as empty_cache:
         os.environ[CACHE_ENV] = empty_cache

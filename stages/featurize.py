@@ -212,6 +212,11 @@ def build_size_extractor(backbone: str, weights: str | None, size: int, runtime:
                           f"{_backbone_label(backbone)}-{size}")
 
 
+def resolve_runtime(params: FeaturesParams) -> RuntimeChoice:
+    """``features.runtime`` and ``precision`` as this machine runs them (see stages/runtimes.py)."""
+    return choose_runtime(params.runtime, params.precision, gpu=bool(tf.config.list_physical_devices("GPU")))
+
+
 def _device() -> str:
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
@@ -242,7 +247,7 @@ def _extract_backbone(backbone: str, views: list[View], paths: list[str], digest
         if missing:
             groups.setdefault(missing, []).append(i)
     extracted = {i for rows in groups.values() for i in rows}
-    label = f"{Path(backbone).name} [{', '.join(v.label for v in views)}]"
+    label = f"{Path(backbone).name} [{', '.join(v.label for v in views)}] {runtime.label}"
     info = {"name": backbone, "views": [v.label for v in views], "n_extracted": len(extracted),
             "n_cached": len(paths) - len(extracted), "extract_seconds": 0.0, "images_per_second": None,
             "steady_images_per_second": None, "build_seconds": 0.0}
@@ -345,8 +350,7 @@ def extract_features(image_paths, params: FeaturesParams, progress: bool = True,
     """
     recipes = recipes if recipes is not None else fixed_recipes(params)
     view_features, stats = extract_views(image_paths, {r.backbone: r.views() for r in recipes},
-                                         params.weights, params.batch_size, progress,
-                                         choose_runtime(params.runtime, params.precision))
+                                         params.weights, params.batch_size, progress, resolve_runtime(params))
     blocks = [combine_views(recipe, view_features[recipe.backbone]) for recipe in recipes]
     stats.update(dims=[int(b.shape[1]) for b in blocks], input_sizes=[list(r.sizes) for r in recipes])
     features = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
@@ -406,8 +410,7 @@ def choose_recipes(train_paths: list[str], train_targets: np.ndarray, params: Fe
         for recipe in candidate:
             backbone_views.setdefault(recipe.backbone, set()).update(recipe.views())
     view_features, stats = extract_views(train_paths, {b: sorted(v) for b, v in backbone_views.items()},
-                                         params.weights, params.batch_size, progress,
-                                         choose_runtime(params.runtime, params.precision))
+                                         params.weights, params.batch_size, progress, resolve_runtime(params))
     table = score_candidates(candidates, view_features, train_targets, classes, params.select_folds)
     best = max(range(len(candidates)), key=lambda i: (round(table["cv_map"][i], 6), -table["cost"][i]))
     table["chosen"] = [i == best for i in range(len(candidates))]

@@ -7,7 +7,8 @@
   ``<user cache>/runtimes/`` (per backbone, weights, size, runtime and precision) and compiled
   for this CPU at ``features.precision``: ``bf16`` where the CPU has bfloat16 instructions
   (AVX512-BF16 or AMX; the ``auto`` choice there), else ``f32``.
-- ``auto``: OpenVINO bf16 where the package is installed and the CPU has bfloat16, else Keras.
+- ``auto``: OpenVINO bf16 where the package is installed and the CPU has bfloat16, else Keras
+  (and Keras on a GPU).
 
 Measured on the 2-core development CPU (bench/runtimes.py, README "Measured speed"): OpenVINO
 bf16 ran EfficientNetB6 at 1.5x and B0 at 1.9x Keras's speed (random weights; min cosine to
@@ -79,8 +80,9 @@ def openvino_bf16_supported() -> bool:
     return bool(openvino) and "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def choose_runtime(requested: str = "keras", precision: str = "auto") -> RuntimeChoice:
-    """Resolve ``features.runtime`` and ``features.precision`` on this machine.
+def choose_runtime(requested: str = "keras", precision: str = "auto", gpu: bool = False) -> RuntimeChoice:
+    """Resolve ``features.runtime`` and ``features.precision`` on this machine (``gpu``: one is
+    visible to TensorFlow, where ``auto`` leaves the work to Keras on the GPU).
 
     ``auto`` is OpenVINO at bf16 where both the package and the CPU's bfloat16 are there (the
     combination measured faster than Keras for EfficientNetB6), else Keras, with ``note``
@@ -89,6 +91,8 @@ def choose_runtime(requested: str = "keras", precision: str = "auto") -> Runtime
     PipelineError naming the key and the fix. The values are validated by stages/params.py.
     """
     if requested == "auto":
+        if gpu:
+            return RuntimeChoice("keras", "f32", "auto", "a GPU is visible: Keras runs on it")
         if _module("openvino") is None:
             return RuntimeChoice("keras", "f32", "auto", f"openvino is not installed ({INSTALL_HINT})")
         if precision == "f32" or not openvino_bf16_supported():

@@ -128,6 +128,7 @@ def test_auto_picks_openvino_bf16_only_where_the_cpu_has_bfloat16(monkeypatch):
     assert choose_runtime("auto") == RuntimeChoice("openvino", "bf16", "auto", "OpenVINO bf16: measured fastest")
     assert choose_runtime("openvino").precision == "bf16"
     assert choose_runtime("auto", "f32").runtime == "keras"  # OpenVINO f32: no faster than Keras for B6
+    assert choose_runtime("auto", gpu=True).runtime == "keras"  # Keras runs on the GPU
     monkeypatch.setattr(runtimes, "openvino_bf16_supported", lambda: False)
     assert choose_runtime("auto").runtime == "keras"
     assert "no bfloat16" in choose_runtime("auto").note
