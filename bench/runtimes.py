@@ -51,12 +51,12 @@ def load_pixels(paths: list[str], size: int) -> np.ndarray:
     return np.stack([load_image(path, size).numpy() for path in paths])
 
 
-def openvino_runner(model_file: Path, precision: str):
+def openvino_runner(model_file: Path, precision: str, batch_size: int):
     from stages.runtimes import OpenVinoExtractor
-    return OpenVinoExtractor(model_file, precision)
+    return OpenVinoExtractor(model_file, precision, batch_size)
 
 
-def int8_runner(model_file: Path, calibration: np.ndarray):
+def int8_runner(model_file: Path, calibration: np.ndarray, batch_size: int):
     """NNCF post-training INT8 quantization of the OpenVINO model, calibrated on ``calibration``
     (one photo per sample: NNCF's subset size counts samples)."""
     import nncf
@@ -66,7 +66,7 @@ def int8_runner(model_file: Path, calibration: np.ndarray):
     quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
     target = model_file.with_name("int8.xml")
     openvino.save_model(quantized, str(target), compress_to_fp16=False)
-    return openvino_runner(target, "bf16")
+    return openvino_runner(target, "bf16", batch_size)
 
 
 def onnxruntime_runner(keras_model, size: int):
@@ -130,9 +130,9 @@ def main() -> None:
     for variant in args.variants:
         try:
             if variant in ("openvino-f32", "openvino-bf16"):
-                runners[variant] = openvino_runner(model_file, variant.split("-")[1])
+                runners[variant] = openvino_runner(model_file, variant.split("-")[1], args.batch_size)
             elif variant == "openvino-int8":
-                runners[variant] = int8_runner(model_file, load_pixels(calibration_paths, size))
+                runners[variant] = int8_runner(model_file, load_pixels(calibration_paths, size), args.batch_size)
             elif variant == "onnxruntime":
                 runners[variant] = onnxruntime_runner(keras_model, size)
         except ImportError as error:

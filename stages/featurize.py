@@ -199,9 +199,11 @@ def view_cache(backbone: str, view: View, weights: str | None,
     return FeatureCache(cache_folder(f"{_backbone_label(backbone)}-{view.label}{suffix}", key), key)
 
 
-def build_size_extractor(backbone: str, weights: str | None, size: int, runtime: RuntimeChoice):
-    """The extractor of ``backbone`` at input ``size`` that ``runtime`` runs (the Keras model is
-    built only when the runtime's converted model is not cached yet)."""
+def build_size_extractor(backbone: str, weights: str | None, size: int, runtime: RuntimeChoice,
+                         batch_size: int = 8):
+    """The extractor of ``backbone`` at input ``size`` that ``runtime`` runs on batches of
+    ``batch_size`` (the Keras model is built only when the runtime's converted model is not
+    cached yet)."""
     def build_keras():
         model, built = build_extractor(backbone, weights, size)
         if built != size:
@@ -209,7 +211,7 @@ def build_size_extractor(backbone: str, weights: str | None, size: int, runtime:
         return model
 
     return load_extractor(runtime, build_keras, {**extractor_key(backbone, weights), "size": size},
-                          f"{_backbone_label(backbone)}-{size}")
+                          f"{_backbone_label(backbone)}-{size}", batch_size)
 
 
 def resolve_runtime(params: FeaturesParams) -> RuntimeChoice:
@@ -260,7 +262,7 @@ def _extract_backbone(backbone: str, views: list[View], paths: list[str], digest
     for missing, rows in groups.items():
         building = time.perf_counter()
         for size in sorted({v.size for v in missing} - set(models)):
-            models[size] = build_size_extractor(backbone, weights, size, runtime)
+            models[size] = build_size_extractor(backbone, weights, size, runtime, batch_size)
         batches = view_batches(models, [paths[i] for i in rows], missing, batch_size)  # traces the graph
         info["build_seconds"] += time.perf_counter() - building
         start, done, first_batch = time.perf_counter(), 0, None

@@ -115,33 +115,48 @@ def choose_runtime(requested: str = "keras", precision: str = "auto", gpu: bool 
 # ----------------------------------------------------------------------------- extractors
 
 class OpenVinoExtractor:
-    """A converted extractor compiled for the CPU: ``extractor(batch) -> features`` (float32)."""
+    """A converted extractor compiled for the CPU: ``extractor(batch) -> features`` (float32)
+    for batches of any length."""
 
-    def __init__(self, model_file: Path, precision: str):
+    def __init__(self, model_file: Path, precision: str, batch_size: int):
         import openvino
         core = openvino.Core()
+        model = core.read_model(str(model_file))
+        # A fixed batch shape ran 15-40% faster than a dynamic one (Lite0 at 352, B0 at 64);
+        # shorter batches are padded.
+        self.batch_size = int(batch_size)
+        model.reshape([self.batch_size] + [dim.get_length() for dim in list(model.input(0).get_partial_shape())[1:]])
         # LATENCY: one stream using every core for each batch; decoding runs between batches
-        self.compiled = core.compile_model(core.read_model(str(model_file)), "CPU",
+        self.compiled = core.compile_model(model, "CPU",
                                            {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"})
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        outputs = self.request.infer([np.ascontiguousarray(pixels, dtype=np.float32)])
-        return np.array(outputs[0], dtype=np.float32)  # a copy: the request reuses its buffer
+        pixels = np.asarray(pixels, dtype=np.float32)
+        return np.concatenate([self._run(pixels[start:start + self.batch_size])
+                               for start in range(0, len(pixels), self.batch_size)])
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        if n < self.batch_size:
+            batch = np.concatenate([batch, np.zeros((self.batch_size - n, *batch.shape[1:]), np.float32)])
+        outputs = self.request.infer([np.ascontiguousarray(batch)])
+        return np.array(outputs[0][:n], dtype=np.float32)  # a copy: the request reuses its buffer
 
 
-def load_extractor(choice: RuntimeChoice, build_keras: Callable[[], object], key: dict, label: str):
+def load_extractor(choice: RuntimeChoice, build_keras: Callable[[], object], key: dict, label: str,
+                   batch_size: int = 8):
     """The extractor that ``choice`` runs: ``build_keras()``'s model for Keras; else the model
     converted for the runtime, from the cache folder of ``key`` (what makes the model: backbone,
     weights, size, library versions) when it is there, converted and cached when not (so
-    ``build_keras`` is only called to convert)."""
+    ``build_keras`` is only called to convert), compiled for batches of ``batch_size``."""
     if choice.runtime == "keras":
         return build_keras()
     folder = converted_model_folder(choice, key, label)
     if not (folder / MODEL_FILE).is_file():
         replace_dir(folder, {MODEL_FILE: lambda target: _convert_to_openvino(build_keras(), target),
                              "key.json": lambda target: write_json(target, converted_model_key(choice, key))})
-    return OpenVinoExtractor(folder / MODEL_FILE, choice.precision)
+    return OpenVinoExtractor(folder / MODEL_FILE, choice.precision, batch_size)
 
 
 def converted_model_key(choice: RuntimeChoice, key: dict) -> dict:

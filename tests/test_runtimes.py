@@ -49,8 +49,9 @@ def test_openvino_features_match_keras_over_views(images):
     assert f32.shape == reference.shape
     assert min_cosine(f32, reference) >= 0.99999
     assert np.abs(f32 - reference).max() <= 1e-3 * np.abs(reference).max()
-    if runtimes.openvino_bf16_supported():
-        bf16, stats = extract_features(images, params(runtime="openvino", **views), progress=False)
+    if runtimes.openvino_bf16_supported():  # one size (one more conversion) is enough here
+        reference, _ = extract_features(images, params(flip_tta=True), progress=False)
+        bf16, stats = extract_features(images, params(runtime="openvino", flip_tta=True), progress=False)
         assert stats["runtime"].precision == "bf16"
         assert min_cosine(bf16, reference) >= 0.999
 
@@ -68,17 +69,20 @@ def test_converted_model_is_cached_and_not_rebuilt(isolated_cache):
         return build_extractor("EfficientNetB0", None, 32)[0]
 
     key = {"backbone": "EfficientNetB0", "weights": "none", "size": 32}
-    first = load_extractor(choice, build_keras, key, "EfficientNetB0-32")
+    first = load_extractor(choice, build_keras, key, "EfficientNetB0-32", batch_size=4)
     folder = runtimes.converted_model_folder(choice, key, "EfficientNetB0-32")
     model_file = folder / runtimes.MODEL_FILE
     stamp = model_file.stat().st_mtime_ns
-    second = load_extractor(choice, build_keras, key, "EfficientNetB0-32")
+    second = load_extractor(choice, build_keras, key, "EfficientNetB0-32", batch_size=4)
     assert built == [1]
     assert model_file.stat().st_mtime_ns == stamp
     assert folder.parent == isolated_cache / "runtimes"
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
-    pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
-    np.testing.assert_array_equal(first(pixels), second(pixels))
+    pixels = np.random.default_rng(0).uniform(0, 255, (6, 32, 32, 3)).astype(np.float32)
+    features = first(pixels)  # compiled for batches of 4: one full batch, one padded
+    assert features.shape == (6, 1280)
+    np.testing.assert_array_equal(features, second(pixels))
+    np.testing.assert_allclose(features[5:], first(pixels[5:]), rtol=1e-5, atol=1e-6 * np.abs(features).max())
     other = RuntimeChoice("openvino", "bf16", "openvino")
     assert runtimes.converted_model_folder(other, key, "EfficientNetB0-32") != folder
 
@@ -104,8 +108,8 @@ def test_a_cached_conversion_serves_extraction_without_keras(images, monkeypatch
     openvino = choose_runtime("openvino", "f32")
     build_size_extractor("EfficientNetB0", None, SIZE, openvino)
     monkeypatch.setattr("stages.featurize.build_extractor", lambda *a: pytest.fail("Keras model built again"))
-    extractor = build_size_extractor("EfficientNetB0", None, SIZE, openvino)
-    assert extractor(np.zeros((1, SIZE, SIZE, 3), np.float32)).shape == (1, 1280)
+    extractor = build_size_extractor("EfficientNetB0", None, SIZE, openvino, batch_size=2)
+    assert extractor(np.zeros((3, SIZE, SIZE, 3), np.float32)).shape == (3, 1280)
 
 
 # --------------------------------------------------------------------------- choice and errors
