@@ -1,12 +1,16 @@
 # Two entry points (see README): `make pipeline` and `make test`.
-# Both create .venv with the pinned requirements first (once per change of requirements.txt).
+# Both create .venv with the pinned requirements first (once per change of requirements.txt);
+# `make test` adds the optional fast CPU runtime (requirements-fast.txt) so its tests run too.
 PYTHON ?= python3
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: pipeline test setup bench quality clean-venv
+.PHONY: pipeline test setup setup-fast bench quality clean-venv
 
 setup: $(VENV)/.installed
+
+## The optional OpenVINO runtime (features.runtime: openvino or auto).
+setup-fast: $(VENV)/.installed-fast
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,17 +18,21 @@ $(VENV)/.installed: requirements.txt
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $@
 
+$(VENV)/.installed-fast: requirements-fast.txt $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet -r requirements-fast.txt
+	touch $@
+
 ## Download PASCAL VOC, extract features, train, calibrate, evaluate (dvc repro).
 pipeline: setup
 	dvc repro
 
 ## Run the test suite (pytest exits 5 when it collects no test: that is a failure too).
-test: setup
+test: setup-fast
 	python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 
 ## Feature-extraction throughput (see bench/featurize.py --help for options).
-bench: setup
+bench: setup-fast
 	python bench/featurize.py
 
 ## Quality on real photos: bench/quality.yaml's configs on devdata (../shared/devdata), 5 draws.

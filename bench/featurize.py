@@ -1,23 +1,35 @@
-"""Benchmark the featurize stage's extraction against the raw model and a naive loop.
+"""Benchmark the featurize stage's extraction against raw Keras float32 ``model.predict``.
 
-    python bench/featurize.py --backbone EfficientNetB0 --image-size 224 --n-images 64
-    python bench/featurize.py --backbone EfficientNetB6 --image-size 528 --n-images 16 --batch-size 8
+    python bench/featurize.py --json                                   # B0 at 224, runtime auto
+    python bench/featurize.py --backbone EfficientNetB6 --n-images 16 --batch-size 4 --json
+    python bench/featurize.py --image-size 224 352 --flip --json       # flip + two sizes
+    python bench/featurize.py --runtime keras --naive                  # also a naive PIL loop
+    python bench/featurize.py --image-size 64 --n-images 5000 --repeats 1 --json   # peak RSS
 
-Generates VOC-like JPEGs (about 500x375, smooth random content plus noise), then measures
-images/s of (a) ``stages.featurize.extract_features`` on the JPEG files with an empty cache,
-(b) ``model.predict`` on random tensors already at the model's input size (no decoding),
-(b') the bare compiled forward pass over ready tensor batches (the ceiling), (c) a naive loop
-(PIL open, resize, ``predict`` one image at a time). (a) and (b) are best of ``--repeats``
-(shared machines are noisy); the stage's figure excludes its first batch (one-time graph
-optimisation), as (b) is measured after a warm-up call. Peak RSS is the process's so far.
-Weights are random (null) by default, since ImageNet weights need a download; speed does not
-depend on the weights' values.
+Generates VOC-like JPEGs (about 500x375, smooth random content plus noise), then measures,
+in one run on the same images and views (input sizes, mirror):
+
+- the stage: ``stages.featurize.extract_features`` on the JPEG files with an empty feature
+  cache and ``features.runtime`` = ``--runtime``; images/s after its first batch (one-time
+  graph set-up; the converted model is built once, outside the timing);
+- raw Keras float32: ``model.predict`` on each view's pixels, decoded and resized beforehand
+  (outside the timing), in chunks so memory does not grow with ``--n-images``;
+- how close the stage's features are to Keras float32's (views combined as the stage does);
+- optionally (``--naive``) a naive loop: PIL open, resize, ``predict`` one image at a time.
+
+Both speeds are the best of ``--repeats`` runs of each, alternated (shared machines are
+noisy). ``--json`` prints one JSON object on stdout (``stage_images_per_second``, ``raw_keras_fp32_images_per_second``,
+``ratio``, ``runtime``, ``precision``, ``min_cosine_to_keras_fp32``, ``peak_rss_gb``, ...)
+and the progress on stderr. Weights are random (null) by default, since ImageNet weights
+need a download; speed does not depend on the weights' values.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -28,9 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+RAW_CHUNK = 64  # images decoded at once for the raw Keras run
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # Linux: KiB
 
 
 def make_jpegs(folder: Path, n: int, seed: int = 0) -> list[str]:
@@ -48,101 +62,136 @@ def make_jpegs(folder: Path, n: int, seed: int = 0) -> list[str]:
     return paths
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbone", default="EfficientNetB0")
-    parser.add_argument("--image-size", type=int, default=None, help="default: the backbone's own")
-    parser.add_argument("--n-images", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--weights", default=None, help="default null (random init: no internet needed)")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="timed repeats of (a) and (b); the best is kept (shared machines are noisy)")
-    parser.add_argument("--naive-images", type=int, default=None,
-                        help="images for the naive loop (default: all)")
-    args = parser.parse_args()
+def min_cosine(a: np.ndarray, b: np.ndarray, rows: int = 256) -> float:
+    """The smallest cosine similarity between matching rows of ``a`` and ``b`` (in float64,
+    a few rows at a time so that the check does not add to the peak memory it reports)."""
+    lowest = 1.0
+    for start in range(0, len(a), rows):
+        x, y = np.asarray(a[start:start + rows], np.float64), np.asarray(b[start:start + rows], np.float64)
+        cosines = np.sum(x * y, axis=1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+        lowest = min(lowest, float(cosines.min()))
+    return lowest
 
-    work = Path(tempfile.mkdtemp(prefix="bench-featurize-"))
-    paths = make_jpegs(work, args.n_images)
-    mean_kib = np.mean([os.path.getsize(p) for p in paths]) / 1024
 
-    import keras
-    import tensorflow as tf
-    from stages.backbones import build_extractor, default_input_size
+def time_stage(paths: list[str], params, cache: Path):
+    """(features, steady images/s, stats) of the stage with an empty feature cache; converted
+    models stay cached in ``cache`` across calls, as they do across runs."""
     from stages.featurize import extract_features
-    from stages.params import FeaturesParams
+    os.environ["FEWLABEL_CACHE_DIR"] = str(cache)
+    shutil.rmtree(cache / "features", ignore_errors=True)
+    features, stats = extract_features(paths, params, progress=False)
+    return features, stats["per_backbone"][0]["steady_images_per_second"], stats
 
-    size = args.image_size or default_input_size(args.backbone)
-    print(f"backbone {args.backbone} at {size}x{size}, batch {args.batch_size}, {args.n_images} JPEGs "
-          f"(~500x375, {mean_kib:.0f} KiB each); weights: {args.weights or 'null (random init: ImageNet weights cannot be downloaded here; speed is the same)'}")
-    print(f"keras {keras.__version__}, tensorflow {tf.__version__}, "
-          f"{os.cpu_count()} CPUs, GPUs: {len(tf.config.list_physical_devices('GPU'))}")
-    print(f"peak RSS before any model: {peak_rss_mib():.0f} MiB")
 
-    # (a) the stage's extraction function, empty cache
-    params = FeaturesParams(backbones=(args.backbone,), weights=args.weights, image_size=size,
-                            batch_size=args.batch_size, flip_tta=False)
-    best = None
-    for repeat in range(args.repeats):
-        os.environ["FEWLABEL_CACHE_DIR"] = str(work / f"cache{repeat}")  # empty: all extracted
-        began = time.perf_counter()
-        features, stats = extract_features(paths, params, progress=False)
-        wall = time.perf_counter() - began
-        if best is None or stats["per_backbone"][0]["steady_images_per_second"] > \
-                best[1]["per_backbone"][0]["steady_images_per_second"]:
-            best = (features, stats, wall)
-    features, stats, wall = best
-    info = stats["per_backbone"][0]
-    stage = info["steady_images_per_second"]
-    print(f"(a) stage extract_features (best of {args.repeats}, fresh cache each): {stage:.2f} img/s "
-          f"after the first batch, {stats['images_per_second']:.2f} img/s over the whole extraction "
-          f"loop (incl. first batch); end to end (hash + build + extract) {args.n_images / wall:.2f} "
-          f"img/s in {wall:.1f}s (build {info['build_seconds']:.1f}s); features {features.shape}, "
-          f"n_extracted {stats['n_extracted']}")
-    print(f"    peak RSS after (a): {peak_rss_mib():.0f} MiB")
+def keras_models(recipe, weights, batch_size: int) -> dict:
+    """One float32 Keras extractor per input size of ``recipe``, warmed up (graph built)."""
+    from stages.backbones import build_extractor
+    models = {size: build_extractor(recipe.backbone, weights, size)[0] for size in recipe.sizes}
+    for size, model in models.items():
+        model.predict(np.zeros((batch_size, size, size, 3), np.float32), batch_size=batch_size, verbose=0)
+    return models
 
-    # (b) raw model.predict on random tensors of the same shape (warm: one call first)
-    model, _ = build_extractor(args.backbone, args.weights, size)
-    x = np.random.default_rng(1).uniform(0, 255, (args.n_images, size, size, 3)).astype(np.float32)
-    model.predict(x[:args.batch_size], batch_size=args.batch_size, verbose=0)
-    raw = 0.0
-    for _ in range(args.repeats):
-        began = time.perf_counter()
-        model.predict(x, batch_size=args.batch_size, verbose=0)
-        raw = max(raw, args.n_images / (time.perf_counter() - began))
-    print(f"(b) raw model.predict on tensors (best of {args.repeats}): {raw:.2f} img/s")
-    # (b') the bare compiled forward pass on ready tensors: the ceiling, no input pipeline at all
-    forward = tf.function(lambda t: model(t, training=False),
-                          input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
-    batches = [tf.constant(x[i:i + args.batch_size]) for i in range(0, args.n_images, args.batch_size)]
-    forward(batches[0]).numpy()
-    bare = 0.0
-    for _ in range(args.repeats):
-        began = time.perf_counter()
-        for batch in batches:
-            forward(batch).numpy()
-        bare = max(bare, args.n_images / (time.perf_counter() - began))
-    del x, batches
-    print(f"(b') bare compiled forward pass on tensors (best of {args.repeats}): {bare:.2f} img/s")
-    print(f"    peak RSS after (b): {peak_rss_mib():.0f} MiB")
 
-    # (c) naive: PIL open + resize + predict one image at a time (warm: one call first)
-    naive_paths = paths[:args.naive_images] if args.naive_images else paths
+def time_raw_keras(paths: list[str], recipe, models: dict, batch_size: int):
+    """(features combined as the stage combines its views, images/s) of Keras float32
+    ``model.predict`` on the recipe's views; decoding and resizing are not timed."""
+    from stages.featurize import combine_views
+    from stages.views import load_image
+    seconds, blocks = 0.0, {}
+    for start in range(0, len(paths), RAW_CHUNK):
+        chunk = paths[start:start + RAW_CHUNK]
+        pixels = {size: np.stack([load_image(p, size, recipe.resize).numpy() for p in chunk])
+                  for size in recipe.sizes}
+        for view in recipe.views():
+            batch = np.ascontiguousarray(pixels[view.size][:, :, ::-1]) if view.mirrored else pixels[view.size]
+            began = time.perf_counter()
+            output = models[view.size].predict(batch, batch_size=batch_size, verbose=0)
+            seconds += time.perf_counter() - began
+            block = blocks.setdefault(view, np.empty((len(paths), output.shape[1]), np.float32))
+            block[start:start + len(chunk)] = output
+    return combine_views(recipe, blocks), len(paths) / seconds
 
+
+def time_naive(paths: list[str], model, size: int) -> float:
+    """Images/s of PIL open + resize + ``predict`` one image at a time (one view)."""
     def naive_one(path):
         image = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
         return model.predict(np.asarray(image, np.float32)[None], verbose=0)
 
-    naive_one(naive_paths[0])
+    naive_one(paths[0])
     began = time.perf_counter()
-    for path in naive_paths:
+    for path in paths:
         naive_one(path)
-    naive = len(naive_paths) / (time.perf_counter() - began)
-    print(f"(c) naive loop (PIL, one image per predict): {naive:.2f} img/s")
-    print(f"    peak RSS after (c): {peak_rss_mib():.0f} MiB")
+    return len(paths) / (time.perf_counter() - began)
 
-    print(f"ratios: stage/raw = {stage / raw:.2f} (whole loop incl. first batch: "
-          f"{stats['images_per_second'] / raw:.2f}), stage/bare forward = {stage / bare:.2f}, "
-          f"stage/naive = {stage / naive:.2f}")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backbone", default="EfficientNetB0")
+    parser.add_argument("--image-size", type=int, nargs="+", default=None,
+                        help="one or more input sizes (default: the backbone's own)")
+    parser.add_argument("--flip", action="store_true", help="add each size's mirror view (features.flip_tta)")
+    parser.add_argument("--runtime", default="auto", help="features.runtime of the stage (default auto)")
+    parser.add_argument("--precision", default="auto", help="features.precision of the stage")
+    parser.add_argument("--n-images", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--weights", default=None, help="default null (random init: no internet needed)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="timed repeats of the stage and the raw run; the best is kept")
+    parser.add_argument("--naive", action="store_true", help="also time a naive PIL loop (first size)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    args = parser.parse_args()
+    say = (lambda text: print(text, file=sys.stderr, flush=True)) if args.json else print
+
+    work = Path(tempfile.mkdtemp(prefix="bench-featurize-"))
+    try:
+        paths = make_jpegs(work, args.n_images)
+        import keras
+        import tensorflow as tf
+        from stages.backbones import default_input_size
+        from stages.featurize import fixed_recipes
+        from stages.params import parse_params
+
+        sizes = args.image_size or [default_input_size(args.backbone)]
+        features_section = {"backbones": [args.backbone], "weights": args.weights, "batch_size": args.batch_size,
+                            "image_size": sizes if len(sizes) > 1 else sizes[0], "flip_tta": args.flip,
+                            "runtime": args.runtime, "precision": args.precision}
+        params = parse_params({"features": features_section}, source="bench/featurize.py").features
+        recipe = fixed_recipes(params)[0]
+        say(f"{recipe.label}, batch {args.batch_size}, {args.n_images} JPEGs (~500x375); runtime {args.runtime}; "
+            f"keras {keras.__version__}, tensorflow {tf.__version__}, {os.cpu_count()} CPUs, "
+            f"GPUs: {len(tf.config.list_physical_devices('GPU'))}; weights {args.weights or 'null (random init)'}")
+
+        models = keras_models(recipe, args.weights, args.batch_size)
+        stage = raw = 0.0
+        for repeat in range(args.repeats):  # alternated, so that both see the same load
+            stage_features = raw_features = None  # the previous repeat's: not held during this one
+            stage_features, speed, stats = time_stage(paths, params, work / "cache")
+            stage = max(stage, speed)
+            runtime = stats["runtime"]
+            say(f"stage ({runtime.label}{'; ' + runtime.note if runtime.note else ''}): {speed:.2f} img/s "
+                f"after its first batch; peak RSS {peak_rss_gb():.2f} GB")
+            raw_features, speed = time_raw_keras(paths, recipe, models, args.batch_size)
+            raw = max(raw, speed)
+            say(f"raw Keras float32 model.predict on the same views (decode not timed): {speed:.2f} img/s")
+        result = {"stage_images_per_second": round(stage, 3), "raw_keras_fp32_images_per_second": round(raw, 3),
+                  "ratio": round(stage / raw, 3), "runtime": runtime.runtime, "precision": runtime.precision,
+                  "runtime_requested": args.runtime, "runtime_note": runtime.note,
+                  "min_cosine_to_keras_fp32": round(min_cosine(stage_features, raw_features), 6),
+                  "peak_rss_gb": round(peak_rss_gb(), 3), "backbone": args.backbone, "sizes": sizes,
+                  "flip": args.flip, "n_images": args.n_images, "batch_size": args.batch_size,
+                  "repeats": args.repeats, "cpus": os.cpu_count()}
+        if args.naive:
+            result["naive_images_per_second"] = round(time_naive(paths, models[sizes[0]], sizes[0]), 3)
+            say(f"naive loop (PIL, one image per predict, {sizes[0]} px): {result['naive_images_per_second']:.2f} img/s")
+        result["peak_rss_gb"] = round(peak_rss_gb(), 3)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            say(f"ratio stage/raw = {result['ratio']:.2f}; min cosine to Keras float32 "
+                f"{result['min_cosine_to_keras_fp32']:.6f}; peak RSS {result['peak_rss_gb']:.2f} GB")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

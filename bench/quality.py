@@ -169,14 +169,15 @@ def views_images_per_second(backbone_views: dict, features, paths: list[str]) ->
     """Images/s of extracting these views (decode included) on ``paths`` with an empty cache;
     the first 8 photos warm up (graph tracing) and are not timed."""
     from stages.common import CACHE_ENV
-    from stages.featurize import extract_views
+    from stages.featurize import extract_views, resolve_runtime
+    runtime = resolve_runtime(features)
     previous = os.environ.get(CACHE_ENV)
     with tempfile.TemporaryDirectory() as empty_cache:
         os.environ[CACHE_ENV] = empty_cache
         try:
-            extract_views(paths[:8], backbone_views, features.weights, features.batch_size, progress=False)
-            _, stats = extract_views(paths[8:], backbone_views, features.weights, features.batch_size,
-                                     progress=False)
+            extract_views(paths[:8], backbone_views, features.weights, features.batch_size, False, runtime)
+            _, stats = extract_views(paths[8:], backbone_views, features.weights, features.batch_size, False,
+                                     runtime)
         finally:
             if previous is None:
                 os.environ.pop(CACHE_ENV, None)
@@ -198,7 +199,8 @@ def config_speed(params, chosen_labels: set[str], paths: list[str], cache: dict)
         for recipes in recipes_list:
             for recipe in recipes:
                 views.setdefault(recipe.backbone, set()).update(recipe.views())
-        key = json.dumps({b: sorted(v.label for v in vs) for b, vs in views.items()}, sort_keys=True)
+        key = json.dumps({"views": {b: sorted(v.label for v in vs) for b, vs in views.items()},
+                          "runtime": [features.runtime, features.precision]}, sort_keys=True)
         if key not in cache:
             cache[key] = views_images_per_second({b: sorted(v) for b, v in views.items()}, features, paths)
         return cache[key]

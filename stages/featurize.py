@@ -38,6 +38,7 @@ from stages.common import (PipelineError, atomic_path, feature_signature, file_m
                            training_targets, write_json)
 from stages.feature_cache import FeatureCache, cache_folder, hash_images
 from stages.params import FeaturesParams, SvmParams, TuneParams, load_params
+from stages.runtimes import RuntimeChoice, choose_runtime, load_extractor
 from stages.views import View, view_batches
 
 import keras  # noqa: E402  (after stages.backbones, which quiets TensorFlow's logging)
@@ -165,8 +166,9 @@ def _feature_code_hash() -> str:
     return hashlib.sha1(source.encode()).hexdigest()[:16]
 
 
-def view_cache(backbone: str, view: View, weights: str | None) -> FeatureCache:
-    """The cache of one backbone seen through one view, keyed by everything that makes its vectors."""
+def extractor_key(backbone: str, weights: str | None) -> dict:
+    """What makes a backbone's extractor, at any size: the backbone (a model file by content),
+    its weights, the library versions and the code that feeds it."""
     if weights is None or weights == "imagenet":
         weights_key = weights or "none"
     else:
@@ -179,11 +181,42 @@ def view_cache(backbone: str, view: View, weights: str | None) -> FeatureCache:
         weights_key = weights_key if isinstance(weights_key, dict) else "stored"
     else:
         backbone_key = backbone
-    key = {"cache_format": CACHE_FORMAT, "backbone": backbone_key, "weights": weights_key,
-           "size": view.size, "resize": view.resize, "mirrored": view.mirrored,
-           "keras": keras.__version__, "tensorflow": tf.__version__, "code": _feature_code_hash()}
-    label = Path(backbone).stem if is_model_file(backbone) else backbone
-    return FeatureCache(cache_folder(f"{label}-{view.label}", key), key)
+    return {"cache_format": CACHE_FORMAT, "backbone": backbone_key, "weights": weights_key,
+            "keras": keras.__version__, "tensorflow": tf.__version__, "code": _feature_code_hash()}
+
+
+def _backbone_label(backbone: str) -> str:
+    return Path(backbone).stem if is_model_file(backbone) else backbone
+
+
+def view_cache(backbone: str, view: View, weights: str | None,
+               runtime: RuntimeChoice = RuntimeChoice()) -> FeatureCache:
+    """The cache of one backbone seen through one view and run by ``runtime``, keyed by
+    everything that makes its vectors."""
+    key = {**extractor_key(backbone, weights), "size": view.size, "resize": view.resize,
+           "mirrored": view.mirrored, **runtime.cache_key}
+    suffix = "" if runtime.runtime == "keras" else f"-{runtime.label}"
+    return FeatureCache(cache_folder(f"{_backbone_label(backbone)}-{view.label}{suffix}", key), key)
+
+
+def build_size_extractor(backbone: str, weights: str | None, size: int, runtime: RuntimeChoice,
+                         batch_size: int = 8):
+    """The extractor of ``backbone`` at input ``size`` that ``runtime`` runs on batches of
+    ``batch_size`` (the Keras model is built only when the runtime's converted model is not
+    cached yet)."""
+    def build_keras():
+        model, built = build_extractor(backbone, weights, size)
+        if built != size:
+            raise PipelineError(f"{backbone}: built at input size {built}, expected {size}")
+        return model
+
+    return load_extractor(runtime, build_keras, {**extractor_key(backbone, weights), "size": size},
+                          f"{_backbone_label(backbone)}-{size}", batch_size)
+
+
+def resolve_runtime(params: FeaturesParams) -> RuntimeChoice:
+    """``features.runtime`` and ``precision`` as this machine runs them (see stages/runtimes.py)."""
+    return choose_runtime(params.runtime, params.precision, gpu=bool(tf.config.list_physical_devices("GPU")))
 
 
 def _device() -> str:
@@ -197,14 +230,15 @@ def _device() -> str:
 
 
 def _extract_backbone(backbone: str, views: list[View], paths: list[str], digests: list[str],
-                      weights: str | None, batch_size: int, progress: bool) -> tuple[dict, dict, set]:
+                      weights: str | None, batch_size: int, progress: bool,
+                      runtime: RuntimeChoice) -> tuple[dict, dict, set]:
     """Features of the unique images ``paths`` for each of ``views`` of one backbone.
 
     Cached vectors are read; the rest are extracted in one pass per group of images that miss
     the same views (each image decoded once for all of them).
     Returns ({view: (n, d) array}, info, rows extracted).
     """
-    caches = {view: view_cache(backbone, view, weights) for view in views}
+    caches = {view: view_cache(backbone, view, weights, runtime) for view in views}
     vectors = {view: [cache.get(d) for d in digests] for view, cache in caches.items()}
     for view in views:
         if len({v.size for v in vectors[view] if v is not None}) > 1:  # a damaged cache: trust nothing
@@ -215,7 +249,7 @@ def _extract_backbone(backbone: str, views: list[View], paths: list[str], digest
         if missing:
             groups.setdefault(missing, []).append(i)
     extracted = {i for rows in groups.values() for i in rows}
-    label = f"{Path(backbone).name} [{', '.join(v.label for v in views)}]"
+    label = f"{Path(backbone).name} [{', '.join(v.label for v in views)}] {runtime.label}"
     info = {"name": backbone, "views": [v.label for v in views], "n_extracted": len(extracted),
             "n_cached": len(paths) - len(extracted), "extract_seconds": 0.0, "images_per_second": None,
             "steady_images_per_second": None, "build_seconds": 0.0}
@@ -224,13 +258,11 @@ def _extract_backbone(backbone: str, views: list[View], paths: list[str], digest
         print(f"featurize: {label}: {len(extracted)} to extract, {info['n_cached']} from cache",
               file=sys.stderr, flush=True)
 
-    models: dict[int, keras.Model] = {}
+    models: dict[int, object] = {}
     for missing, rows in groups.items():
         building = time.perf_counter()
         for size in sorted({v.size for v in missing} - set(models)):
-            models[size], built = build_extractor(backbone, weights, size)
-            if built != size:
-                raise PipelineError(f"{backbone}: built at input size {built}, expected {size}")
+            models[size] = build_size_extractor(backbone, weights, size, runtime, batch_size)
         batches = view_batches(models, [paths[i] for i in rows], missing, batch_size)  # traces the graph
         info["build_seconds"] += time.perf_counter() - building
         start, done, first_batch = time.perf_counter(), 0, None
@@ -262,19 +294,22 @@ def _extract_backbone(backbone: str, views: list[View], paths: list[str], digest
         if len(dims) != 1:  # cached vectors of another model shape: redo this view from scratch
             for i, digest in enumerate(digests):
                 caches[view].path(digest).unlink(missing_ok=True)
-            return _extract_backbone(backbone, views, paths, digests, weights, batch_size, progress)
+            return _extract_backbone(backbone, views, paths, digests, weights, batch_size, progress, runtime)
         result[view] = np.stack(vectors[view]).astype(np.float32, copy=False)
+        vectors[view] = None  # one copy of the features at a time: peak memory stays flat
     return result, info, extracted
 
 
 def extract_views(image_paths, backbone_views: dict[str, list[View]], weights: str | None,
-                  batch_size: int = 8, progress: bool = True) -> tuple[dict, dict]:
-    """Per backbone and view, the features of ``image_paths`` (one row per path, in order).
+                  batch_size: int = 8, progress: bool = True,
+                  runtime: RuntimeChoice = RuntimeChoice()) -> tuple[dict, dict]:
+    """Per backbone and view, the features of ``image_paths`` (one row per path, in order),
+    run by ``runtime``.
 
     Images already in the per-image cache are not decoded; identical files are extracted once.
     Returns ({backbone: {view: array}}, stats) with ``n_images``, ``n_unique``, ``n_extracted``
     (unique images that some view had to extract), ``n_cached``, ``images_per_second``,
-    ``device``, ``seconds`` and ``per_backbone``.
+    ``device``, ``runtime`` (the :class:`RuntimeChoice`), ``seconds`` and ``per_backbone``.
     """
     began = time.perf_counter()
     paths = [str(p) for p in image_paths]
@@ -293,15 +328,17 @@ def extract_views(image_paths, backbone_views: dict[str, list[View]], weights: s
     features, per_backbone, extracted = {}, [], set()
     for backbone, views in backbone_views.items():
         by_view, info, rows = _extract_backbone(backbone, sorted(set(views)), [first_path[d] for d in unique_digests],
-                                                unique_digests, weights, batch_size, progress)
-        features[backbone] = {view: block[order] for view, block in by_view.items()}
+                                                unique_digests, weights, batch_size, progress, runtime)
+        in_order = len(order) == len(unique_digests)  # no duplicate files: rows are already in order
+        features[backbone] = by_view if in_order else {view: block[order] for view, block in by_view.items()}
         per_backbone.append(info)
         extracted.update(rows)
     seconds = sum(info["extract_seconds"] for info in per_backbone)
     stats = {"n_images": len(paths), "n_unique": len(unique_digests), "n_extracted": len(extracted),
              "n_cached": len(unique_digests) - len(extracted),
              "images_per_second": len(extracted) / seconds if extracted and seconds else None,
-             "device": device, "seconds": time.perf_counter() - began, "per_backbone": per_backbone}
+             "device": device, "runtime": runtime, "seconds": time.perf_counter() - began,
+             "per_backbone": per_backbone}
     return features, stats
 
 
@@ -315,7 +352,7 @@ def extract_features(image_paths, params: FeaturesParams, progress: bool = True,
     """
     recipes = recipes if recipes is not None else fixed_recipes(params)
     view_features, stats = extract_views(image_paths, {r.backbone: r.views() for r in recipes},
-                                         params.weights, params.batch_size, progress)
+                                         params.weights, params.batch_size, progress, resolve_runtime(params))
     blocks = [combine_views(recipe, view_features[recipe.backbone]) for recipe in recipes]
     stats.update(dims=[int(b.shape[1]) for b in blocks], input_sizes=[list(r.sizes) for r in recipes])
     features = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
@@ -375,7 +412,7 @@ def choose_recipes(train_paths: list[str], train_targets: np.ndarray, params: Fe
         for recipe in candidate:
             backbone_views.setdefault(recipe.backbone, set()).update(recipe.views())
     view_features, stats = extract_views(train_paths, {b: sorted(v) for b, v in backbone_views.items()},
-                                         params.weights, params.batch_size, progress)
+                                         params.weights, params.batch_size, progress, resolve_runtime(params))
     table = score_candidates(candidates, view_features, train_targets, classes, params.select_folds)
     best = max(range(len(candidates)), key=lambda i: (round(table["cv_map"][i], 6), -table["cost"][i]))
     table["chosen"] = [i == best for i in range(len(candidates))]
@@ -422,16 +459,18 @@ def recipes_from_meta(meta: dict) -> tuple[FeaturesParams, list[Recipe]]:
     params = FeaturesParams(backbones=tuple(backbones), weights=signature["weights"],
                             resize=signature.get("resize") or "bilinear",
                             combine=signature.get("combine") or "mean",
-                            flip_tta=bool(signature["flip_tta"]))
+                            flip_tta=bool(signature["flip_tta"]),
+                            # the runtime that computed the features (Keras before runtimes existed)
+                            runtime=meta.get("runtime") or "keras", precision=meta.get("precision") or "auto")
     recipes = [Recipe(b, tuple(int(x) for x in (s if isinstance(s, list) else [s])), params.resize,
                       params.flip_tta, params.combine) for b, s in zip(backbones, sizes)]
     return params, recipes
 
 
-def build_meta(params: FeaturesParams, recipes: list[Recipe], dims: list[int]) -> dict:
+def build_meta(params: FeaturesParams, recipes: list[Recipe], dims: list[int], runtime: RuntimeChoice) -> dict:
     """meta.json: what the features are (the signature of :func:`stages.common.feature_signature`
-    plus versions), and nothing about this run, so an identical rerun leaves it byte-identical
-    and DVC does not retrain for nothing."""
+    plus the runtime and precision that computed them, and versions), and nothing about this
+    run, so an identical rerun leaves it byte-identical and DVC does not retrain for nothing."""
     return {
         "backbones": [r.backbone for r in recipes],
         "dims": [int(d) for d in dims],
@@ -441,6 +480,8 @@ def build_meta(params: FeaturesParams, recipes: list[Recipe], dims: list[int]) -
         "combine": params.combine,
         "flip_tta": bool(params.flip_tta),
         "weights": params.weights,
+        "runtime": runtime.runtime,
+        "precision": runtime.precision,
         "keras_version": keras.__version__,
         "tensorflow_version": tf.__version__,
     }
@@ -451,6 +492,11 @@ def build_run_stats(params: FeaturesParams, result: Featurized) -> dict:
     stats = result.stats
     record = {
         "device": stats["device"],
+        # what ran: features.runtime as resolved on this machine (auto: and why)
+        "runtime": stats["runtime"].runtime,
+        "precision": stats["runtime"].precision,
+        "runtime_requested": stats["runtime"].requested,
+        "runtime_note": stats["runtime"].note,
         "batch_size": params.batch_size,
         "n_train": len(result.train),
         "n_eval": len(result.eval),
@@ -530,7 +576,7 @@ def featurize(images_dir, train_csv, eval_csv, out_dir, params: FeaturesParams, 
     result = featurize_subsets(train_paths, train_labels, eval_paths, params, classes, progress)
     write_features(out_dir / "train.npz", train_ids, result.train)
     write_features(out_dir / "eval.npz", eval_ids, result.eval)
-    meta = build_meta(params, result.recipes, result.stats["dims"])
+    meta = build_meta(params, result.recipes, result.stats["dims"], result.stats["runtime"])
     write_json(out_dir / "meta.json", meta)
     return meta, build_run_stats(params, result)
 
@@ -549,9 +595,10 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.stats_out, run)
     speed = f"{run['images_per_second']:.1f} images/s" if run["images_per_second"] else "all cached"
     chosen = " (chosen by cross-validation)" if "view_selection" in run else ""
+    runtime = run["runtime"] if run["runtime"] == "keras" else f"{run['runtime']} {run['precision']}"
     print(f"featurize: {run['n_train']} train + {run['n_eval']} eval images -> {args.out_dir} "
           f"({run['views']}{chosen}; {meta['total_dim']} dims; {run['n_extracted']} extracted, "
-          f"{run['n_cached']} from cache; {speed}; {run['device']})")
+          f"{run['n_cached']} from cache; {speed}; {run['device']}, {runtime})")
 
 
 if __name__ == "__main__":

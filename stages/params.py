@@ -29,6 +29,8 @@ CALIBRATION_METRICS = ("f1", "f2", "f0.5", "mcc", "dice", "jaccard")
 CALIBRATION_STRATEGIES = ("per_class", "global", "none", "auto")
 COMBINE_METHODS = ("mean", "concat")
 RESIZE_METHODS = ("bilinear", "bilinear_antialias", "area", "bicubic")
+RUNTIME_CHOICES = ("auto", "keras", "openvino")  # stages/runtimes.py
+PRECISION_CHOICES = ("auto", "f32", "bf16")
 
 
 class _Reader:
@@ -141,7 +143,8 @@ class FeaturesParams:
     ``image_size``: None (each backbone's native size), ``"auto"`` (chosen among
     ``select_scales`` by cross-validated mAP on the training images), a size in pixels, or
     a tuple of sizes (multi-scale, joined by ``combine``). ``select_scales``: the candidates
-    for ``auto``, each a tuple of multiples of the native size.
+    for ``auto``, each a tuple of multiples of the native size. ``runtime`` and ``precision``:
+    what runs the extractors (see stages/runtimes.py).
     """
     backbones: tuple = ("EfficientNetB6",)
     weights: str | None = "imagenet"
@@ -152,6 +155,8 @@ class FeaturesParams:
     resize: str = "bilinear"
     flip_tta: bool = False
     batch_size: int = 8
+    runtime: str = "keras"
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -269,7 +274,12 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
                               combine=r.choice("combine", "mean", COMBINE_METHODS),
                               resize=r.choice("resize", "bilinear", RESIZE_METHODS),
                               flip_tta=r.boolean("flip_tta", False),
-                              batch_size=r.integer("batch_size", 8, minimum=1))
+                              batch_size=r.integer("batch_size", 8, minimum=1),
+                              runtime=r.choice("runtime", "keras", RUNTIME_CHOICES),
+                              precision=r.choice("precision", "auto", PRECISION_CHOICES))
+    if features.precision == "bf16" and features.runtime == "keras":
+        raise r.fail("precision", "auto or f32 with features.runtime keras (Keras runs float32; "
+                                  "bf16 needs runtime openvino or auto)", features.precision)
 
     r = _section(raw, "svm", SvmParams, source)
     svm = SvmParams(kernel=r.choice("kernel", "rbf", KERNELS),

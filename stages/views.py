@@ -16,7 +16,8 @@ import numpy as np
 
 from stages.common import PipelineError
 
-import tensorflow as tf  # noqa: E402  (import after stages.backbones quiets TensorFlow's logging)
+import keras  # noqa: E402  (import after stages.backbones quiets TensorFlow's logging)
+import tensorflow as tf  # noqa: E402
 
 # features.resize -> (tf.image.resize method, antialias)
 RESIZE_METHODS = {
@@ -73,50 +74,61 @@ def view_batches(models: dict[int, object], paths: list[str], views: Sequence[Vi
     """Yield, batch by batch in the order of ``paths``, one float32 feature array per view.
 
     ``models[size]`` is the extractor for input size ``size`` (one model may serve several
-    sizes). On a GPU, a tf.data pipeline decodes and resizes the next batches on the CPU in
-    parallel (prefetch) while the GPU runs the models (XLA-compiled when Keras would compile
-    them, with the last batch padded so only one shape is compiled). On a CPU-only machine the
-    models already use every core, and decoding ahead on other threads slows every forward pass
-    (measured for EfficientNetB0 on 2 cores: about 0.65x the bare model's speed); there, one
-    graph decodes a batch of paths in parallel and then runs the models (about 0.93x).
-    ``prefetch`` forces one or the other (None: by device). The graph is traced before this
-    returns. A corrupt image raises a PipelineError naming the file.
+    sizes): a Keras model, run inside the TensorFlow graph that decodes the batch, or a
+    runtime's callable ``float32 NHWC array -> features`` (:mod:`stages.runtimes`), run on
+    the pixels that graph returns. Either way each image is decoded once for all its views.
+    On a GPU (Keras models only), a tf.data pipeline decodes and resizes the next batches on
+    the CPU in parallel (prefetch) while the GPU runs the models (XLA-compiled when Keras would
+    compile them, with the last batch padded so only one shape is compiled). On a CPU-only
+    machine the models already use every core, and decoding ahead on other threads slows every
+    forward pass (measured for EfficientNetB0 on 2 cores: about 0.65x the bare model's speed);
+    there, one graph decodes a batch of paths in parallel and then runs the models (about
+    0.93x). ``prefetch`` forces one or the other (None: by device). The graph is traced before
+    this returns. A corrupt image raises a PipelineError naming the file.
     """
     paths = [str(p) for p in paths]
     views = list(views)
     keys = _resize_keys(views)
     key_index = {key: i for i, key in enumerate(keys)}
     pixel_specs = tuple(tf.TensorSpec([size, size, 3], tf.float32) for size, _ in keys)
+    in_graph = all(isinstance(model, keras.Model) for model in models.values())
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
-    prefetch = on_gpu if prefetch is None else prefetch
+    prefetch = in_graph and (on_gpu if prefetch is None else prefetch)
     jit = on_gpu and prefetch and all(bool(getattr(m, "jit_compile", False)) for m in models.values())
 
+    def view_pixels(resized) -> list[tf.Tensor]:
+        """One batch of pixels per view (mirrored ones reversed along the width)."""
+        pixels = [resized[key_index[(view.size, view.resize)]] for view in views]
+        return [tf.reverse(p, axis=[2]) if view.mirrored else p for view, p in zip(views, pixels)]
+
     def run_models(resized):
-        outputs = []
-        for view in views:
-            pixels = resized[key_index[(view.size, view.resize)]]
-            if view.mirrored:
-                pixels = tf.reverse(pixels, axis=[2])
-            outputs.append(models[view.size](pixels, training=False))
-        return tuple(outputs)
+        return tuple(models[view.size](pixels, training=False)
+                     for view, pixels in zip(views, view_pixels(resized)))
 
     if prefetch:
         dataset = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string))
         dataset = dataset.map(lambda p: _all_resizes(p, keys), num_parallel_calls=tf.data.AUTOTUNE,
                               deterministic=True)
         batches = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-        step = tf.function(lambda *resized: run_models(resized), jit_compile=jit,
-                           input_signature=[tf.TensorSpec([None, s, s, 3], tf.float32) for s, _ in keys])
+        step = trace = tf.function(lambda *resized: run_models(resized), jit_compile=jit,
+                                   input_signature=[tf.TensorSpec([None, s, s, 3], tf.float32) for s, _ in keys])
     else:
         batches = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string)).batch(batch_size).prefetch(1)
 
-        def decode_and_run(batch_paths):
-            resized = tf.map_fn(lambda p: _all_resizes(p, keys), batch_paths,
-                                fn_output_signature=pixel_specs, parallel_iterations=64)
-            return run_models(resized)
+        def decode(batch_paths):
+            return tf.map_fn(lambda p: _all_resizes(p, keys), batch_paths,
+                             fn_output_signature=pixel_specs, parallel_iterations=64)
 
-        step = tf.function(decode_and_run, input_signature=[tf.TensorSpec([None], tf.string)])
-    step.get_concrete_function()  # trace now (this function returns once ready), not in batch 1
+        signature = [tf.TensorSpec([None], tf.string)]
+        if in_graph:
+            step = trace = tf.function(lambda batch_paths: run_models(decode(batch_paths)),
+                                       input_signature=signature)
+        else:
+            trace = tf.function(lambda batch_paths: view_pixels(decode(batch_paths)), input_signature=signature)
+
+            def step(batch_paths):
+                return [models[view.size](pixels.numpy()) for view, pixels in zip(views, trace(batch_paths))]
+    trace.get_concrete_function()  # trace now (this function returns once ready), not in batch 1
 
     def generate():
         iterator, done = iter(batches), 0
@@ -132,7 +144,7 @@ def view_batches(models: dict[int, object], paths: list[str], views: Sequence[Vi
                 else:
                     n = int(batch.shape[0])
                     outputs = step(batch)
-                features = [np.asarray(output.numpy()[:n], dtype=np.float32) for output in outputs]
+                features = [np.asarray(output, dtype=np.float32)[:n] for output in outputs]
             except tf.errors.OpError as error:
                 raise find_bad_image(paths[done:], error) from error
             done += n
