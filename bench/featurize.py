@@ -17,10 +17,11 @@ in one run on the same images and views (input sizes, mirror):
 - how close the stage's features are to Keras float32's (views combined as the stage does);
 - optionally (``--naive``) a naive loop: PIL open, resize, ``predict`` one image at a time.
 
-Both speeds are the best of ``--repeats`` runs of each, alternated (shared machines are
-noisy). ``--json`` prints one JSON object on stdout (``stage_images_per_second``, ``raw_keras_fp32_images_per_second``,
-``ratio``, ``runtime``, ``precision``, ``min_cosine_to_keras_fp32``, ``peak_rss_gb``, ...)
-and the progress on stderr. Weights are random (null) by default, since ImageNet weights
+Each of ``--repeats`` repeats times the stage, then the raw model (so each pair sees about
+the same load on a shared machine); speeds are the medians, ``ratio`` the median of the
+repeats' stage/raw ratios. ``--json`` prints one JSON object on stdout
+(``stage_images_per_second``, ``raw_keras_fp32_images_per_second``, ``ratio``, ``runtime``,
+``precision``, ``min_cosine_to_keras_fp32``, ``peak_rss_gb``, ...) and the progress on stderr. Weights are random (null) by default, since ImageNet weights
 need a download; speed does not depend on the weights' values.
 """
 from __future__ import annotations
@@ -136,8 +137,8 @@ def main() -> None:
     parser.add_argument("--n-images", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--weights", default=None, help="default null (random init: no internet needed)")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="timed repeats of the stage and the raw run; the best is kept")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed (stage, raw) pairs; medians are reported")
     parser.add_argument("--naive", action="store_true", help="also time a naive PIL loop (first size)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = parser.parse_args()
@@ -163,19 +164,22 @@ def main() -> None:
             f"GPUs: {len(tf.config.list_physical_devices('GPU'))}; weights {args.weights or 'null (random init)'}")
 
         models = keras_models(recipe, args.weights, args.batch_size)
-        stage = raw = 0.0
-        for repeat in range(args.repeats):  # alternated, so that both see the same load
+        stage, raw = [], []
+        for repeat in range(args.repeats):  # alternated: each pair sees about the same load
             stage_features = raw_features = None  # the previous repeat's: not held during this one
             stage_features, speed, stats = time_stage(paths, params, work / "cache")
-            stage = max(stage, speed)
+            stage.append(speed)
             runtime = stats["runtime"]
             say(f"stage ({runtime.label}{'; ' + runtime.note if runtime.note else ''}): {speed:.2f} img/s "
                 f"after its first batch; peak RSS {peak_rss_gb():.2f} GB")
             raw_features, speed = time_raw_keras(paths, recipe, models, args.batch_size)
-            raw = max(raw, speed)
+            raw.append(speed)
             say(f"raw Keras float32 model.predict on the same views (decode not timed): {speed:.2f} img/s")
-        result = {"stage_images_per_second": round(stage, 3), "raw_keras_fp32_images_per_second": round(raw, 3),
-                  "ratio": round(stage / raw, 3), "runtime": runtime.runtime, "precision": runtime.precision,
+        ratios = [s / r for s, r in zip(stage, raw)]
+        result = {"stage_images_per_second": round(float(np.median(stage)), 3),
+                  "raw_keras_fp32_images_per_second": round(float(np.median(raw)), 3),
+                  "ratio": round(float(np.median(ratios)), 3), "ratio_per_repeat": [round(r, 3) for r in ratios],
+                  "runtime": runtime.runtime, "precision": runtime.precision,
                   "runtime_requested": args.runtime, "runtime_note": runtime.note,
                   "min_cosine_to_keras_fp32": round(min_cosine(stage_features, raw_features), 6),
                   "peak_rss_gb": round(peak_rss_gb(), 3), "backbone": args.backbone, "sizes": sizes,
