@@ -48,7 +48,7 @@ IMAGE_EXTENSION = ".jpg"
 # The classifier that scores candidate views: the default svm.* settings, fixed here (not read
 # from svm.*) so that changing an SVM setting never reruns featurize; 'median' gamma adapts
 # to each view's feature scale.
-SELECTION_SVM = SvmParams(C=1.0, gamma="median", scaler="sqrt")
+SELECTION_SVM = SvmParams(C=1.0, gamma="median", scaler="sqrt", approximation="auto")
 
 
 # ----------------------------------------------------------------------------- recipes

@@ -23,6 +23,9 @@ VOC_CLASSES = (
 SCALERS = ("none", "standard", "l2", "sqrt")
 KERNELS = ("rbf", "linear", "poly", "sigmoid")
 GAMMA_WORDS = ("scale", "auto", "median")
+# svm.approximation: exact (the n x n kernel), nystroem (m landmarks, memory O(n m)), or auto
+# (exact up to svm.max_exact_kernel training images, nystroem past it)
+KERNEL_APPROXIMATIONS = ("auto", "exact", "nystroem")
 CALIBRATION_METRICS = ("f1", "f2", "f0.5", "mcc", "dice", "jaccard")
 CALIBRATION_STRATEGIES = ("per_class", "global", "none", "auto")
 COMBINE_METHODS = ("mean", "concat")
@@ -160,6 +163,9 @@ class SvmParams:
     class_weight: str | None = None
     scaler: str = "none"
     n_jobs: int = -1
+    approximation: str = "exact"   # auto | exact | nystroem (see stages.model.kernel_method)
+    max_exact_kernel: int = 5000   # auto: the most training images trained with the exact kernel
+    n_components: int = 1500       # nystroem: landmarks m (memory and time O(n m))
 
 
 @dataclass(frozen=True)
@@ -274,7 +280,10 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
                     gamma=parse_gamma(r.get("gamma", 0.002), "svm.gamma", source),
                     class_weight=r.choice("class_weight", None, (None, "balanced")),
                     scaler=r.choice("scaler", "none", SCALERS),
-                    n_jobs=_n_jobs(r))
+                    n_jobs=_n_jobs(r),
+                    approximation=r.choice("approximation", "exact", KERNEL_APPROXIMATIONS),
+                    max_exact_kernel=r.integer("max_exact_kernel", 5000, minimum=1),
+                    n_components=r.integer("n_components", 1500, minimum=1))
 
     r = _section(raw, "calibrate", CalibrateParams, source)
     calibrate = CalibrateParams(folds=r.integer("folds", 5, minimum=2),
