@@ -30,6 +30,9 @@ CALIBRATION_METRICS = ("f1", "f2", "f0.5", "mcc", "dice", "jaccard")
 CALIBRATION_STRATEGIES = ("per_class", "global", "none", "auto")
 COMBINE_METHODS = ("mean", "concat")
 RESIZE_METHODS = ("bilinear", "bilinear_antialias", "area", "bicubic")
+# features.engine: where per-image work runs (stages.engine): ray when $RAY_ADDRESS is set, else
+# this process (auto); this process only (single); Ray Data, local or a cluster (ray)
+ENGINES = ("auto", "single", "ray")
 
 
 class _Reader:
@@ -153,6 +156,8 @@ class FeaturesParams:
     resize: str = "bilinear"
     flip_tta: bool = False
     batch_size: int = 8
+    engine: str = "auto"           # how, not what: auto | single | ray (see stages.engine)
+    workers: int | None = None     # ray: workers in the pool (None: one per GPU, else per CPU)
 
 
 @dataclass(frozen=True)
@@ -272,7 +277,9 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
                               combine=r.choice("combine", "mean", COMBINE_METHODS),
                               resize=r.choice("resize", "bilinear", RESIZE_METHODS),
                               flip_tta=r.boolean("flip_tta", False),
-                              batch_size=r.integer("batch_size", 8, minimum=1))
+                              batch_size=r.integer("batch_size", 8, minimum=1),
+                              engine=r.choice("engine", "auto", ENGINES),
+                              workers=r.integer("workers", None, minimum=1, allow_none=True))
 
     r = _section(raw, "svm", SvmParams, source)
     svm = SvmParams(kernel=r.choice("kernel", "rbf", KERNELS),
