@@ -60,9 +60,10 @@ def resolve_engine(name: str, workers: int | None = None, setting: str = "featur
     if name == "ray" and not ray_installed():
         why = f"{setting} is ray" if not os.environ.get(ADDRESS_ENV) else \
             f"${ADDRESS_ENV} is set ({os.environ[ADDRESS_ENV]})"
+        single = f"{setting} single" if setting.startswith("--") else f"{setting}: single"
         raise PipelineError(f"{why}, but Ray Data, the optional distributed engine, is not installed: "
                             f"install it with `pip install -r {REQUIREMENTS_FILE}` (ray[data]), or run "
-                            f"in this process with {setting}: single (and unset ${ADDRESS_ENV})")
+                            f"in this process with {single} (and unset ${ADDRESS_ENV})")
     return Engine(name, workers)
 
 
@@ -94,8 +95,9 @@ def map_chunks(make_worker: Callable[[], Callable[[dict], dict]], columns: dict[
 
 # ----------------------------------------------------------------------------- ray
 
-def connect_ray():
-    """``ray`` connected: to ``$RAY_ADDRESS`` if set, else a local instance started here.
+def connect_ray(**local_options):
+    """``ray`` connected: to ``$RAY_ADDRESS`` if set, else a local instance started here (with
+    ``local_options`` for ``ray.init``, e.g. ``num_cpus=2``); an existing connection is kept.
 
     Workers get this repository's ``stages`` package (``py_modules``), so a cluster needs only
     the same requirements installed, not a copy of the code.
@@ -104,8 +106,9 @@ def connect_ray():
     if not ray.is_initialized():
         runtime_env = {"py_modules": [str(Path(__file__).resolve().parent)],
                        "env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}}
-        ray.init(address=os.environ.get(ADDRESS_ENV) or None, runtime_env=runtime_env,
-                 include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        address = os.environ.get(ADDRESS_ENV) or None
+        ray.init(address=address, runtime_env=runtime_env, include_dashboard=False,
+                 logging_level=logging.WARNING, log_to_driver=False, **({} if address else local_options))
     import ray.data
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True

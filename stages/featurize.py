@@ -40,7 +40,7 @@ from stages.common import (PipelineError, ProgressBar, atomic_path, feature_sign
 from stages.engine import Engine, map_chunks, resolve_engine
 from stages.feature_cache import FeatureCache, cache_folder, hash_images
 from stages.params import FeaturesParams, SvmParams, TuneParams, load_params
-from stages.views import View, view_batches
+from stages.views import View, ViewRunner
 
 import keras  # noqa: E402  (after stages.backbones, which quiets TensorFlow's logging)
 import tensorflow as tf  # noqa: E402
@@ -165,7 +165,7 @@ def _feature_code_hash() -> str:
     """
     from stages import backbones
     parts = (views_module.decode_image, views_module.resize_image, views_module._all_resizes,
-             views_module.view_batches, backbones.build_extractor, backbones._Preprocess, backbones._pool)
+             views_module.ViewRunner, backbones.build_extractor, backbones._Preprocess, backbones._pool)
     source = "".join(inspect.getsource(part) for part in parts) + repr(views_module.RESIZE_METHODS)
     return hashlib.sha1(source.encode()).hexdigest()[:16]
 
@@ -203,13 +203,13 @@ def _device() -> str:
 
 def _extract_backbone(backbone: str, views: list[View], paths: list[str], digests: list[str],
                       weights: str | None, batch_size: int, progress: bool, engine: Engine,
-                      models: dict[int, keras.Model] | None = None) -> tuple[dict, dict, set]:
+                      extractors: Extractors | None = None) -> tuple[dict, dict, set]:
     """Features of the unique images ``paths`` for each of ``views`` of one backbone.
 
     Cached vectors are read; the rest are extracted in one pass per group of images that miss
     the same views (each image decoded once for all of them): here, or on the workers of a
-    ``ray`` engine, which write the cache themselves. ``models`` (size -> extractor) keeps the
-    built extractors for the next call (predict's chunks); without it they are freed.
+    ``ray`` engine, which write the cache themselves. ``extractors`` keeps the built models and
+    traced steps for the next call (predict's chunks); without it they are freed.
     Returns ({view: (n, d) array}, info, rows extracted).
     """
     caches = {view: view_cache(backbone, view, weights) for view in views}
@@ -232,13 +232,12 @@ def _extract_backbone(backbone: str, views: list[View], paths: list[str], digest
         print(f"featurize: {label}: {len(extracted)} to extract, {info['n_cached']} from cache",
               file=sys.stderr, flush=True)
 
-    keep_models = models is not None
-    models = models if keep_models else {}
+    keep_extractors = extractors is not None
+    extractors = extractors if keep_extractors else Extractors(backbone, weights, batch_size)
     for missing, rows in groups.items():
         building = time.perf_counter()
         if engine.name == "single":
-            _build_models(models, backbone, weights, {v.size for v in missing})
-            batches = view_batches(models, [paths[i] for i in rows], missing, batch_size)  # traces the graph
+            batches = extractors.runner(missing).batches([paths[i] for i in rows])  # traced on first use
         else:
             batches = _engine_batches(backbone, missing, weights, batch_size, [caches[v] for v in missing],
                                       [paths[i] for i in rows], [digests[i] for i in rows], engine)
@@ -264,8 +263,8 @@ def _extract_backbone(backbone: str, views: list[View], paths: list[str], digest
         info["images_per_second"] = len(extracted) / info["extract_seconds"]
         info["steady_images_per_second"] = steady_images / steady_seconds if steady_seconds > 0 \
             else info["images_per_second"]
-    if not keep_models:
-        del models
+    if not keep_extractors:
+        del extractors
         gc.collect()  # let the next backbone have the memory
 
     result = {}
@@ -279,12 +278,25 @@ def _extract_backbone(backbone: str, views: list[View], paths: list[str], digest
     return result, info, extracted
 
 
-def _build_models(models: dict, backbone: str, weights: str | None, sizes) -> None:
-    """Add the extractors of ``backbone`` for the ``sizes`` not yet in ``models`` (size -> model)."""
-    for size in sorted(set(sizes) - set(models)):
-        models[size], built = build_extractor(backbone, weights, size)
-        if built != size:
-            raise PipelineError(f"{backbone}: built at input size {built}, expected {size}")
+class Extractors:
+    """One backbone's built models (by input size) and traced view steps (by views), built on
+    first use and kept for later calls: predict's chunks, an engine worker's chunks."""
+
+    def __init__(self, backbone: str, weights: str | None, batch_size: int):
+        self.backbone, self.weights, self.batch_size = backbone, weights, batch_size
+        self.models: dict[int, keras.Model] = {}
+        self.runners: dict[tuple, ViewRunner] = {}
+
+    def runner(self, views) -> ViewRunner:
+        """The traced step of ``views`` (see :class:`stages.views.ViewRunner`)."""
+        views = tuple(views)
+        if views not in self.runners:
+            for size in sorted({v.size for v in views} - set(self.models)):
+                self.models[size], built = build_extractor(self.backbone, self.weights, size)
+                if built != size:
+                    raise PipelineError(f"{self.backbone}: built at input size {built}, expected {size}")
+            self.runners[views] = ViewRunner(self.models, views, self.batch_size)
+        return self.runners[views]
 
 
 class ViewWorker:
@@ -298,18 +310,17 @@ class ViewWorker:
 
     def __init__(self, backbone: str, views: list[View], weights: str | None, batch_size: int,
                  cache_folders: list[tuple[str, dict]]):
-        self.backbone, self.views, self.weights, self.batch_size = backbone, list(views), weights, batch_size
+        self.views = list(views)
         self.caches = [FeatureCache(Path(folder), key) for folder, key in cache_folders]
-        self.models: dict[int, keras.Model] = {}
+        self.extractors = Extractors(backbone, weights, batch_size)
 
     def __call__(self, chunk: dict) -> dict:
         paths, digests = [str(p) for p in chunk["path"]], [str(d) for d in chunk["digest"]]
         vectors = [[cache.get(d) for d in digests] for cache in self.caches]
         todo = [i for i in range(len(paths)) if any(per_view[i] is None for per_view in vectors)]
         if todo:
-            _build_models(self.models, self.backbone, self.weights, {v.size for v in self.views})
             done = 0
-            for features in view_batches(self.models, [paths[i] for i in todo], self.views, self.batch_size):
+            for features in self.extractors.runner(self.views).batches([paths[i] for i in todo]):
                 for block, cache, per_view in zip(features, self.caches, vectors):
                     for row, i in enumerate(todo[done:done + len(block)]):
                         per_view[i] = np.array(block[row])
@@ -321,8 +332,8 @@ class ViewWorker:
 
 def _engine_batches(backbone: str, views: list[View], weights: str | None, batch_size: int,
                     caches: list[FeatureCache], paths: list[str], digests: list[str], engine: Engine):
-    """Like :func:`stages.views.view_batches`, on the engine's workers: one list of arrays (one per
-    view) per chunk, in the order of ``paths``."""
+    """Like :meth:`stages.views.ViewRunner.batches`, on the engine's workers: one list of arrays
+    (one per view) per chunk, in the order of ``paths``."""
     worker = functools.partial(ViewWorker, backbone, views, weights, batch_size,
                                [(str(cache.directory), cache.key) for cache in caches])
     columns = {"position": np.arange(len(paths)), "path": np.asarray(paths), "digest": np.asarray(digests)}
@@ -338,12 +349,13 @@ def _engine_batches(backbone: str, views: list[View], weights: str | None, batch
 
 def extract_views(image_paths, backbone_views: dict[str, list[View]], weights: str | None,
                   batch_size: int = 8, progress: bool = True, engine: Engine = Engine(),
-                  models: dict | None = None, digests: list[str] | None = None) -> tuple[dict, dict]:
+                  extractors: dict | None = None, digests: list[str] | None = None) -> tuple[dict, dict]:
     """Per backbone and view, the features of ``image_paths`` (one row per path, in order).
 
     Images already in the per-image cache are not decoded; identical files are extracted once,
-    here or on the ``engine``'s workers. ``models`` (backbone -> {size: extractor}) keeps the
-    extractors across calls; ``digests`` are the files' content hashes, if already known.
+    here or on the ``engine``'s workers. ``extractors`` (backbone -> :class:`Extractors`) keeps
+    the built models and traced steps across calls; ``digests`` are the files' content hashes,
+    if already known.
     Returns ({backbone: {view: array}}, stats) with ``n_images``, ``n_unique``, ``n_extracted``
     (unique images that some view had to extract), ``n_cached``, ``images_per_second``,
     ``device``, ``engine``, ``seconds``, ``per_backbone`` and ``from_cache`` (per path: no view
@@ -367,7 +379,8 @@ def extract_views(image_paths, backbone_views: dict[str, list[View]], weights: s
     for backbone, views in backbone_views.items():
         by_view, info, rows = _extract_backbone(backbone, sorted(set(views)), [first_path[d] for d in unique_digests],
                                                 unique_digests, weights, batch_size, progress, engine,
-                                                None if models is None else models.setdefault(backbone, {}))
+                                                None if extractors is None else extractors.setdefault(
+                                                    backbone, Extractors(backbone, weights, batch_size)))
         features[backbone] = {view: block[order] for view, block in by_view.items()}
         per_backbone.append(info)
         extracted.update(rows)
@@ -382,17 +395,17 @@ def extract_views(image_paths, backbone_views: dict[str, list[View]], weights: s
 
 def extract_features(image_paths, params: FeaturesParams, progress: bool = True,
                      recipes: list[Recipe] | None = None, engine: Engine = Engine(),
-                     models: dict | None = None, digests: list[str] | None = None) -> tuple[np.ndarray, dict]:
+                     extractors: dict | None = None, digests: list[str] | None = None) -> tuple[np.ndarray, dict]:
     """Features of ``image_paths`` (float32, one row per path, backbones concatenated in order).
 
     ``recipes`` default to :func:`fixed_recipes` of ``params`` (predict passes the ones a
-    meta.json records); ``engine``, ``models`` and ``digests`` as :func:`extract_views`.
+    meta.json records); ``engine``, ``extractors`` and ``digests`` as :func:`extract_views`.
     Stats as :func:`extract_views`, plus ``dims`` and ``input_sizes`` (one list of sizes per
     backbone).
     """
     recipes = recipes if recipes is not None else fixed_recipes(params)
     view_features, stats = extract_views(image_paths, {r.backbone: r.views() for r in recipes},
-                                         params.weights, params.batch_size, progress, engine, models, digests)
+                                         params.weights, params.batch_size, progress, engine, extractors, digests)
     blocks = [combine_views(recipe, view_features[recipe.backbone]) for recipe in recipes]
     stats.update(dims=[int(b.shape[1]) for b in blocks], input_sizes=[list(r.sizes) for r in recipes])
     features = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]

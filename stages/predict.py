@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import functools
 import glob
 import os
@@ -166,7 +167,9 @@ class ImageLabeller:
     """
 
     def __init__(self, model, n_classes: int, params: FeaturesParams, recipes):
-        self.model, self.n_classes, self.params, self.recipes = model, n_classes, params, recipes
+        # a copy: Ray hands a worker read-only arrays, and libsvm's predict refuses those
+        self.model = copy.deepcopy(model)
+        self.n_classes, self.params, self.recipes = n_classes, params, recipes
         self.extractors: dict = {}
 
     def __call__(self, chunk: dict) -> dict:
@@ -191,7 +194,7 @@ class ImageLabeller:
         from_cache = np.zeros(len(paths), dtype=bool)
         if good:
             features, stats = extract_features([paths[i] for i in good], self.params, progress=False,
-                                               recipes=self.recipes, models=self.extractors,
+                                               recipes=self.recipes, extractors=self.extractors,
                                                digests=[digests[i] for i in good])
             probability[good] = positive_probabilities(self.model, features)
             from_cache[good] = stats["from_cache"]
