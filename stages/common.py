@@ -73,6 +73,36 @@ def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
         frame.to_csv(tmp, index=False, float_format="%.6g")
 
 
+class ProgressBar:
+    """tqdm on stderr with images/s and ETA, or nothing when not ``enabled``:
+    ``with ProgressBar(total, label, enabled) as bar: bar.update(n)``."""
+
+    def __init__(self, total: int, label: str, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=label, unit="img", file=sys.stderr, smoothing=0.1,
+                            dynamic_ncols=True)
+
+    def __enter__(self):
+        return self
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def write(self, line: str, file=None) -> None:
+        """Print ``line`` (to stdout, or ``file``) on its own line, above the bar."""
+        if self.bar is not None:
+            self.bar.write(line, file=file or sys.stdout)
+        else:
+            print(line, file=file or sys.stdout)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+
 def pyplot():
     """matplotlib.pyplot on the file-only Agg backend (stages run without a display)."""
     import matplotlib

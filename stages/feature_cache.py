@@ -24,8 +24,8 @@ _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"
           b"\x00\x00\x00\x0cJXL \r\n\x87\n")
 
 
-def _hash_image(path: str) -> tuple[str | None, str | None]:
-    """(sha1 of the file's bytes, problem) for one image; reads it once."""
+def hash_image(path: str) -> tuple[str | None, str | None]:
+    """(sha1 of the file's bytes, None), or (None, the problem) for a missing or non-image file."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(16)
@@ -47,7 +47,7 @@ def _hash_image(path: str) -> tuple[str | None, str | None]:
 def hash_images(paths: list[str]) -> list[str]:
     """Content hashes of the images; a PipelineError names the first missing or unreadable one."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(_hash_image, paths))
+        results = list(pool.map(hash_image, paths))
     bad = [(path, problem) for path, (_, problem) in zip(paths, results) if problem]
     if bad:
         more = f" ({len(bad)} images have problems, e.g. {', '.join(p for p, _ in bad[1:4])})" \
@@ -70,6 +70,7 @@ class FeatureCache:
 
     def __init__(self, directory: Path, key: dict):
         self.directory = Path(directory)
+        self.key = key
         key_file = self.directory / "key.json"
         if not key_file.exists():
             write_json(key_file, key)

@@ -19,6 +19,7 @@ extract a vector twice, and an interrupted run resumes.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import hashlib
 import inspect
@@ -34,22 +35,26 @@ import pandas as pd
 from stages import views as views_module
 from stages.backbones import (build_extractor, check_backbone_name, fixed_input_size, is_model_file,
                               native_input_size)
-from stages.common import (PipelineError, atomic_path, feature_signature, file_md5, read_csv, run_main,
-                           training_targets, write_json)
+from stages.common import (PipelineError, ProgressBar, atomic_path, feature_signature, file_md5, read_csv,
+                           run_main, training_targets, write_json)
+from stages.engine import Engine, map_chunks, resolve_engine
 from stages.feature_cache import FeatureCache, cache_folder, hash_images
 from stages.params import FeaturesParams, SvmParams, TuneParams, load_params
 from stages.runtimes import RuntimeChoice, choose_runtime, load_extractor
-from stages.views import View, view_batches
+from stages.views import View, ViewRunner
 
 import keras  # noqa: E402  (after stages.backbones, which quiets TensorFlow's logging)
 import tensorflow as tf  # noqa: E402
 
 CACHE_FORMAT = 2
 IMAGE_EXTENSION = ".jpg"
+# The most images the engine hands one worker at a time (fewer when there are few images, so
+# that every worker gets some): enough to amortise tracing the model graph for each chunk.
+ENGINE_CHUNK_IMAGES = 256
 # The classifier that scores candidate views: the default svm.* settings, fixed here (not read
 # from svm.*) so that changing an SVM setting never reruns featurize; 'median' gamma adapts
 # to each view's feature scale.
-SELECTION_SVM = SvmParams(C=1.0, gamma="median", scaler="sqrt")
+SELECTION_SVM = SvmParams(C=1.0, gamma="median", scaler="sqrt", approximation="auto")
 
 
 # ----------------------------------------------------------------------------- recipes
@@ -161,7 +166,7 @@ def _feature_code_hash() -> str:
     """
     from stages import backbones
     parts = (views_module.decode_image, views_module.resize_image, views_module._all_resizes,
-             views_module.view_batches, backbones.build_extractor, backbones._Preprocess, backbones._pool)
+             views_module.ViewRunner, backbones.build_extractor, backbones._Preprocess, backbones._pool)
     source = "".join(inspect.getsource(part) for part in parts) + repr(views_module.RESIZE_METHODS)
     return hashlib.sha1(source.encode()).hexdigest()[:16]
 
@@ -230,12 +235,14 @@ def _device() -> str:
 
 
 def _extract_backbone(backbone: str, views: list[View], paths: list[str], digests: list[str],
-                      weights: str | None, batch_size: int, progress: bool,
-                      runtime: RuntimeChoice) -> tuple[dict, dict, set]:
+                      weights: str | None, batch_size: int, progress: bool, runtime: RuntimeChoice,
+                      engine: Engine, extractors: Extractors | None = None) -> tuple[dict, dict, set]:
     """Features of the unique images ``paths`` for each of ``views`` of one backbone.
 
     Cached vectors are read; the rest are extracted in one pass per group of images that miss
-    the same views (each image decoded once for all of them).
+    the same views (each image decoded once for all of them): here, or on the workers of a
+    ``ray`` engine, which write the cache themselves. ``extractors`` keeps the built models and
+    traced steps for the next call (predict's chunks); without it they are freed.
     Returns ({view: (n, d) array}, info, rows extracted).
     """
     caches = {view: view_cache(backbone, view, weights, runtime) for view in views}
@@ -258,21 +265,25 @@ def _extract_backbone(backbone: str, views: list[View], paths: list[str], digest
         print(f"featurize: {label}: {len(extracted)} to extract, {info['n_cached']} from cache",
               file=sys.stderr, flush=True)
 
-    models: dict[int, object] = {}
+    keep_extractors = extractors is not None
+    extractors = extractors if keep_extractors else Extractors(backbone, weights, batch_size, runtime)
     for missing, rows in groups.items():
         building = time.perf_counter()
-        for size in sorted({v.size for v in missing} - set(models)):
-            models[size] = build_size_extractor(backbone, weights, size, runtime, batch_size)
-        batches = view_batches(models, [paths[i] for i in rows], missing, batch_size)  # traces the graph
+        if engine.name == "single":
+            batches = extractors.runner(missing).batches([paths[i] for i in rows])  # traced on first use
+        else:
+            batches = _engine_batches(backbone, missing, weights, batch_size, runtime, [caches[v] for v in missing],
+                                      [paths[i] for i in rows], [digests[i] for i in rows], engine)
         info["build_seconds"] += time.perf_counter() - building
         start, done, first_batch = time.perf_counter(), 0, None
-        with _ProgressBar(len(rows), label, progress) as bar:
+        with ProgressBar(len(rows), label, progress) as bar:
             for features in batches:
                 n = len(features[0])
                 for view, block in zip(missing, features):
                     for row, i in enumerate(rows[done:done + n]):
                         vector = np.array(block[row])
-                        caches[view].put(digests[i], vector)
+                        if engine.name == "single":  # the engine's workers wrote it already
+                            caches[view].put(digests[i], vector)
                         vectors[view][i] = vector
                 done += n
                 bar.update(n)
@@ -285,8 +296,9 @@ def _extract_backbone(backbone: str, views: list[View], paths: list[str], digest
         info["images_per_second"] = len(extracted) / info["extract_seconds"]
         info["steady_images_per_second"] = steady_images / steady_seconds if steady_seconds > 0 \
             else info["images_per_second"]
-    del models
-    gc.collect()  # let the next backbone have the memory
+    if not keep_extractors:
+        del extractors
+        gc.collect()  # let the next backbone have the memory
 
     result = {}
     for view in views:
@@ -294,29 +306,104 @@ def _extract_backbone(backbone: str, views: list[View], paths: list[str], digest
         if len(dims) != 1:  # cached vectors of another model shape: redo this view from scratch
             for i, digest in enumerate(digests):
                 caches[view].path(digest).unlink(missing_ok=True)
-            return _extract_backbone(backbone, views, paths, digests, weights, batch_size, progress, runtime)
+            return _extract_backbone(backbone, views, paths, digests, weights, batch_size, progress, runtime,
+                                     engine)
         result[view] = np.stack(vectors[view]).astype(np.float32, copy=False)
         vectors[view] = None  # one copy of the features at a time: peak memory stays flat
     return result, info, extracted
 
 
+class Extractors:
+    """One backbone's built models (by input size) and traced view steps (by views), built on
+    first use and kept for later calls: predict's chunks, an engine worker's chunks."""
+
+    def __init__(self, backbone: str, weights: str | None, batch_size: int,
+                 runtime: RuntimeChoice = RuntimeChoice()):
+        self.backbone, self.weights, self.batch_size, self.runtime = backbone, weights, batch_size, runtime
+        self.models: dict[int, object] = {}
+        self.runners: dict[tuple, ViewRunner] = {}
+
+    def runner(self, views) -> ViewRunner:
+        """The traced step of ``views`` (see :class:`stages.views.ViewRunner`)."""
+        views = tuple(views)
+        if views not in self.runners:
+            for size in sorted({v.size for v in views} - set(self.models)):
+                self.models[size] = build_size_extractor(self.backbone, self.weights, size, self.runtime,
+                                                         self.batch_size)
+            self.runners[views] = ViewRunner(self.models, views, self.batch_size)
+        return self.runners[views]
+
+
+class ViewWorker:
+    """A worker of :func:`stages.engine.map_chunks`: one backbone's ``views`` of chunks of images.
+
+    Each call takes a chunk (``position``, ``path``, ``digest``), reads what the per-image
+    cache already holds (a chunk run again after a worker died finds its finished images
+    there), extracts the rest, writes them to the cache, and returns ``position`` and one
+    (n, d) array per view (``view0``, ``view1``, ...). The extractors are built on first use.
+    """
+
+    def __init__(self, backbone: str, views: list[View], weights: str | None, batch_size: int,
+                 runtime: RuntimeChoice, cache_folders: list[tuple[str, dict]]):
+        self.views = list(views)
+        self.caches = [FeatureCache(Path(folder), key) for folder, key in cache_folders]
+        self.extractors = Extractors(backbone, weights, batch_size, runtime)
+
+    def __call__(self, chunk: dict) -> dict:
+        paths, digests = [str(p) for p in chunk["path"]], [str(d) for d in chunk["digest"]]
+        vectors = [[cache.get(d) for d in digests] for cache in self.caches]
+        todo = [i for i in range(len(paths)) if any(per_view[i] is None for per_view in vectors)]
+        if todo:
+            done = 0
+            for features in self.extractors.runner(self.views).batches([paths[i] for i in todo]):
+                for block, cache, per_view in zip(features, self.caches, vectors):
+                    for row, i in enumerate(todo[done:done + len(block)]):
+                        per_view[i] = np.array(block[row])
+                        cache.put(digests[i], per_view[i])
+                done += len(features[0])
+        return {"position": np.asarray(chunk["position"]),
+                **{f"view{j}": np.stack(per_view) for j, per_view in enumerate(vectors)}}
+
+
+def _engine_batches(backbone: str, views: list[View], weights: str | None, batch_size: int,
+                    runtime: RuntimeChoice, caches: list[FeatureCache], paths: list[str], digests: list[str], engine: Engine):
+    """Like :meth:`stages.views.ViewRunner.batches`, on the engine's workers: one list of arrays
+    (one per view) per chunk, in the order of ``paths``."""
+    worker = functools.partial(ViewWorker, backbone, views, weights, batch_size, runtime,
+                               [(str(cache.directory), cache.key) for cache in caches])
+    columns = {"position": np.arange(len(paths)), "path": np.asarray(paths), "digest": np.asarray(digests)}
+    done = 0
+    for result in map_chunks(worker, columns, ENGINE_CHUNK_IMAGES, engine):
+        if len(result["position"]) == 0:
+            continue
+        if result["position"][0] != done:  # map_chunks keeps the order; never mix up rows
+            raise RuntimeError(f"engine returned rows from {result['position'][0]}, expected {done}")
+        done += len(result["position"])
+        yield [result[f"view{j}"] for j in range(len(views))]
+
+
 def extract_views(image_paths, backbone_views: dict[str, list[View]], weights: str | None,
-                  batch_size: int = 8, progress: bool = True,
-                  runtime: RuntimeChoice = RuntimeChoice()) -> tuple[dict, dict]:
+                  batch_size: int = 8, progress: bool = True, runtime: RuntimeChoice = RuntimeChoice(),
+                  engine: Engine = Engine(), extractors: dict | None = None,
+                  digests: list[str] | None = None) -> tuple[dict, dict]:
     """Per backbone and view, the features of ``image_paths`` (one row per path, in order),
     run by ``runtime``.
 
-    Images already in the per-image cache are not decoded; identical files are extracted once.
+    Images already in the per-image cache are not decoded; identical files are extracted once,
+    here or on the ``engine``'s workers. ``extractors`` (backbone -> :class:`Extractors`) keeps
+    the built models and traced steps across calls; ``digests`` are the files' content hashes,
+    if already known.
     Returns ({backbone: {view: array}}, stats) with ``n_images``, ``n_unique``, ``n_extracted``
     (unique images that some view had to extract), ``n_cached``, ``images_per_second``,
-    ``device``, ``runtime`` (the :class:`RuntimeChoice`), ``seconds`` and ``per_backbone``.
+    ``device``, ``runtime`` (the :class:`RuntimeChoice`), ``engine``, ``seconds``, ``per_backbone``
+    and ``from_cache`` (per path: no view had to be extracted).
     """
     began = time.perf_counter()
     paths = [str(p) for p in image_paths]
     if not paths:
         raise PipelineError("no images to extract features from")
     device = _device()
-    digests = hash_images(paths)
+    digests = hash_images(paths) if digests is None else list(digests)
     unique: dict[str, int] = {}
     first_path: dict[str, str] = {}
     for path, digest in zip(paths, digests):
@@ -328,7 +415,9 @@ def extract_views(image_paths, backbone_views: dict[str, list[View]], weights: s
     features, per_backbone, extracted = {}, [], set()
     for backbone, views in backbone_views.items():
         by_view, info, rows = _extract_backbone(backbone, sorted(set(views)), [first_path[d] for d in unique_digests],
-                                                unique_digests, weights, batch_size, progress, runtime)
+                                                unique_digests, weights, batch_size, progress, runtime, engine,
+                                                None if extractors is None else extractors.setdefault(
+                                                    backbone, Extractors(backbone, weights, batch_size, runtime)))
         in_order = len(order) == len(unique_digests)  # no duplicate files: rows are already in order
         features[backbone] = by_view if in_order else {view: block[order] for view, block in by_view.items()}
         per_backbone.append(info)
@@ -337,48 +426,30 @@ def extract_views(image_paths, backbone_views: dict[str, list[View]], weights: s
     stats = {"n_images": len(paths), "n_unique": len(unique_digests), "n_extracted": len(extracted),
              "n_cached": len(unique_digests) - len(extracted),
              "images_per_second": len(extracted) / seconds if extracted and seconds else None,
-             "device": device, "runtime": runtime, "seconds": time.perf_counter() - began,
-             "per_backbone": per_backbone}
+             "device": device, "runtime": runtime, "engine": engine.label,
+             "seconds": time.perf_counter() - began, "per_backbone": per_backbone,
+             "from_cache": np.array([unique[d] not in extracted for d in digests])}
     return features, stats
 
 
 def extract_features(image_paths, params: FeaturesParams, progress: bool = True,
-                     recipes: list[Recipe] | None = None) -> tuple[np.ndarray, dict]:
+                     recipes: list[Recipe] | None = None, engine: Engine = Engine(),
+                     extractors: dict | None = None, digests: list[str] | None = None) -> tuple[np.ndarray, dict]:
     """Features of ``image_paths`` (float32, one row per path, backbones concatenated in order).
 
     ``recipes`` default to :func:`fixed_recipes` of ``params`` (predict passes the ones a
-    meta.json records). Stats as :func:`extract_views`, plus ``dims`` and ``input_sizes``
-    (one list of sizes per backbone).
+    meta.json records); ``engine``, ``extractors`` and ``digests`` as :func:`extract_views`.
+    Stats as :func:`extract_views`, plus ``dims`` and ``input_sizes`` (one list of sizes per
+    backbone).
     """
     recipes = recipes if recipes is not None else fixed_recipes(params)
     view_features, stats = extract_views(image_paths, {r.backbone: r.views() for r in recipes},
-                                         params.weights, params.batch_size, progress, resolve_runtime(params))
+                                         params.weights, params.batch_size, progress, resolve_runtime(params),
+                                         engine, extractors, digests)
     blocks = [combine_views(recipe, view_features[recipe.backbone]) for recipe in recipes]
     stats.update(dims=[int(b.shape[1]) for b in blocks], input_sizes=[list(r.sizes) for r in recipes])
     features = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
     return np.ascontiguousarray(features, dtype=np.float32), stats
-
-
-class _ProgressBar:
-    """tqdm on stderr with images/s and ETA (or nothing)."""
-
-    def __init__(self, total: int, label: str, enabled: bool):
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, desc=label, unit="img", file=sys.stderr, smoothing=0.1,
-                            dynamic_ncols=True)
-
-    def __enter__(self):
-        return self
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
 
 
 # ----------------------------------------------------------------------------- view selection
@@ -402,7 +473,7 @@ def score_candidates(candidates: list[list[Recipe]], view_features: dict, target
 
 
 def choose_recipes(train_paths: list[str], train_targets: np.ndarray, params: FeaturesParams, classes,
-                   progress: bool = True) -> tuple[list[Recipe], pd.DataFrame, dict]:
+                   progress: bool = True, engine: Engine = Engine()) -> tuple[list[Recipe], pd.DataFrame, dict]:
     """``image_size: auto``: the candidate with the best cross-validated mAP on the training
     images (the cheaper one on a tie). Only training images and their labels are read.
     Returns (chosen recipes, the scored candidates, extraction stats)."""
@@ -412,7 +483,8 @@ def choose_recipes(train_paths: list[str], train_targets: np.ndarray, params: Fe
         for recipe in candidate:
             backbone_views.setdefault(recipe.backbone, set()).update(recipe.views())
     view_features, stats = extract_views(train_paths, {b: sorted(v) for b, v in backbone_views.items()},
-                                         params.weights, params.batch_size, progress, resolve_runtime(params))
+                                         params.weights, params.batch_size, progress, resolve_runtime(params),
+                                         engine)
     table = score_candidates(candidates, view_features, train_targets, classes, params.select_folds)
     best = max(range(len(candidates)), key=lambda i: (round(table["cv_map"][i], 6), -table["cost"][i]))
     table["chosen"] = [i == best for i in range(len(candidates))]
@@ -433,14 +505,16 @@ def featurize_subsets(train_paths: list[str], train_labels: np.ndarray, eval_pat
     """Features of the train and eval images, choosing the views first if ``image_size: auto``.
 
     ``train_labels`` (VOC codes) are read only to choose views; eval labels are never needed.
+    The work runs on ``features.engine`` (see :mod:`stages.engine`).
     """
+    engine = resolve_engine(params.engine, params.workers)
     selection = None
     if params.image_size == "auto":
         recipes, selection, _ = choose_recipes(train_paths, training_targets(train_labels), params, classes,
-                                               progress)
+                                               progress, engine)
     else:
         recipes = fixed_recipes(params)
-    features, stats = extract_features(list(train_paths) + list(eval_paths), params, progress, recipes)
+    features, stats = extract_features(list(train_paths) + list(eval_paths), params, progress, recipes, engine)
     n_train = len(train_paths)
     return Featurized(features[:n_train], features[n_train:], recipes, selection, stats)
 
@@ -497,6 +571,7 @@ def build_run_stats(params: FeaturesParams, result: Featurized) -> dict:
         "precision": stats["runtime"].precision,
         "runtime_requested": stats["runtime"].requested,
         "runtime_note": stats["runtime"].note,
+        "engine": stats["engine"],
         "batch_size": params.batch_size,
         "n_train": len(result.train),
         "n_eval": len(result.eval),

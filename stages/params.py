@@ -25,12 +25,18 @@ SCALERS = ("none", "standard", "l2", "sqrt")
 PROBABILITY_METHODS = ("libsvm", "sigmoid", "isotonic")
 KERNELS = ("rbf", "linear", "poly", "sigmoid")
 GAMMA_WORDS = ("scale", "auto", "median")
+# svm.approximation: exact (the n x n kernel), nystroem (m landmarks, memory O(n m)), or auto
+# (exact up to svm.max_exact_kernel training images, nystroem past it)
+KERNEL_APPROXIMATIONS = ("auto", "exact", "nystroem")
 CALIBRATION_METRICS = ("f1", "f2", "f0.5", "mcc", "dice", "jaccard")
 CALIBRATION_STRATEGIES = ("per_class", "global", "none", "auto")
 COMBINE_METHODS = ("mean", "concat")
 RESIZE_METHODS = ("bilinear", "bilinear_antialias", "area", "bicubic")
 RUNTIME_CHOICES = ("auto", "keras", "openvino")  # stages/runtimes.py
 PRECISION_CHOICES = ("auto", "f32", "bf16")
+# features.engine: where per-image work runs (stages.engine): ray when $RAY_ADDRESS is set, else
+# this process (auto); this process only (single); Ray Data, local or a cluster (ray)
+ENGINES = ("auto", "single", "ray")
 
 
 class _Reader:
@@ -157,6 +163,8 @@ class FeaturesParams:
     batch_size: int = 8
     runtime: str = "keras"
     precision: str = "auto"
+    engine: str = "auto"           # how, not what: auto | single | ray (see stages.engine)
+    workers: int | None = None     # ray: workers in the pool (None: one per GPU, else per CPU)
 
 
 @dataclass(frozen=True)
@@ -168,6 +176,9 @@ class SvmParams:
     scaler: str = "none"
     probability: str = "libsvm"
     n_jobs: int = -1
+    approximation: str = "exact"   # auto | exact | nystroem (see stages.model.kernel_method)
+    max_exact_kernel: int = 5000   # auto: the most training images trained with the exact kernel
+    n_components: int = 1500       # nystroem: landmarks m (memory and time O(n m))
 
 
 @dataclass(frozen=True)
@@ -276,7 +287,9 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
                               flip_tta=r.boolean("flip_tta", False),
                               batch_size=r.integer("batch_size", 8, minimum=1),
                               runtime=r.choice("runtime", "keras", RUNTIME_CHOICES),
-                              precision=r.choice("precision", "auto", PRECISION_CHOICES))
+                              precision=r.choice("precision", "auto", PRECISION_CHOICES),
+                              engine=r.choice("engine", "auto", ENGINES),
+                              workers=r.integer("workers", None, minimum=1, allow_none=True))
     if features.precision == "bf16" and features.runtime == "keras":
         raise r.fail("precision", "auto or f32 with features.runtime keras (Keras runs float32; "
                                   "bf16 needs runtime openvino or auto)", features.precision)
@@ -288,7 +301,10 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
                     class_weight=r.choice("class_weight", None, (None, "balanced")),
                     scaler=r.choice("scaler", "none", SCALERS),
                     probability=r.choice("probability", "libsvm", PROBABILITY_METHODS),
-                    n_jobs=_n_jobs(r))
+                    n_jobs=_n_jobs(r),
+                    approximation=r.choice("approximation", "exact", KERNEL_APPROXIMATIONS),
+                    max_exact_kernel=r.integer("max_exact_kernel", 5000, minimum=1),
+                    n_components=r.integer("n_components", 1500, minimum=1))
 
     r = _section(raw, "calibrate", CalibrateParams, source)
     calibrate = CalibrateParams(folds=r.integer("folds", 5, minimum=2),

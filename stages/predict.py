@@ -1,16 +1,25 @@
 """predict: label new photos with the trained model and its calibrated decision rule.
 
-    python -m stages.predict photos/ more/*.jpg one.png [--out predictions.csv] [--top-k 3]
+    python -m stages.predict photos/ more/*.jpg one.png [--out predictions.csv|.parquet] [--top-k 3]
+    python -m stages.predict --list files.txt --out labels.parquet --engine ray
 
 Features come from the same backbones, input sizes and weights the model was trained on
 (read from the model and checked against ``data/features/meta.json``), through the same
 per-image feature cache as the featurize stage, so an image seen before is not extracted
 again. A file that is not a readable image gets its own error line; the others go on.
+
+Any number of images: they are labelled in chunks (``--chunk-size``), each chunk's rows
+appended to the output (CSV or Parquet, by its suffix; written to a temporary file and
+renamed at the end) as soon as it is done, under a progress bar, so memory stays flat. The
+chunks run in this process or on the workers of Ray Data (``--engine``, default
+``features.engine``; see :mod:`stages.engine`).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import functools
 import glob
 import os
 import sys
@@ -19,12 +28,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.common import PipelineError, feature_signature, read_json, run_main, write_csv
+from stages.common import PipelineError, ProgressBar, atomic_path, feature_signature, read_json, run_main
 from stages.calibrate import DecisionRule, apply_rule, load_rule
+from stages.engine import map_chunks, resolve_engine
 from stages.model import load_model, positive_probabilities
-from stages.params import load_params
+from stages.params import FeaturesParams, load_params
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+
+
+OUTPUT_SUFFIXES = (".csv", ".parquet")
+CHUNK_IMAGES = 512
+
+
+def read_file_list(path: str) -> list[str]:
+    """The paths listed in a text file, one per line (blank lines and ``#`` comments skipped)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = [line.strip() for line in handle]
+    except OSError as error:
+        raise PipelineError(f"{path}: cannot read the file list ({error.strerror or error}); "
+                            f"give a text file with one image path per line") from error
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -132,48 +157,181 @@ def label_images(probabilities: np.ndarray, rule: DecisionRule, classes, top_k: 
     return table
 
 
+class ImageLabeller:
+    """A worker of :func:`stages.engine.map_chunks`: class probabilities for chunks of image paths.
+
+    Each call takes a chunk (``position``, ``path``) and returns ``position``, ``problem`` (why
+    an image was skipped; empty for the others), ``probability`` (n x classes; NaN where
+    skipped) and ``from_cache`` (its features were all in the per-image cache). Extractors
+    are built once per worker and kept for the next chunk.
+    """
+
+    def __init__(self, model, n_classes: int, params: FeaturesParams, recipes):
+        # a copy: Ray hands a worker read-only arrays, and libsvm's predict refuses those
+        self.model = copy.deepcopy(model)
+        self.n_classes, self.params, self.recipes = n_classes, params, recipes
+        self.extractors: dict = {}
+
+    def __call__(self, chunk: dict) -> dict:
+        from stages.feature_cache import hash_image
+        from stages.featurize import extract_features
+
+        paths = [str(p) for p in chunk["path"]]
+        problems = [""] * len(paths)
+        digests = {}
+        for i, path in enumerate(paths):
+            digest, problem = hash_image(path)
+            if problem:
+                problems[i] = f"not a readable image ({describe_unreadable(path)}); skipped"
+            else:
+                digests[i] = digest
+        _, unreadable = readable_images([paths[i] for i in digests])
+        unreadable = dict(unreadable)
+        for i in digests:
+            problems[i] = unreadable.get(paths[i], "")
+        good = [i for i in digests if not problems[i]]
+        probability = np.full((len(paths), self.n_classes), np.nan)
+        from_cache = np.zeros(len(paths), dtype=bool)
+        if good:
+            features, stats = extract_features([paths[i] for i in good], self.params, progress=False,
+                                               recipes=self.recipes, extractors=self.extractors,
+                                               digests=[digests[i] for i in good])
+            probability[good] = positive_probabilities(self.model, features)
+            from_cache[good] = stats["from_cache"]
+        return {"position": np.asarray(chunk["position"]), "problem": np.asarray(problems, dtype=object),
+                "probability": probability, "from_cache": from_cache}
+
+
+class TableWriter:
+    """Appends tables to one CSV or Parquet file (by ``path``'s suffix), chunk after chunk.
+
+    Rows go to a temporary file beside ``path``, renamed onto it when the ``with`` block ends
+    without error; ``path`` None writes nothing.
+    """
+
+    def __init__(self, path: str | None):
+        self.path, self.rows = path, 0
+        if path is not None and Path(path).suffix.lower() not in OUTPUT_SUFFIXES:
+            raise PipelineError(f"--out {path}: must end in {' or '.join(OUTPUT_SUFFIXES)} (CSV or Parquet)")
+        if path is not None and Path(path).suffix.lower() == ".parquet":
+            try:
+                import pyarrow.parquet  # noqa: F401
+            except ImportError as error:
+                raise PipelineError(f"--out {path}: writing Parquet needs pyarrow (pip install pyarrow, or "
+                                    f"pip install -r requirements-engine.txt); or write a .csv") from error
+
+    def __enter__(self):
+        self._atomic = atomic_path(self.path) if self.path is not None else contextlib.nullcontext()
+        self.tmp = self._atomic.__enter__()
+        self._parquet = None
+        return self
+
+    def write(self, table: pd.DataFrame) -> None:
+        if self.path is None or table.empty:
+            return
+        if Path(self.path).suffix.lower() == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+            batch = pa.Table.from_pandas(table, preserve_index=False)
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(self.tmp, batch.schema)
+            self._parquet.write_table(batch)
+        else:
+            table.to_csv(self.tmp, mode="a" if self.rows else "w", header=not self.rows, index=False,
+                         float_format="%.6g")
+        self.rows += len(table)
+
+    def __exit__(self, *exc):
+        if self._parquet is not None:
+            self._parquet.close()
+        return self._atomic.__exit__(*exc)
+
+
+def label_stream(results, paths: list[str], rule: DecisionRule, classes, top_k: int):
+    """For each chunk result of :class:`ImageLabeller`: (the labelled table of its readable
+    images, with ``path`` first; [(path, problem)] of the others; images served from the cache)."""
+    for result in results:
+        readable = result["problem"] == ""
+        positions = result["position"][readable]
+        table = label_images(result["probability"][readable], rule, classes, top_k)
+        table.insert(0, "path", [paths[i] for i in positions])
+        problems = [(paths[i], problem) for i, problem in zip(result["position"], result["problem"]) if problem]
+        yield table, problems, int(result["from_cache"].sum())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    parser.add_argument("--out", help="write the table to this CSV too")
+    parser.add_argument("inputs", nargs="*", help="image files, folders or glob patterns")
+    parser.add_argument("--list", action="append", default=[], metavar="FILE",
+                        help="a text file of image paths, one per line (repeatable)")
+    parser.add_argument("--out", help="write the table to this CSV or Parquet file too (by its suffix)")
     parser.add_argument("--top-k", type=int, default=3, help="how many top classes to list (default 3)")
+    parser.add_argument("--engine", choices=("auto", "single", "ray"),
+                        help="where the images are labelled (default: features.engine in params.yaml)")
+    parser.add_argument("--workers", type=int, help="ray: workers in the pool (default: features.workers)")
+    parser.add_argument("--chunk-size", type=int, default=CHUNK_IMAGES,
+                        help=f"images per chunk of work and of output (default {CHUNK_IMAGES})")
+    parser.add_argument("--quiet", action="store_true", help="do not print a line per image")
     parser.add_argument("--model", default="models/model.joblib")
     parser.add_argument("--thresholds", default="models/thresholds.json")
     parser.add_argument("--meta", default="data/features/meta.json",
                         help="the features the pipeline uses; the model must match them")
     args = parser.parse_args(argv)
 
-    classes = load_params().data.classes
+    params = load_params()
+    classes = params.data.classes
     if not 1 <= args.top_k <= len(classes):
         raise PipelineError(f"--top-k must be between 1 and {len(classes)}, got {args.top_k}")
+    if args.chunk_size < 1 or (args.workers is not None and args.workers < 1):
+        raise PipelineError("--chunk-size and --workers must be at least 1")
+    if not args.inputs and not args.list:
+        raise PipelineError("no input: give image files, folders or glob patterns, or --list FILE")
+    engine = resolve_engine(args.engine or params.features.engine, args.workers or params.features.workers,
+                            setting="--engine" if args.engine else "features.engine")
     meta = read_json(args.meta)
     bundle = load_model(args.model, classes, feature_signature(meta))
     rule = load_rule(args.thresholds, classes, model_path=args.model)
 
-    paths, problems = expand_inputs(args.inputs)
-    paths, unreadable = readable_images(paths)
-    problems += unreadable
+    paths, problems = expand_inputs(args.inputs + [p for listed in args.list for p in read_file_list(listed)])
     for item, problem in problems:
         print(f"error: {item}: {problem}", file=sys.stderr)
     if not paths:
-        raise PipelineError("no readable image among the inputs; give JPEG/PNG files, folders or globs")
+        raise PipelineError("no image among the inputs; give JPEG/PNG files, folders or globs")
 
-    from stages.featurize import extract_features, recipes_from_meta
+    from stages.featurize import recipes_from_meta
     features_params, recipes = recipes_from_meta(meta)
-    features, stats = extract_features(paths, features_params, progress=True, recipes=recipes)
-    probabilities = positive_probabilities(bundle["model"], features)
-    table = label_images(probabilities, rule, classes, args.top_k)
-    table.insert(0, "path", paths)
-
-    for row, probability_row in zip(table.itertuples(index=False), probabilities):
-        top = np.argsort(-probability_row, kind="stable")[:args.top_k]
-        tops = ", ".join(f"{classes[i]} {probability_row[i]:.2f}" for i in top)
-        print(f"{row.path}: {row.labels or '(no label)'}  [top {args.top_k}: {tops}]")
+    labeller = functools.partial(ImageLabeller, bundle["model"], len(classes), features_params, recipes)
+    columns = {"position": np.arange(len(paths)), "path": np.asarray(paths, dtype=object)}
+    labelled = cached = 0
+    with TableWriter(args.out) as writer, ProgressBar(len(paths), f"predict ({engine.label})", True) as bar:
+        for table, bad, hits in label_stream(map_chunks(labeller, columns, args.chunk_size, engine),
+                                             paths, rule, classes, args.top_k):
+            for path, problem in bad:
+                bar.write(f"error: {path}: {problem}", file=sys.stderr)
+            problems += bad
+            if not args.quiet:
+                for line in label_lines(table, classes, args.top_k):
+                    bar.write(line)
+            writer.write(table)
+            labelled, cached = labelled + len(table), cached + hits
+            bar.update(len(table) + len(bad))
+        if not labelled:  # raised inside the block: no output file is left behind
+            raise PipelineError("no readable image among the inputs; give JPEG/PNG files, folders or globs")
     if args.out:
-        write_csv(args.out, table)
-        print(f"wrote {args.out} ({len(table)} images; {stats['n_cached']} served from the feature cache)")
+        print(f"wrote {args.out} ({labelled} images; {cached} served from the feature cache)")
     if problems:
         sys.exit(1)
+
+
+def label_lines(table: pd.DataFrame, classes, top_k: int) -> list[str]:
+    """One line per image: its labels and its top-k classes with their probabilities."""
+    probabilities = table[[f"p_{name}" for name in classes]].to_numpy()
+    lines = []
+    for path, labels, row in zip(table["path"], table["labels"], probabilities):
+        top = np.argsort(-row, kind="stable")[:top_k]
+        tops = ", ".join(f"{classes[i]} {row[i]:.2f}" for i in top)
+        lines.append(f"{path}: {labels or '(no label)'}  [top {top_k}: {tops}]")
+    return lines
 
 
 if __name__ == "__main__":

@@ -9,6 +9,12 @@ internal Platt-scaling fold. The SVMs are exactly those of ``SVC(kernel='rbf', g
 Out-of-fold probabilities (``calibrate.folds``-fold multilabel-stratified CV with the same
 settings) feed the calibrate stage. ``tune.enabled`` grid-searches C x gamma (x scaler) by
 cross-validated mAP on the training images only, then refits the best.
+
+Past ``svm.max_exact_kernel`` training images (or with ``svm.approximation: nystroem``) the
+kernel is approximated (:mod:`stages.model`: Nystroem landmarks + a linear classifier with
+sigmoid probabilities), so memory grows as n x m instead of n x n; the choice is printed and
+recorded in ``metrics/tune.json`` (``kernel``). Calibrate and evaluate read probabilities
+either way.
 """
 from __future__ import annotations
 
@@ -22,7 +28,8 @@ from sklearn.pipeline import Pipeline
 
 from stages.common import (PipelineError, feature_signature, load_features, pyplot, read_json,
                            read_label_table, run_main, training_targets, write_csv, write_figure, write_json)
-from stages.model import RANDOM_STATE, build_model, positive_probabilities, save_model, tune_grid
+from stages.model import (RANDOM_STATE, build_model, describe_kernel_method, for_training_set,
+                          positive_probabilities, save_model, tune_grid)
 from stages.params import SvmParams, TuneParams, load_params
 from stages.stratify import check_folds, multilabel_kfold
 
@@ -61,10 +68,11 @@ def best_settings(grid: pd.DataFrame, svm: SvmParams) -> SvmParams:
 @dataclass
 class TrainResult:
     model: Pipeline
-    svm: SvmParams
+    svm: SvmParams  # as trained: tuned values, ``approximation`` resolved to exact or nystroem
     oof_probabilities: np.ndarray
     folds: np.ndarray
     grid: pd.DataFrame | None
+    kernel: dict  # the kernel method and why (:func:`stages.model.describe_kernel_method`)
 
 
 def train(features: np.ndarray, labels: np.ndarray, classes, svm: SvmParams, calibration_folds: int,
@@ -75,6 +83,8 @@ def train(features: np.ndarray, labels: np.ndarray, classes, svm: SvmParams, cal
     """
     targets = training_targets(labels)
     check_targets(targets, classes)
+    kernel = describe_kernel_method(svm, len(features))
+    svm = for_training_set(svm, len(features))
     grid = None
     if tune.enabled:
         grid = tune_grid(features, targets, svm, tune, classes)
@@ -83,7 +93,7 @@ def train(features: np.ndarray, labels: np.ndarray, classes, svm: SvmParams, cal
     check_folds(targets, folds, classes, purpose=f"calibrate.folds={calibration_folds}")
     oof = out_of_fold_probabilities(features, targets, svm, folds)
     model = build_model(svm).fit(features, targets)
-    return TrainResult(model=model, svm=svm, oof_probabilities=oof, folds=folds, grid=grid)
+    return TrainResult(model=model, svm=svm, oof_probabilities=oof, folds=folds, grid=grid, kernel=kernel)
 
 
 def oof_table(ids: np.ndarray, folds: np.ndarray, targets: np.ndarray, oof: np.ndarray, classes) -> pd.DataFrame:
@@ -128,6 +138,14 @@ def tune_heatmap(grid: pd.DataFrame | None, svm: SvmParams):
     return figure
 
 
+def kernel_summary(kernel: dict) -> str:
+    """One line for the log: the kernel method and why it was chosen."""
+    if kernel["method"] == "exact":
+        return f"exact ({kernel['reason']})"
+    return (f"approximate: Nystroem with {kernel['n_components']} landmarks + {kernel['classifier']} "
+            f"({kernel['reason']})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     for flag in ("--features", "--meta", "--labels", "--model-out", "--oof-out", "--tune-out", "--tune-heatmap"):
@@ -140,6 +158,7 @@ def main() -> None:
     _, features = load_features(args.features, expected_ids=ids)
     meta = read_json(args.meta)
 
+    print(f"train: kernel: {kernel_summary(describe_kernel_method(params.svm, len(ids)))}", flush=True)
     started = time.perf_counter()
     result = train(features, labels, classes, params.svm, params.calibrate.folds, params.tune)
     seconds = time.perf_counter() - started
@@ -148,7 +167,7 @@ def main() -> None:
     write_csv(args.oof_out, oof_table(ids, result.folds, training_targets(labels), result.oof_probabilities, classes))
 
     chosen = {"C": result.svm.C, "gamma": result.svm.gamma, "scaler": result.svm.scaler}
-    tune_record = {"enabled": params.tune.enabled, "best": chosen}
+    tune_record = {"enabled": params.tune.enabled, "best": chosen, "kernel": result.kernel}
     if result.grid is not None:
         best_row = result.grid.loc[result.grid["map_mean"].idxmax()]
         tune_record["best"]["cv_map"] = float(best_row["map_mean"])
@@ -156,7 +175,7 @@ def main() -> None:
     write_json(args.tune_out, tune_record)
     write_figure(args.tune_heatmap, tune_heatmap(result.grid, result.svm))
     print(f"train: {len(ids)} images, {len(classes)} classes, C={result.svm.C:g}, gamma={result.svm.gamma}, "
-          f"scaler={result.svm.scaler} ({seconds:.1f} s)")
+          f"scaler={result.svm.scaler}, kernel {result.kernel['method']} ({seconds:.1f} s)")
 
 
 if __name__ == "__main__":

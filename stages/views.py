@@ -71,7 +71,18 @@ def _all_resizes(path, keys: list[tuple[int, str]]) -> tuple[tf.Tensor, ...]:
 
 def view_batches(models: dict[int, object], paths: list[str], views: Sequence[View], batch_size: int,
                  prefetch: bool | None = None) -> Iterator[list[np.ndarray]]:
-    """Yield, batch by batch in the order of ``paths``, one float32 feature array per view.
+    """Yield, batch by batch in the order of ``paths``, one float32 feature array per view
+    (:class:`ViewRunner`, traced for this one call)."""
+    return ViewRunner(models, views, batch_size, prefetch).batches(paths)
+
+
+class ViewRunner:
+    """``models`` seen through ``views`` as one traced step: ``batches(paths)`` yields, batch by
+    batch in the order of ``paths``, one float32 feature array per view.
+
+    The step is traced once, when the runner is built, and reused by every ``batches`` call
+    (predict's and the engine workers' chunks: tracing again for each chunk would cost time
+    and keep each chunk's graph in memory).
 
     ``models[size]`` is the extractor for input size ``size`` (one model may serve several
     sizes): a Keras model, run inside the TensorFlow graph that decodes the batch, or a
@@ -83,74 +94,85 @@ def view_batches(models: dict[int, object], paths: list[str], views: Sequence[Vi
     machine the models already use every core, and decoding ahead on other threads slows every
     forward pass (measured for EfficientNetB0 on 2 cores: about 0.65x the bare model's speed);
     there, one graph decodes a batch of paths in parallel and then runs the models (about
-    0.93x). ``prefetch`` forces one or the other (None: by device). The graph is traced before
-    this returns. A corrupt image raises a PipelineError naming the file.
+    0.93x). ``prefetch`` forces one or the other (None: by device). A corrupt image raises a
+    PipelineError naming the file.
     """
-    paths = [str(p) for p in paths]
-    views = list(views)
-    keys = _resize_keys(views)
-    key_index = {key: i for i, key in enumerate(keys)}
-    pixel_specs = tuple(tf.TensorSpec([size, size, 3], tf.float32) for size, _ in keys)
-    in_graph = all(isinstance(model, keras.Model) for model in models.values())
-    on_gpu = bool(tf.config.list_physical_devices("GPU"))
-    prefetch = in_graph and (on_gpu if prefetch is None else prefetch)
-    jit = on_gpu and prefetch and all(bool(getattr(m, "jit_compile", False)) for m in models.values())
 
-    def view_pixels(resized) -> list[tf.Tensor]:
-        """One batch of pixels per view (mirrored ones reversed along the width)."""
-        pixels = [resized[key_index[(view.size, view.resize)]] for view in views]
-        return [tf.reverse(p, axis=[2]) if view.mirrored else p for view, p in zip(views, pixels)]
+    def __init__(self, models: dict[int, object], views: Sequence[View], batch_size: int,
+                 prefetch: bool | None = None):
+        self.views, self.batch_size = list(views), batch_size
+        self.keys = _resize_keys(self.views)
+        key_index = {key: i for i, key in enumerate(self.keys)}
+        pixel_specs = tuple(tf.TensorSpec([size, size, 3], tf.float32) for size, _ in self.keys)
+        in_graph = all(isinstance(model, keras.Model) for model in models.values())
+        on_gpu = bool(tf.config.list_physical_devices("GPU"))
+        self.prefetch = in_graph and (on_gpu if prefetch is None else prefetch)
+        self.jit = on_gpu and self.prefetch and all(bool(getattr(m, "jit_compile", False)) for m in models.values())
 
-    def run_models(resized):
-        return tuple(models[view.size](pixels, training=False)
-                     for view, pixels in zip(views, view_pixels(resized)))
+        def view_pixels(resized) -> list[tf.Tensor]:
+            """One batch of pixels per view (mirrored ones reversed along the width)."""
+            pixels = [resized[key_index[(view.size, view.resize)]] for view in self.views]
+            return [tf.reverse(p, axis=[2]) if view.mirrored else p for view, p in zip(self.views, pixels)]
 
-    if prefetch:
-        dataset = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string))
-        dataset = dataset.map(lambda p: _all_resizes(p, keys), num_parallel_calls=tf.data.AUTOTUNE,
-                              deterministic=True)
-        batches = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-        step = trace = tf.function(lambda *resized: run_models(resized), jit_compile=jit,
-                                   input_signature=[tf.TensorSpec([None, s, s, 3], tf.float32) for s, _ in keys])
-    else:
-        batches = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string)).batch(batch_size).prefetch(1)
+        def run_models(resized):
+            return tuple(models[view.size](pixels, training=False)
+                         for view, pixels in zip(self.views, view_pixels(resized)))
+
+        keys = self.keys
 
         def decode(batch_paths):
             return tf.map_fn(lambda p: _all_resizes(p, keys), batch_paths,
                              fn_output_signature=pixel_specs, parallel_iterations=64)
 
         signature = [tf.TensorSpec([None], tf.string)]
-        if in_graph:
-            step = trace = tf.function(lambda batch_paths: run_models(decode(batch_paths)),
-                                       input_signature=signature)
+        if self.prefetch:
+            self.step = trace = tf.function(lambda *resized: run_models(resized), jit_compile=self.jit,
+                                            input_signature=[tf.TensorSpec([None, s, s, 3], tf.float32)
+                                                             for s, _ in self.keys])
+        elif in_graph:
+            self.step = trace = tf.function(lambda batch_paths: run_models(decode(batch_paths)),
+                                            input_signature=signature)
         else:
             trace = tf.function(lambda batch_paths: view_pixels(decode(batch_paths)), input_signature=signature)
 
             def step(batch_paths):
-                return [models[view.size](pixels.numpy()) for view, pixels in zip(views, trace(batch_paths))]
-    trace.get_concrete_function()  # trace now (this function returns once ready), not in batch 1
+                return [models[view.size](pixels.numpy()) for view, pixels in zip(self.views, trace(batch_paths))]
+            self.step = step
+        trace.get_concrete_function()  # trace now, not in the first batch
 
-    def generate():
-        iterator, done = iter(batches), 0
-        while done < len(paths):
-            try:
-                batch = next(iterator)
-                if prefetch:
-                    n = int(batch[0].shape[0])
-                    if jit and n < batch_size:  # pad the last batch: one compiled shape only
-                        batch = tuple(tf.concat([b, tf.zeros([batch_size - n, *b.shape[1:]])], axis=0)
-                                      for b in batch)
-                    outputs = step(*batch)
-                else:
-                    n = int(batch.shape[0])
-                    outputs = step(batch)
-                features = [np.asarray(output, dtype=np.float32)[:n] for output in outputs]
-            except tf.errors.OpError as error:
-                raise find_bad_image(paths[done:], error) from error
-            done += n
-            yield features
+    def batches(self, paths: list[str]) -> Iterator[list[np.ndarray]]:
+        """The features of ``paths``, one list of arrays (one per view) per batch."""
+        paths = [str(p) for p in paths]
+        keys, batch_size = self.keys, self.batch_size
+        if self.prefetch:
+            dataset = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string))
+            dataset = dataset.map(lambda p: _all_resizes(p, keys), num_parallel_calls=tf.data.AUTOTUNE,
+                                  deterministic=True)
+            batches = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        else:
+            batches = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string)).batch(batch_size).prefetch(1)
 
-    return generate()
+        def generate():
+            iterator, done = iter(batches), 0
+            while done < len(paths):
+                try:
+                    batch = next(iterator)
+                    if self.prefetch:
+                        n = int(batch[0].shape[0])
+                        if self.jit and n < batch_size:  # pad the last batch: one compiled shape only
+                            batch = tuple(tf.concat([b, tf.zeros([batch_size - n, *b.shape[1:]])], axis=0)
+                                          for b in batch)
+                        outputs = self.step(*batch)
+                    else:
+                        n = int(batch.shape[0])
+                        outputs = self.step(batch)
+                    features = [np.asarray(output, dtype=np.float32)[:n] for output in outputs]
+                except tf.errors.OpError as error:
+                    raise find_bad_image(paths[done:], error) from error
+                done += n
+                yield features
+
+        return generate()
 
 
 def tf_reason(error: Exception) -> str:

@@ -165,6 +165,25 @@ def test_stages_write_every_declared_output(synthetic_workdir):
     assert (synthetic_workdir / "plots/confusion_matrices.png").stat().st_size > 10_000
 
 
+def test_past_max_exact_kernel_train_switches_to_nystroem_and_says_so(synthetic_workdir):
+    """150 training images > svm.max_exact_kernel=100: the approximate kernel; calibrate and
+    evaluate run on its probabilities unchanged."""
+    params = yaml.safe_load((synthetic_workdir / "params.yaml").read_text())
+    params["svm"].update(max_exact_kernel=100, n_components=64)
+    (synthetic_workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    logs = []
+    for args in (TRAIN, CALIBRATE, EVALUATE):
+        completed = run_stage(synthetic_workdir, args)
+        assert completed.returncode == 0, completed.stderr
+        logs.append(completed.stdout)
+    assert "approximate: Nystroem with 64 landmarks" in logs[0]
+    assert "150 training images > svm.max_exact_kernel (100)" in logs[0]
+    kernel = json.loads((synthetic_workdir / "metrics/tune.json").read_text())["kernel"]
+    assert (kernel["method"], kernel["n_components"], kernel["n_train"]) == ("nystroem", 64, 150)
+    metrics = json.loads((synthetic_workdir / "metrics/metrics.json").read_text())
+    assert metrics["n_eval"] == 200 and 0 < metrics["calibrated"]["f1_micro"] <= 1
+
+
 @pytest.mark.parametrize("settings", ["defaults", "tuning", "per_class_dice_capped"])
 def test_evaluation_labels_never_reach_the_model_or_the_thresholds(synthetic_workdir, settings):
     """Shuffle the eval labels: model, grid and decision rule must stay byte-identical."""

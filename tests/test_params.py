@@ -19,6 +19,7 @@ def test_repository_params_are_the_methods_defaults():
     assert (params.features.image_size, params.features.select_scales, params.features.flip_tta) == \
         ("auto", ((1.0,), (1.5,)), True)
     assert (params.svm.kernel, params.svm.C, params.svm.gamma, params.svm.scaler) == ("rbf", 1.0, "median", "sqrt")
+    assert (params.svm.approximation, params.svm.max_exact_kernel, params.svm.n_components) == ("auto", 5000, 1500)
     assert (params.calibrate.folds, params.calibrate.metric, params.calibrate.strategy,
             params.calibrate.min_labels) == (5, "jaccard", "auto", 1)
     assert params.tune.gamma == ("scale", 0.0005, 0.002, 0.008)
@@ -44,6 +45,10 @@ def test_repository_params_are_the_methods_defaults():
     ({"svn": {}}, r"unknown section\(s\) svn"),
     ({"subset": {"seed": -1}}, r"subset\.seed must be an integer >= 0"),
     ({"svm": {"n_jobs": 0}}, r"svm\.n_jobs must be a non-zero integer"),
+    ({"svm": {"approximation": "rff"}}, r"svm\.approximation must be one of auto, exact, nystroem"),
+    ({"svm": {"max_exact_kernel": 0}}, r"svm\.max_exact_kernel must be an integer >= 1"),
+    ({"svm": {"n_components": 1.5}}, r"svm\.n_components must be an integer"),
+    ({"svm": {"n_component": 10}}, r"svm\.n_component \(did you mean svm\.n_components\?\)"),
     ({"tune": {"C": [1, 1.0]}}, r"tune\.C must be a list without repeats"),
     ({"tune": {"gamma": ["scale", "scale"]}}, r"tune\.gamma must be a list without repeats"),
 ])

@@ -13,8 +13,8 @@ from stages.calibrate import (DecisionRule, apply_rule, best_global_threshold, c
                               class_threshold_curve, global_threshold_curve, out_of_fold_strategy_scores,
                               per_class_rule)
 from stages.common import PipelineError, training_targets
-from stages.metrics import multilabel_scores, target_score
-from stages.model import build_model, positive_probabilities, resolve_gamma
+from stages.metrics import mean_ap, multilabel_scores, target_score
+from stages.model import NystroemMap, PlattLinearSVC, build_model, for_training_set, positive_probabilities, resolve_gamma
 from stages.params import CalibrateParams, SvmParams, TuneParams, parse_params
 from stages.stratify import multilabel_kfold
 from stages.train import out_of_fold_probabilities, train
@@ -113,6 +113,63 @@ def test_tuning_records_the_grid_and_refits_the_best(data):
     refit = build_model(result.svm).fit(features, training_targets(labels))
     np.testing.assert_allclose(positive_probabilities(result.model, features[:5]),
                                positive_probabilities(refit, features[:5]))
+
+
+@pytest.mark.parametrize("approximation, max_exact_kernel, method", [
+    ("auto", 240, "exact"), ("auto", 239, "nystroem"), ("exact", 10, "exact"), ("nystroem", 5000, "nystroem")])
+def test_the_kernel_method_switches_past_max_exact_kernel(data, approximation, max_exact_kernel, method):
+    labels, features, _, eval_features = data  # 240 training images
+    svm = SvmParams(gamma="median", scaler="sqrt", n_jobs=1, approximation=approximation,
+                    max_exact_kernel=max_exact_kernel, n_components=100)
+    result = train(features, labels, CLASSES, svm, 3, TuneParams())
+    assert result.kernel["method"] == result.svm.approximation == method
+    assert type(result.model.named_steps["kernel"]).__name__ == ("KernelMap" if method == "exact" else "NystroemMap")
+    if approximation == "auto":
+        assert str(max_exact_kernel) in result.kernel["reason"]
+    probabilities = positive_probabilities(result.model, eval_features)
+    assert probabilities.shape == (len(eval_features), len(CLASSES))
+    assert result.oof_probabilities.shape == (len(features), len(CLASSES))
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
+
+
+def test_nystroem_with_every_training_image_as_landmark_is_the_exact_kernel(data):
+    """m = n landmarks: the map's dot products are the RBF kernel itself, so the approximate path's
+    probabilities stay close to the exact path's (a linear SVM on the map is the kernel SVM up to
+    its bias and loss)."""
+    labels, features, eval_labels, eval_features = data
+    x = features[:120].astype(np.float64)
+    mapped = NystroemMap(kernel="rbf", gamma="median", n_components=500).fit(x)
+    gamma = resolve_gamma("median", x)
+    assert mapped.gamma_ == gamma and mapped.nystroem_.n_components == 120
+    squared = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.testing.assert_allclose(mapped.transform(x) @ mapped.transform(x).T, np.exp(-gamma * squared), atol=1e-6)
+
+    targets = training_targets(labels)
+    svm = SvmParams(gamma="median", scaler="sqrt", n_jobs=1, n_components=len(features))
+    exact = positive_probabilities(build_model(svm).fit(features, targets), eval_features)
+    approximate = positive_probabilities(
+        build_model(replace(svm, approximation="nystroem")).fit(features, targets), eval_features)
+    assert np.abs(exact - approximate).mean() < 0.03
+    eval_targets = training_targets(eval_labels) * 2 - 1
+    assert abs(mean_ap(eval_targets, exact) - mean_ap(eval_targets, approximate)) < 0.02
+
+
+@pytest.mark.parametrize("positives", [1, 3, 30])
+def test_platt_linear_svc_gives_probabilities_for_rare_classes(positives):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5))
+    y = np.zeros(60, dtype=int)
+    y[:positives] = 1
+    x[:positives] += 1.5
+    probabilities = PlattLinearSVC().fit(x, y).predict_proba(x)
+    assert probabilities.shape == (60, 2) and np.allclose(probabilities.sum(axis=1), 1)
+    assert probabilities[:positives, 1].mean() > probabilities[positives:, 1].mean()
+
+
+def test_an_unresolved_approximation_is_refused():
+    with pytest.raises(ValueError, match="resolve it for the training set"):
+        build_model(SvmParams(approximation="auto"))
+    assert for_training_set(SvmParams(approximation="auto", max_exact_kernel=10), 11).approximation == "nystroem"
 
 
 def rule_row_by_row(probabilities, rule):

@@ -1,0 +1,152 @@
+"""The optional distributed engine: Ray Data spreads featurize's and predict's per-image work
+over a pool of workers, on this machine or on a cluster.
+
+    features.engine: auto     # ray when $RAY_ADDRESS is set, else single (the default)
+                     single   # this process only: the path that runs without Ray installed
+                     ray      # Ray Data: a local ray.init() unless $RAY_ADDRESS names a cluster
+    features.workers: null    # ray: workers in the pool (null: one per GPU, else one per CPU)
+
+Both engines run the same work: :func:`map_chunks` hands chunks of rows (image paths and
+their positions) to a *worker*, an object that a picklable factory builds once (it loads the
+backbones once) and then calls once per chunk. ``single`` calls it in this process, chunk
+after chunk; ``ray`` builds one per actor of a Ray Data actor pool (``map_batches``) and
+streams the chunks through them in order, with Ray's retries: an actor that dies is
+restarted and its chunk run again. Workers write each vector to the shared per-image feature
+cache as they go, so a retry or a rerun never recomputes one.
+
+Ray is an optional dependency (``pip install -r requirements-engine.txt``); without it the
+single-process path runs unchanged and asking for ``ray`` says how to install it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from stages.common import PipelineError
+from stages.params import ENGINES
+
+ADDRESS_ENV = "RAY_ADDRESS"
+REQUIREMENTS_FILE = "requirements-engine.txt"
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How per-image work runs: ``name`` single or ray (resolved), ``workers`` in the pool (ray)."""
+    name: str = "single"
+    workers: int | None = None
+
+    @property
+    def label(self) -> str:
+        if self.name == "single":
+            return "single process"
+        return f"ray ({os.environ.get(ADDRESS_ENV) or 'local'}, {self.workers or 'auto'} workers)"
+
+
+def resolve_engine(name: str, workers: int | None = None, setting: str = "features.engine") -> Engine:
+    """The engine for a setting: ``auto`` is ray when ``$RAY_ADDRESS`` is set, else single.
+
+    Asking for ray (directly or through ``$RAY_ADDRESS``) without Ray installed raises a
+    PipelineError that says how to install it or how to do without.
+    """
+    if name not in ENGINES:
+        raise PipelineError(f"{setting} must be one of {', '.join(ENGINES)}, got {name!r}")
+    if name == "auto":
+        name = "ray" if os.environ.get(ADDRESS_ENV) else "single"
+    if name == "ray" and not ray_installed():
+        why = f"{setting} is ray" if not os.environ.get(ADDRESS_ENV) else \
+            f"${ADDRESS_ENV} is set ({os.environ[ADDRESS_ENV]})"
+        single = f"{setting} single" if setting.startswith("--") else f"{setting}: single"
+        raise PipelineError(f"{why}, but Ray Data, the optional distributed engine, is not installed: "
+                            f"install it with `pip install -r {REQUIREMENTS_FILE}` (ray[data]), or run "
+                            f"in this process with {single} (and unset ${ADDRESS_ENV})")
+    return Engine(name, workers)
+
+
+def ray_installed() -> bool:
+    """Whether ``ray.data`` can be imported."""
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def map_chunks(make_worker: Callable[[], Callable[[dict], dict]], columns: dict[str, np.ndarray],
+               chunk_size: int, engine: Engine) -> Iterator[dict]:
+    """Run ``worker(chunk)`` over ``columns`` (equal-length arrays) in chunks of ``chunk_size``
+    rows; yield each chunk's result (a dict of arrays), in the order of the rows.
+
+    ``make_worker`` is called once per worker (once here for ``single``; once per actor, on
+    the actor, for ``ray``), so it must be picklable (a class or ``functools.partial``).
+    """
+    n_rows = len(next(iter(columns.values())))
+    if engine.name == "single":
+        worker = make_worker()
+        for start in range(0, n_rows, chunk_size):
+            yield worker({name: values[start:start + chunk_size] for name, values in columns.items()})
+        return
+    yield from _ray_map_chunks(make_worker, columns, n_rows, chunk_size, engine.workers)
+
+
+# ----------------------------------------------------------------------------- ray
+
+def connect_ray(**local_options):
+    """``ray`` connected: to ``$RAY_ADDRESS`` if set, else a local instance started here (with
+    ``local_options`` for ``ray.init``, e.g. ``num_cpus=2``); an existing connection is kept.
+
+    Workers get this repository's ``stages`` package (``py_modules``), so a cluster needs only
+    the same requirements installed, not a copy of the code.
+    """
+    import ray
+    if not ray.is_initialized():
+        runtime_env = {"py_modules": [str(Path(__file__).resolve().parent)],
+                       "env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}}
+        address = os.environ.get(ADDRESS_ENV) or None
+        ray.init(address=address, runtime_env=runtime_env, include_dashboard=False,
+                 logging_level=logging.WARNING, log_to_driver=False, **({} if address else local_options))
+    import ray.data
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False  # the stages draw their own
+    context.enable_auto_log_stats = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    return ray
+
+
+class _ChunkActor:
+    """One actor of the pool: builds its worker once, then runs it on each chunk."""
+
+    def __init__(self, make_worker, threads: int):
+        import tensorflow as tf
+        try:  # one CPU per actor: TensorFlow's own pools would otherwise take every core
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:  # TensorFlow already initialised in this process
+            pass
+        self.worker = make_worker()
+
+    def __call__(self, chunk: dict) -> dict:
+        return self.worker(chunk)
+
+
+def _ray_map_chunks(make_worker, columns: dict, n_rows: int, chunk_size: int, workers: int | None):
+    ray = connect_ray()
+    import pandas as pd
+
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    size = workers or gpus or max(1, int(resources.get("CPU", 1)))
+    threads = 1 if gpus else max(1, int(resources.get("CPU", 1)) // size)
+    chunk_size = max(1, min(chunk_size, -(-n_rows // (2 * size))))  # few rows: still every worker
+    frame = pd.DataFrame(columns)
+    blocks = [frame.iloc[start:start + chunk_size] for start in range(0, n_rows, chunk_size)]
+    dataset = ray.data.from_pandas(blocks).map_batches(
+        _ChunkActor, fn_constructor_kwargs={"make_worker": make_worker, "threads": threads},
+        batch_size=chunk_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
+        num_cpus=threads, num_gpus=1 if gpus else 0)
+    yield from dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)

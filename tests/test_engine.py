@@ -1,0 +1,230 @@
+"""The optional engine (Ray Data) for featurize and predict, and predict's streaming output.
+
+Generated tiny images, EfficientNetB0 with random weights (``weights: None``) at 32 x 32.
+The Ray tests share one local 2-worker instance (``ray_cluster``); they are skipped where
+Ray is not installed, except under CI (``make test`` installs requirements-engine.txt),
+where a missing Ray fails them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import tracemalloc
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from stages.calibrate import DecisionRule
+from stages.common import PipelineError, feature_signature, file_md5, write_json
+from stages.engine import Engine, resolve_engine
+from stages.featurize import build_meta, extract_features, fixed_recipes
+from stages.model import build_model, save_model
+from stages.params import FeaturesParams, SvmParams, VOC_CLASSES
+from stages.predict import main as predict_main
+
+FEATURES = FeaturesParams(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=8, flip_tta=True)
+
+
+def write_images(folder, count: int, seed: int = 0) -> list[str]:
+    """``count`` small JPEGs of random pixels and varied shapes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        height, width = rng.integers(16, 48, size=2)
+        path = folder / f"{i:05d}.jpg"
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path, quality=85)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray instance with 2 CPUs (so 2 workers), shared by this module's Ray tests."""
+    if not os.environ.get("CI"):
+        pytest.importorskip("ray.data", reason="Ray Data is optional: pip install -r requirements-engine.txt")
+    from stages.engine import connect_ray
+    ray = connect_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+def single_process_features(paths, cache_dir, monkeypatch, params=FEATURES) -> np.ndarray:
+    monkeypatch.setenv("FEWLABEL_CACHE_DIR", str(cache_dir))
+    features, _ = extract_features(paths, params, progress=False)
+    return features
+
+
+def assert_same_features(actual: np.ndarray, expected: np.ndarray) -> None:
+    assert actual.shape == expected.shape
+    assert np.abs(actual - expected).max() <= 1e-5  # the issue's bound ...
+    # ... and relative to these random-weight features' tiny scale (about 1e-6)
+    assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_engine_features_equal_the_single_process_ones_in_order(ray_cluster, tmp_path, monkeypatch):
+    paths = write_images(tmp_path / "img", 40)
+    paths = [paths[i] for i in np.random.default_rng(1).permutation(40)] + [paths[3]]  # shuffled, a repeat
+    expected = single_process_features(paths, tmp_path / "single-cache", monkeypatch)
+
+    monkeypatch.setenv("FEWLABEL_CACHE_DIR", str(tmp_path / "engine-cache"))
+    features, stats = extract_features(paths, FEATURES, progress=False, engine=Engine("ray", workers=2))
+    assert_same_features(features, expected)
+    assert stats["engine"] == "ray (local, 2 workers)" and stats["n_extracted"] == 40
+    cached = list((tmp_path / "engine-cache").rglob("*.npy"))
+    assert len(cached) == 80  # the workers filled the shared cache: 40 images x 2 views (flip)
+
+    again, stats = extract_features(paths, FEATURES, progress=False, engine=Engine("ray", workers=2))
+    assert stats["n_cached"] == 40 and np.array_equal(again, features)  # a rerun extracts nothing
+
+
+def ray_workers(started_after: float) -> list:
+    """The processes of the engine's actor pools (children of this process's Ray instance)
+    started after ``started_after`` (a time.time())."""
+    import psutil
+    workers = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if "MapWorker" in " ".join(process.cmdline()) and process.create_time() >= started_after:
+                workers.append(process)
+        except psutil.Error:
+            pass
+    return workers
+
+
+def test_a_worker_killed_mid_run_is_retried_and_nothing_is_lost(ray_cluster, tmp_path, monkeypatch):
+    paths = write_images(tmp_path / "img", 200, seed=2)
+    params = replace(FEATURES, flip_tta=False)
+    expected = single_process_features(paths, tmp_path / "single-cache", monkeypatch, params)
+    cache = tmp_path / "engine-cache"
+    monkeypatch.setenv("FEWLABEL_CACHE_DIR", str(cache))
+    result = {}
+
+    def run():
+        result["features"], result["stats"] = extract_features(paths, params, progress=False,
+                                                               engine=Engine("ray", workers=2))
+
+    thread = threading.Thread(target=run)
+    started = time.time()
+    thread.start()
+    killed = None
+    while thread.is_alive() and killed is None:
+        if len(list(cache.rglob("*.npy"))) >= 10:  # under way: some vectors are in the cache
+            workers = ray_workers(started)
+            if workers:
+                killed = workers[0].pid
+                workers[0].kill()
+        time.sleep(0.02)
+    thread.join()
+    assert killed is not None, "the run ended before a worker could be killed"
+    assert_same_features(result["features"], expected)
+    assert result["stats"]["n_extracted"] == 200
+    assert len(list(cache.rglob("*.npy"))) == 200
+
+
+# --------------------------------------------------------------------------- predict
+
+@pytest.fixture
+def predict_project(tmp_path, monkeypatch):
+    """A folder holding what predict reads: params.yaml, meta.json, a model and its thresholds
+    (an SVM on random labels: the tests check the plumbing, not the labels)."""
+    from stages.featurize import Recipe
+    root = tmp_path / "project"
+    (root / "models").mkdir(parents=True)
+    (root / "params.yaml").write_text(json.dumps({"features": {"engine": "single"}}))
+    params = FeaturesParams(backbones=FEATURES.backbones, weights=None, image_size=32, batch_size=16)
+    recipes = [Recipe("EfficientNetB0", (32,))]
+    meta = build_meta(params, recipes, [1280])
+    write_json(root / "meta.json", meta)
+    train_paths = write_images(tmp_path / "train", 30, seed=3)
+    features, _ = extract_features(train_paths, params, progress=False, recipes=recipes)
+    targets = (np.random.default_rng(0).random((30, len(VOC_CLASSES))) < 0.5).astype(int)
+    targets[0], targets[1] = 1, 0
+    model = build_model(SvmParams(gamma="scale", n_jobs=1)).fit(features, targets)
+    save_model(root / "models/model.joblib", model, VOC_CLASSES, SvmParams(), feature_signature(meta), 30)
+    rule = DecisionRule.uniform(len(VOC_CLASSES), 0.5, min_labels=1).to_record(VOC_CLASSES)
+    write_json(root / "models/thresholds.json", {**rule, "model_md5": file_md5(root / "models/model.joblib")})
+    monkeypatch.chdir(root)
+    return root
+
+
+def run_predict(args: list[str]) -> int:
+    try:
+        predict_main([*args, "--meta", "meta.json", "--quiet"])
+    except SystemExit as exit_:
+        return int(exit_.code)
+    return 0
+
+
+def test_predict_streams_chunks_and_its_memory_stays_flat(predict_project, tmp_path):
+    """2,000 files in chunks of 200: the Python heap's peak is the same as for 400 files (a
+    run that kept every image's features or rows would hold 5x more)."""
+    paths = write_images(tmp_path / "many", 2000, seed=4)
+    peaks = {}
+    for count in (400, 2000):
+        listing = tmp_path / f"list{count}.txt"
+        listing.write_text("\n".join(paths[:count]) + "\n")
+        tracemalloc.start()
+        assert run_predict(["--list", str(listing), "--out", f"p{count}.csv", "--chunk-size", "200"]) == 0
+        peaks[count] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    table = pd.read_csv("p2000.csv")
+    assert list(table["path"]) == paths and table.filter(like="p_").notna().all().all()
+    assert peaks[2000] < peaks[400] + 2_000_000, peaks
+
+
+def test_predict_on_the_engine_equals_single_process_and_goes_past_a_bad_file(ray_cluster, predict_project,
+                                                                             tmp_path, capsys):
+    paths = write_images(tmp_path / "img", 60, seed=5)
+    bad = tmp_path / "img" / "00007.jpg"
+    bad.write_bytes(b"not a JPEG at all")
+    assert run_predict([str(tmp_path / "img"), "--out", "single.csv", "--engine", "single"]) == 1
+    assert run_predict([str(tmp_path / "img"), "--out", "engine.parquet", "--engine", "ray",
+                        "--workers", "2", "--chunk-size", "16"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {bad}: not a readable image (not an image: its content is none of JPEG, PNG, "
+                      f"GIF, BMP, WebP); skipped"] * 2
+    single, engine = pd.read_csv("single.csv"), pd.read_parquet("engine.parquet")
+    assert list(engine["path"]) == list(single["path"]) == [p for p in paths if p != str(bad)]
+    assert (engine["labels"].fillna("") == single["labels"].fillna("")).all()
+    probabilities = [c for c in single.columns if c.startswith("p_")]
+    assert np.abs(engine[probabilities].to_numpy() - single[probabilities].to_numpy()).max() < 1e-5
+
+
+# --------------------------------------------------------------------------- without Ray
+
+@pytest.fixture
+def without_ray(monkeypatch):
+    """Make ``import ray`` fail, as where the optional dependency is not installed."""
+    for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
+def test_without_ray_the_default_runs_and_asking_for_ray_says_how_to_install_it(without_ray, tmp_path,
+                                                                              monkeypatch):
+    assert resolve_engine("auto") == Engine("single")
+    paths = write_images(tmp_path / "img", 3)
+    features, stats = extract_features(paths, FEATURES, progress=False, engine=resolve_engine("auto"))
+    assert features.shape == (3, 1280) and stats["engine"] == "single process"
+
+    with pytest.raises(PipelineError, match=r"features\.engine is ray, but Ray Data, the optional distributed "
+                                            r"engine, is not installed: install it with `pip install -r "
+                                            r"requirements-engine.txt`"):
+        resolve_engine("ray")
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    with pytest.raises(PipelineError, match=r"\$RAY_ADDRESS is set \(ray://head:10001\), but Ray Data"):
+        resolve_engine("auto")
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("features: {engine: single}\n")
+    with pytest.raises(PipelineError, match=r"--engine is ray, but Ray Data.* or run in this process with "
+                                            r"--engine single"):
+        predict_main([paths[0], "--engine", "ray"])
