@@ -26,6 +26,7 @@ from stages.engine import Engine, resolve_engine
 from stages.featurize import build_meta, extract_features, fixed_recipes
 from stages.model import build_model, save_model
 from stages.params import FeaturesParams, SvmParams, VOC_CLASSES
+from stages.runtimes import RuntimeChoice
 from stages.predict import main as predict_main
 
 FEATURES = FeaturesParams(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=8, flip_tta=True)
@@ -140,7 +141,7 @@ def predict_project(tmp_path, monkeypatch):
     (root / "params.yaml").write_text(json.dumps({"features": {"engine": "single"}}))
     params = FeaturesParams(backbones=FEATURES.backbones, weights=None, image_size=32, batch_size=16)
     recipes = [Recipe("EfficientNetB0", (32,))]
-    meta = build_meta(params, recipes, [1280])
+    meta = build_meta(params, recipes, [1280], RuntimeChoice())
     write_json(root / "meta.json", meta)
     train_paths = write_images(tmp_path / "train", 30, seed=3)
     features, _ = extract_features(train_paths, params, progress=False, recipes=recipes)
