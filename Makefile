@@ -1,11 +1,12 @@
 # Two entry points (see README): `make pipeline` and `make test`.
 # Both create .venv with the pinned requirements first (once per change of requirements.txt);
-# `make test` adds the optional fast CPU runtime (requirements-fast.txt) so its tests run too.
+# `make test` adds the optional fast CPU runtime (requirements-fast.txt) and the optional engine
+# (requirements-engine.txt) so their tests run too.
 PYTHON ?= python3
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: pipeline test setup setup-fast bench quality clean-venv
+.PHONY: pipeline test setup setup-fast setup-engine bench scale quality clean-venv
 
 setup: $(VENV)/.installed
 
@@ -22,18 +23,29 @@ $(VENV)/.installed-fast: requirements-fast.txt $(VENV)/.installed
 	$(VENV)/bin/pip install --quiet -r requirements-fast.txt
 	touch $@
 
+## The optional distributed engine (Ray Data), on top of setup.
+setup-engine: $(VENV)/.installed-engine
+
+$(VENV)/.installed-engine: $(VENV)/.installed requirements-engine.txt
+	$(VENV)/bin/pip install --quiet -r requirements.txt -r requirements-engine.txt
+	touch $@
+
 ## Download PASCAL VOC, extract features, train, calibrate, evaluate (dvc repro).
 pipeline: setup
 	dvc repro
 
 ## Run the test suite (pytest exits 5 when it collects no test: that is a failure too).
-test: setup-fast
+test: setup-fast setup-engine
 	python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 
 ## Feature-extraction throughput (see bench/featurize.py --help for options).
 bench: setup-fast
 	python bench/featurize.py
+
+## Train and predict at scale (bench/scale.py; see README, "Beyond one machine").
+scale: setup-engine
+	python bench/scale.py --json bench/results/scale.json
 
 ## Quality on real photos: bench/quality.yaml's configs on devdata (../shared/devdata), 5 draws.
 quality: setup

@@ -1,8 +1,9 @@
-"""Synthetic features and labels shaped like the real pipeline's (for tests and benchmarks).
+"""Synthetic features, labels and images shaped like the real pipeline's (for tests and benchmarks).
 
 Writes what subset + featurize would: ``data/subset/{train,eval}.csv``,
 ``data/features/{train,eval}.npz`` and ``meta.json``, so that train, calibrate and evaluate
-can run without images or a CNN.
+can run without images or a CNN; or small generated images and what ``stages.predict``
+reads (:func:`write_predict_project`).
 """
 from __future__ import annotations
 
@@ -51,3 +52,49 @@ def write_synthetic_inputs(root: Path, n_train: int = 750, n_eval: int = 5000, d
         table.to_csv(root / "data" / "subset" / f"{split}.csv", index=False)
         np.savez(root / "data" / "features" / f"{split}.npz", ids=ids, features=features)
     (root / "data" / "features" / "meta.json").write_text(json.dumps(meta))
+
+
+def write_images(folder: Path, count: int, seed: int = 0, max_side: int = 48) -> list[str]:
+    """``count`` small JPEGs of random pixels and varied shapes (16 to ``max_side`` pixels a side)."""
+    from PIL import Image
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        height, width = rng.integers(16, max_side, size=2)
+        path = folder / f"{i:06d}.jpg"
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path, quality=85)
+        paths.append(str(path))
+    return paths
+
+
+def write_predict_project(root: Path, backbone: str = "EfficientNetB0", image_size: int = 32,
+                          classes=VOC_CLASSES) -> Path:
+    """What ``python -m stages.predict`` reads, in ``root``: ``params.yaml`` (engine single),
+    ``meta.json`` (``backbone`` with random weights at ``image_size``), ``models/model.joblib``
+    (an SVM fitted to random labels of 30 generated images: for plumbing, not for labels) and
+    ``models/thresholds.json`` (0.5 and at least one label). Uses the feature cache."""
+    from stages.calibrate import DecisionRule
+    from stages.common import feature_signature, file_md5, write_json
+    from stages.featurize import Recipe, build_meta, extract_features
+    from stages.model import build_model, save_model
+    from stages.params import FeaturesParams, SvmParams
+
+    root = Path(root)
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(json.dumps({"data": {"classes": list(classes)},
+                                                  "features": {"engine": "single"}}))
+    params = FeaturesParams(backbones=(backbone,), weights=None, image_size=image_size, batch_size=16)
+    recipes = [Recipe(backbone, (image_size,))]
+    features, stats = extract_features(write_images(root / "train-images", 30, seed=12345), params,
+                                       progress=False, recipes=recipes)
+    meta = build_meta(params, recipes, stats["dims"], stats["runtime"])
+    write_json(root / "meta.json", meta)
+    targets = (np.random.default_rng(0).random((30, len(classes))) < 0.5).astype(int)
+    targets[0], targets[1] = 1, 0
+    model = build_model(SvmParams(gamma="scale", n_jobs=1)).fit(features, targets)
+    save_model(root / "models/model.joblib", model, classes, SvmParams(), feature_signature(meta), 30)
+    rule = DecisionRule.uniform(len(classes), 0.5, min_labels=1).to_record(classes)
+    write_json(root / "models/thresholds.json", {**rule, "model_md5": file_md5(root / "models/model.joblib")})
+    return root

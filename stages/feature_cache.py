@@ -5,11 +5,17 @@ extracted again and an edited one is. Each cache folder holds the vectors of one
 seen through one :class:`stages.views.View`, and its name carries a hash of everything that
 makes those vectors (weights, view, library versions, the code that feeds the model), so a
 change to any of them can never serve stale features.
+
+The folders live in ``$FEWLABEL_FEATURE_CACHE``: a folder (a shared file system for a
+cluster) or any fsspec URL (``s3://bucket/fewlabel-features`` with s3fs installed, ...);
+by default ``<user cache>/features``. Every process that reads or writes it (featurize,
+predict, the engine's workers) shares what any of them extracted.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -17,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.common import PipelineError, user_cache_dir, write_json
+from stages.common import PipelineError, user_cache_dir
+
+FEATURE_CACHE_ENV = "FEWLABEL_FEATURE_CACHE"
 
 # Leading bytes of the formats tf.io.decode_image reads (a cheap check before any extraction).
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"\xff\x0a",
@@ -57,33 +65,78 @@ def hash_images(paths: list[str]) -> list[str]:
     return [digest for digest, _ in results]
 
 
-def cache_folder(label: str, key: dict) -> Path:
-    """``<user cache>/features/<label>-<hash of key>``: one folder per distinct ``key``."""
+def cache_folder(label: str, key: dict) -> str:
+    """``<feature cache>/<label>-<hash of key>``: one folder (or URL) per distinct ``key``."""
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     label = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
-    return user_cache_dir("features", f"{label}-{digest}")
+    root = os.environ.get(FEATURE_CACHE_ENV) or str(user_cache_dir("features"))
+    return f"{root.rstrip('/')}/{label}-{digest}"
+
+
+def is_url(location: str) -> bool:
+    """True for an fsspec URL (``s3://...``, ``file://...``), False for a plain path."""
+    return "://" in str(location)
 
 
 class FeatureCache:
-    """One ``.npy`` feature vector per image content hash: ``<dir>/<sha1[:2]>/<sha1>.npy``;
-    ``key.json`` records what the vectors are."""
+    """One ``.npy`` feature vector per image content hash: ``<location>/<sha1[:2]>/<sha1>.npy``;
+    ``key.json`` records what the vectors are. ``location`` is a folder or an fsspec URL.
 
-    def __init__(self, directory: Path, key: dict):
-        self.directory = Path(directory)
-        self.key = key
-        key_file = self.directory / "key.json"
-        if not key_file.exists():
-            write_json(key_file, key)
+    A vector appears whole or not at all (a folder: written beside, then renamed; an object
+    store: one put); an entry that does not load (cut short on another file system) reads as
+    missing and is extracted again.
+    """
 
-    def path(self, digest: str) -> Path:
-        return self.directory / digest[:2] / f"{digest}.npy"
+    def __init__(self, location: str | Path, key: dict):
+        self.location, self.key = str(location), key
+        self.fs = None
+        if is_url(self.location):
+            import fsspec
+            try:
+                self.fs, self.root = fsspec.core.url_to_fs(self.location)
+            except (ImportError, ValueError) as error:
+                raise PipelineError(f"${FEATURE_CACHE_ENV}={self.location}: cannot open this URL ({error}); "
+                                    f"install its fsspec backend (e.g. s3fs for s3://) or use a folder") from error
+        if self.get_bytes("key.json") is None:
+            self.put_bytes("key.json", (json.dumps(key, indent=2) + "\n").encode())
+
+    def _relative(self, digest: str) -> str:
+        return f"{digest[:2]}/{digest}.npy"
+
+    def get_bytes(self, relative: str) -> bytes | None:
+        """The content of ``relative`` in the cache, or None if absent or unreadable."""
+        try:
+            if self.fs is not None:
+                return self.fs.cat_file(f"{self.root}/{relative}")
+            return Path(self.location, relative).read_bytes()
+        except (FileNotFoundError, OSError):
+            return None
+
+    def put_bytes(self, relative: str, content: bytes) -> None:
+        """Write ``content`` to ``relative`` whole (see the class docstring)."""
+        if self.fs is not None:
+            target = f"{self.root}/{relative}"
+            self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)  # object stores: nothing to do
+            self.fs.pipe_file(target, content)
+            return
+        path = Path(self.location, relative)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
     def get(self, digest: str) -> np.ndarray | None:
-        path = self.path(digest)
-        if not path.exists():
+        content = self.get_bytes(self._relative(digest))
+        if content is None:
             return None
         try:
-            vector = np.load(path, allow_pickle=False)
+            vector = np.load(io.BytesIO(content), allow_pickle=False)
         except (OSError, ValueError):
             return None  # damaged entry: extract again
         if vector.ndim != 1 or vector.dtype != np.float32 or vector.size == 0:
@@ -91,14 +144,14 @@ class FeatureCache:
         return vector
 
     def put(self, digest: str, vector: np.ndarray) -> None:
-        path = self.path(digest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{digest}.", suffix=".npy", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.save(handle, np.ascontiguousarray(vector, dtype=np.float32))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(vector, dtype=np.float32))
+        self.put_bytes(self._relative(digest), buffer.getvalue())
+
+    def remove(self, digest: str) -> None:
+        """Forget one vector (it is extracted again next time)."""
+        if self.fs is not None:
+            if self.fs.exists(f"{self.root}/{self._relative(digest)}"):
+                self.fs.rm_file(f"{self.root}/{self._relative(digest)}")
+        else:
+            Path(self.location, self._relative(digest)).unlink(missing_ok=True)

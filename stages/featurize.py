@@ -305,7 +305,7 @@ def _extract_backbone(backbone: str, views: list[View], paths: list[str], digest
         dims = {v.size for v in vectors[view]}
         if len(dims) != 1:  # cached vectors of another model shape: redo this view from scratch
             for i, digest in enumerate(digests):
-                caches[view].path(digest).unlink(missing_ok=True)
+                caches[view].remove(digest)
             return _extract_backbone(backbone, views, paths, digests, weights, batch_size, progress, runtime,
                                      engine)
         result[view] = np.stack(vectors[view]).astype(np.float32, copy=False)
@@ -346,7 +346,7 @@ class ViewWorker:
     def __init__(self, backbone: str, views: list[View], weights: str | None, batch_size: int,
                  runtime: RuntimeChoice, cache_folders: list[tuple[str, dict]]):
         self.views = list(views)
-        self.caches = [FeatureCache(Path(folder), key) for folder, key in cache_folders]
+        self.caches = [FeatureCache(location, key) for location, key in cache_folders]
         self.extractors = Extractors(backbone, weights, batch_size, runtime)
 
     def __call__(self, chunk: dict) -> dict:
@@ -370,7 +370,7 @@ def _engine_batches(backbone: str, views: list[View], weights: str | None, batch
     """Like :meth:`stages.views.ViewRunner.batches`, on the engine's workers: one list of arrays
     (one per view) per chunk, in the order of ``paths``."""
     worker = functools.partial(ViewWorker, backbone, views, weights, batch_size, runtime,
-                               [(str(cache.directory), cache.key) for cache in caches])
+                               [(cache.location, cache.key) for cache in caches])
     columns = {"position": np.arange(len(paths)), "path": np.asarray(paths), "digest": np.asarray(digests)}
     done = 0
     for result in map_chunks(worker, columns, ENGINE_CHUNK_IMAGES, engine):

@@ -7,7 +7,6 @@ where a missing Ray fails them.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -18,31 +17,15 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
-from stages.calibrate import DecisionRule
-from stages.common import PipelineError, feature_signature, file_md5, write_json
+from bench.synthetic import write_images, write_predict_project
+from stages.common import PipelineError
 from stages.engine import Engine, resolve_engine
-from stages.featurize import build_meta, extract_features, fixed_recipes
-from stages.model import build_model, save_model
-from stages.params import FeaturesParams, SvmParams, VOC_CLASSES
-from stages.runtimes import RuntimeChoice
+from stages.featurize import extract_features
+from stages.params import FeaturesParams
 from stages.predict import main as predict_main
 
 FEATURES = FeaturesParams(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=8, flip_tta=True)
-
-
-def write_images(folder, count: int, seed: int = 0) -> list[str]:
-    """``count`` small JPEGs of random pixels and varied shapes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(count):
-        height, width = rng.integers(16, 48, size=2)
-        path = folder / f"{i:05d}.jpg"
-        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path, quality=85)
-        paths.append(str(path))
-    return paths
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +57,12 @@ def test_engine_features_equal_the_single_process_ones_in_order(ray_cluster, tmp
     paths = [paths[i] for i in np.random.default_rng(1).permutation(40)] + [paths[3]]  # shuffled, a repeat
     expected = single_process_features(paths, tmp_path / "single-cache", monkeypatch)
 
-    monkeypatch.setenv("FEWLABEL_CACHE_DIR", str(tmp_path / "engine-cache"))
+    # the shared cache as an fsspec URL (s3://... on a cluster)
+    monkeypatch.setenv("FEWLABEL_FEATURE_CACHE", f"file://{tmp_path}/shared-cache")
     features, stats = extract_features(paths, FEATURES, progress=False, engine=Engine("ray", workers=2))
     assert_same_features(features, expected)
     assert stats["engine"] == "ray (local, 2 workers)" and stats["n_extracted"] == 40
-    cached = list((tmp_path / "engine-cache").rglob("*.npy"))
+    cached = list((tmp_path / "shared-cache").rglob("*.npy"))
     assert len(cached) == 80  # the workers filled the shared cache: 40 images x 2 views (flip)
 
     again, stats = extract_features(paths, FEATURES, progress=False, engine=Engine("ray", workers=2))
@@ -133,24 +117,9 @@ def test_a_worker_killed_mid_run_is_retried_and_nothing_is_lost(ray_cluster, tmp
 
 @pytest.fixture
 def predict_project(tmp_path, monkeypatch):
-    """A folder holding what predict reads: params.yaml, meta.json, a model and its thresholds
-    (an SVM on random labels: the tests check the plumbing, not the labels)."""
-    from stages.featurize import Recipe
-    root = tmp_path / "project"
-    (root / "models").mkdir(parents=True)
-    (root / "params.yaml").write_text(json.dumps({"features": {"engine": "single"}}))
-    params = FeaturesParams(backbones=FEATURES.backbones, weights=None, image_size=32, batch_size=16)
-    recipes = [Recipe("EfficientNetB0", (32,))]
-    meta = build_meta(params, recipes, [1280], RuntimeChoice())
-    write_json(root / "meta.json", meta)
-    train_paths = write_images(tmp_path / "train", 30, seed=3)
-    features, _ = extract_features(train_paths, params, progress=False, recipes=recipes)
-    targets = (np.random.default_rng(0).random((30, len(VOC_CLASSES))) < 0.5).astype(int)
-    targets[0], targets[1] = 1, 0
-    model = build_model(SvmParams(gamma="scale", n_jobs=1)).fit(features, targets)
-    save_model(root / "models/model.joblib", model, VOC_CLASSES, SvmParams(), feature_signature(meta), 30)
-    rule = DecisionRule.uniform(len(VOC_CLASSES), 0.5, min_labels=1).to_record(VOC_CLASSES)
-    write_json(root / "models/thresholds.json", {**rule, "model_md5": file_md5(root / "models/model.joblib")})
+    """A folder holding what predict reads (:func:`bench.synthetic.write_predict_project`), made
+    the working directory."""
+    root = write_predict_project(tmp_path / "project", image_size=32)
     monkeypatch.chdir(root)
     return root
 
