@@ -92,9 +92,9 @@ def test_runtime_is_part_of_the_feature_cache_key(images):
     """Keras and OpenVINO features never share cache entries; each is reused by its own runtime."""
     keras_cache = view_cache("EfficientNetB0", View(SIZE), None)
     openvino = choose_runtime("openvino", "f32")
-    assert view_cache("EfficientNetB0", View(SIZE), None, openvino).directory != keras_cache.directory
-    assert view_cache("EfficientNetB0", View(SIZE), None, openvino).directory != \
-        view_cache("EfficientNetB0", View(SIZE), None, RuntimeChoice("openvino", "bf16", "openvino")).directory
+    assert view_cache("EfficientNetB0", View(SIZE), None, openvino).location != keras_cache.location
+    assert view_cache("EfficientNetB0", View(SIZE), None, openvino).location != \
+        view_cache("EfficientNetB0", View(SIZE), None, RuntimeChoice("openvino", "bf16", "openvino")).location
     extract_features(images[:3], params(), progress=False)
     _, stats = extract_features(images[:3], params(runtime="openvino", precision="f32"), progress=False)
     assert stats["n_extracted"] == 3
