@@ -51,13 +51,14 @@ class RuntimeChoice:
 
     @property
     def cache_key(self) -> dict:
-        """What the per-image feature cache adds to its key: nothing for Keras (so the
-        features Keras extracted before runtimes existed stay valid), else runtime,
-        precision and the runtime's version."""
+        """What the runtime adds to the key of the features it computes: nothing for Keras (the
+        reference, keyed as before runtimes existed), else the runtime, its version, the
+        precision and the conversion code."""
         if self.runtime == "keras":
             return {}
         return {"runtime": self.runtime, "precision": self.precision,
-                "runtime_version": _module(PACKAGES[self.runtime]).__version__}
+                "runtime_version": _module(PACKAGES[self.runtime]).__version__,
+                "conversion": _conversion_code_hash()}
 
     @property
     def label(self) -> str:
@@ -162,8 +163,14 @@ def load_extractor(choice: RuntimeChoice, build_keras: Callable[[], object], key
 def converted_model_key(choice: RuntimeChoice, key: dict) -> dict:
     """Everything that makes a converted model: the Keras model's key, the runtime, its
     version and precision, and the conversion code."""
-    return {**key, **choice.cache_key, "conversion": hashlib.sha1(
-        inspect.getsource(_convert_to_openvino).encode()).hexdigest()[:16]}
+    return {**key, **choice.cache_key}
+
+
+@functools.lru_cache(maxsize=1)
+def _conversion_code_hash() -> str:
+    """Hash of the conversion code, read once per process (a file edited during a run
+    cannot change it halfway)."""
+    return hashlib.sha1(inspect.getsource(_convert_to_openvino).encode()).hexdigest()[:16]
 
 
 def converted_model_folder(choice: RuntimeChoice, key: dict, label: str) -> Path:
