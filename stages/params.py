@@ -157,7 +157,7 @@ class FeaturesParams:
     flip_tta: bool = False
     batch_size: int = 8
     engine: str = "auto"           # how, not what: auto | single | ray (see stages.engine)
-    workers: int | None = None     # ray: workers in the pool (None: one per GPU, else per CPU)
+    workers: int | None = None     # ray: workers in the pool (None: one per GPU, else per 4 CPUs)
 
 
 @dataclass(frozen=True)
