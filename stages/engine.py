@@ -4,7 +4,7 @@ over a pool of workers, on this machine or on a cluster.
     features.engine: auto     # ray when $RAY_ADDRESS is set, else single (the default)
                      single   # this process only: the path that runs without Ray installed
                      ray      # Ray Data: a local ray.init() unless $RAY_ADDRESS names a cluster
-    features.workers: null    # ray: workers in the pool (null: one per GPU, else one per CPU)
+    features.workers: null    # ray: workers in the pool (null: one per GPU, else one per 4 CPUs)
 
 Both engines run the same work: :func:`map_chunks` hands chunks of rows (image paths and
 their positions) to a *worker*, an object that a picklable factory builds once (it loads the
@@ -31,6 +31,9 @@ from stages.common import PipelineError
 from stages.params import ENGINES
 
 ADDRESS_ENV = "RAY_ADDRESS"
+# Workers by default on a CPU cluster: one per this many CPUs (each a TensorFlow process with
+# its own copy of the models: fewer, multi-threaded workers keep memory in check).
+CPUS_PER_WORKER = 4
 REQUIREMENTS_FILE = "requirements-engine.txt"
 
 
@@ -123,7 +126,7 @@ class _ChunkActor:
 
     def __init__(self, make_worker, threads: int):
         import tensorflow as tf
-        try:  # one CPU per actor: TensorFlow's own pools would otherwise take every core
+        try:  # its share of the CPUs: TensorFlow's own pools would otherwise take every core
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(threads)
         except RuntimeError:  # TensorFlow already initialised in this process
@@ -139,14 +142,16 @@ def _ray_map_chunks(make_worker, columns: dict, n_rows: int, chunk_size: int, wo
     import pandas as pd
 
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    size = workers or gpus or max(1, int(resources.get("CPU", 1)))
-    threads = 1 if gpus else max(1, int(resources.get("CPU", 1)) // size)
+    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    size = workers or gpus or max(1, cpus // CPUS_PER_WORKER)
+    largest_node = max(int(node["Resources"].get("CPU", 1)) for node in ray.nodes() if node["Alive"])
+    threads = max(1, min(cpus // size, largest_node))  # an actor runs on one node
+    gpus_per_worker = min(1.0, gpus / size) if gpus else 0  # more workers than GPUs: they share
     chunk_size = max(1, min(chunk_size, -(-n_rows // (2 * size))))  # few rows: still every worker
     frame = pd.DataFrame(columns)
     blocks = [frame.iloc[start:start + chunk_size] for start in range(0, n_rows, chunk_size)]
     dataset = ray.data.from_pandas(blocks).map_batches(
         _ChunkActor, fn_constructor_kwargs={"make_worker": make_worker, "threads": threads},
         batch_size=chunk_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
-        num_cpus=threads, num_gpus=1 if gpus else 0)
+        num_cpus=threads, num_gpus=gpus_per_worker)
     yield from dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)

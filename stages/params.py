@@ -164,7 +164,7 @@ class FeaturesParams:
     runtime: str = "keras"
     precision: str = "auto"
     engine: str = "auto"           # how, not what: auto | single | ray (see stages.engine)
-    workers: int | None = None     # ray: workers in the pool (None: one per GPU, else per CPU)
+    workers: int | None = None     # ray: workers in the pool (None: one per GPU, else per 4 CPUs)
 
 
 @dataclass(frozen=True)
