@@ -40,6 +40,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -330,6 +331,17 @@ class DvcProject:
 
     def git(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
         return self.run(["git", *args], **kwargs)
+
+    def run_queue(self, timeout: float, poll: float = 2.0) -> str:
+        """Start the experiment queue with one worker and wait until nothing is queued or
+        running (at most ``timeout`` seconds); returns the last ``dvc queue status`` output."""
+        self.dvc("queue", "start", "-j", "1", check=True)
+        deadline = time.time() + timeout
+        while True:
+            status = self.dvc("queue", "status").stdout
+            if not re.search(r"\b(Queued|Running)\b", status) or time.time() >= deadline:
+                return status
+            time.sleep(poll)
 
     def environment(self) -> dict[str, str]:
         """The environment subprocesses run with (the current one plus the isolation)."""

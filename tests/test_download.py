@@ -304,7 +304,6 @@ def test_a_relative_source_works_in_a_queued_experiment(dvc_project, tmp_path):
     """Item 7: ``data.source: ../mine`` works under ``dvc repro`` and in a queued experiment,
     which runs in a copy of the repository under .dvc/tmp/exps."""
     import re
-    import time
 
     import pandas as pd
 
@@ -312,13 +311,7 @@ def test_a_relative_source_works_in_a_queued_experiment(dvc_project, tmp_path):
     dvc_project.set_params({"data.source": "../mine", "subset.n_images": 30, "subset.min_per_class": 2})
     dvc_project.commit("relative data.source")
     dvc_project.dvc("exp", "run", "--queue", "-S", "subset.seed=7", "subset", check=True)
-    dvc_project.dvc("queue", "start", "-j", "1", check=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        status = dvc_project.dvc("queue", "status").stdout
-        if not re.search(r"\b(Queued|Running)\b", status):
-            break
-        time.sleep(2)
+    status = dvc_project.run_queue(timeout=300, poll=2)
     names = re.findall(r"^\w+\s+([\w-]+)\s+.*Success", status, flags=re.M)
     assert len(names) == 1, status
     logs = dvc_project.dvc("queue", "logs", names[0], check=True).stdout

@@ -5,7 +5,6 @@ workspace put it back (``restore``) so each one starts from the committed baseli
 """
 import json
 import re
-import time
 
 import numpy as np
 import pandas as pd
@@ -131,13 +130,7 @@ def test_tuning_through_dvc_records_the_grid(project):
 
 def test_queued_sweep_reuses_the_cached_features(project):
     project.dvc("exp", "run", "--queue", "-S", "svm.C=0.5,5", check=True)
-    project.dvc("queue", "start", "-j", "1", check=True)
-    deadline = time.time() + 420
-    while time.time() < deadline:
-        status = project.dvc("queue", "status").stdout
-        if not re.search(r"\b(Queued|Running)\b", status):
-            break
-        time.sleep(3)
+    status = project.run_queue(timeout=420, poll=3)
     assert "Failed" not in status, status
     queued_names = set(re.findall(r"^\w+\s+([\w-]+)\s+.*Success", status, flags=re.M))
     assert len(queued_names) == 2, status
