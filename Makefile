@@ -45,7 +45,7 @@ bench: setup-fast
 
 ## Train and predict at scale (bench/scale.py; see README, "Beyond one machine").
 scale: setup-engine
-	python bench/scale.py --json bench/results/scale.json
+	mkdir -p bench/results && python bench/scale.py --json > bench/results/scale.json
 
 ## Quality on real photos: bench/quality.yaml's configs on devdata (../shared/devdata), 5 draws.
 quality: setup

@@ -673,7 +673,7 @@ def main(argv: list[str] | None = None) -> None:
     runtime = run["runtime"] if run["runtime"] == "keras" else f"{run['runtime']} {run['precision']}"
     print(f"featurize: {run['n_train']} train + {run['n_eval']} eval images -> {args.out_dir} "
           f"({run['views']}{chosen}; {meta['total_dim']} dims; {run['n_extracted']} extracted, "
-          f"{run['n_cached']} from cache; {speed}; {run['device']}, {runtime})")
+          f"{run['n_cached']} from cache; {speed}; {run['device']}, {runtime}, {run['engine']})")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from joblib import parallel_config
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
@@ -35,6 +36,7 @@ from stages.params import SvmParams, TuneParams
 from stages.stratify import check_folds, multilabel_kfold
 
 RANDOM_STATE = 0
+TRANSFORM_ROWS = 2048  # rows mapped at a time by the approximate kernel map
 PROBABILITY_FOLDS = 5
 
 # scikit-learn 1.9 deprecates SVC(probability=True) (removal planned for 1.11). It is the
@@ -90,7 +92,22 @@ class NystroemMap(BaseEstimator, TransformerMixin):
         return self
 
     def transform(self, X):
-        return self.nystroem_.transform(np.asarray(X, dtype=np.float64))
+        X = np.asarray(X)
+        mapped = np.empty((len(X), self.nystroem_.n_components), dtype=np.float64)
+        for start in range(0, len(X), TRANSFORM_ROWS):  # no float64 copy of all of X at once
+            mapped[start:start + TRANSFORM_ROWS] = self.nystroem_.transform(
+                np.asarray(X[start:start + TRANSFORM_ROWS], dtype=np.float64))
+        return mapped
+
+
+class ThreadedMultiOutputClassifier(MultiOutputClassifier):
+    """``MultiOutputClassifier`` whose per-class fits run in threads, not processes: liblinear
+    releases the GIL, so they run in parallel on one copy of the n x m map instead of one copy
+    per worker process (the approximate path's memory stays O(n m) once)."""
+
+    def fit(self, X, y, **fit_params):
+        with parallel_config(backend="threading"):
+            return super().fit(X, y, **fit_params)
 
 
 def kernel_parameters(kernel: str, gamma: float) -> dict:
@@ -186,10 +203,11 @@ def build_model(svm: SvmParams) -> Pipeline:
     else:
         kernel_map = NystroemMap(kernel=svm.kernel, gamma=svm.gamma, n_components=svm.n_components)
         classifier = PlattLinearSVC(C=svm.C, class_weight=svm.class_weight)
+    per_class = MultiOutputClassifier if svm.approximation == "exact" else ThreadedMultiOutputClassifier
     return Pipeline([
         ("scaler", scalers[svm.scaler]),
         ("kernel", kernel_map),
-        ("svm", MultiOutputClassifier(classifier, n_jobs=svm.n_jobs)),
+        ("svm", per_class(classifier, n_jobs=svm.n_jobs)),
     ])
 
 
