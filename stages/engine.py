@@ -27,7 +27,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from stages.common import PipelineError
+from stages.common import CACHE_ENV, PipelineError
+from stages.feature_cache import FEATURE_CACHE_ENV
 from stages.params import ENGINES
 
 ADDRESS_ENV = "RAY_ADDRESS"
@@ -35,6 +36,8 @@ ADDRESS_ENV = "RAY_ADDRESS"
 # its own copy of the models: fewer, multi-threaded workers keep memory in check).
 CPUS_PER_WORKER = 4
 REQUIREMENTS_FILE = "requirements-engine.txt"
+# The driver's settings that workers must share: where the per-image caches and the weights are.
+SHARED_ENV = (CACHE_ENV, FEATURE_CACHE_ENV, "KERAS_HOME")
 
 
 @dataclass(frozen=True)
@@ -99,19 +102,29 @@ def map_chunks(make_worker: Callable[[], Callable[[dict], dict]], columns: dict[
 # ----------------------------------------------------------------------------- ray
 
 def connect_ray(**local_options):
-    """``ray`` connected: to ``$RAY_ADDRESS`` if set, else a local instance started here (with
-    ``local_options`` for ``ray.init``, e.g. ``num_cpus=2``); an existing connection is kept.
+    """``ray`` connected: to ``$RAY_ADDRESS`` if set, else a new local instance started here
+    (with ``local_options`` for ``ray.init``, e.g. ``num_cpus=2``); an existing connection is kept.
 
     Workers get this repository's ``stages`` package (``py_modules``), so a cluster needs only
-    the same requirements installed, not a copy of the code.
+    the same requirements installed, not a copy of the code, and the driver's cache and weights
+    settings (``SHARED_ENV``), so they read and write the same per-image cache as the driver.
     """
     import ray
     if not ray.is_initialized():
+        shared = {name: os.environ[name] for name in SHARED_ENV if os.environ.get(name)}
         runtime_env = {"py_modules": [str(Path(__file__).resolve().parent)],
-                       "env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}}
-        address = os.environ.get(ADDRESS_ENV) or None
-        ray.init(address=address, runtime_env=runtime_env, include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=False, **({} if address else local_options))
+                       "env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", **shared}}
+        # "local": always a new instance, never one left by `ray start` on this machine (Ray's
+        # address=None would join that, or fail on its stale address file)
+        address = os.environ.get(ADDRESS_ENV) or "local"
+        try:
+            ray.init(address=address, runtime_env=runtime_env, include_dashboard=False,
+                     logging_level=logging.WARNING, log_to_driver=False,
+                     **(local_options if address == "local" else {}))
+        except ConnectionError as error:
+            if address == "local":
+                raise
+            raise PipelineError(cluster_unreachable(address, error)) from error
     import ray.data
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
@@ -119,6 +132,15 @@ def connect_ray(**local_options):
     context.enable_auto_log_stats = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     return ray
+
+
+def cluster_unreachable(address: str, error: Exception) -> str:
+    """What to check when the cluster at ``$RAY_ADDRESS`` refuses this driver."""
+    return (f"cannot connect to the Ray cluster at ${ADDRESS_ENV} ({address}): {error}. Check that its head "
+            f"is up (`ray status` there) and that this machine has the cluster's token: Ray 2.60 "
+            f"starts clusters with token authentication by default, so export RAY_AUTH_MODE=token and "
+            f"RAY_AUTH_TOKEN (the same on every node; `ray get-auth-token` on the head prints it). "
+            f"Or unset {ADDRESS_ENV} to run on this machine")
 
 
 class _ChunkActor:
