@@ -1,12 +1,12 @@
 # Two entry points (see README): `make pipeline` and `make test`.
 # Both create .venv with the pinned requirements first (once per change of requirements.txt);
-# `make test` adds the optional fast CPU runtime (requirements-fast.txt) and the optional engine
-# (requirements-engine.txt) so their tests run too.
+# `make test` adds the optional fast CPU runtime (requirements-fast.txt), the optional engine
+# (requirements-engine.txt) and the test-only tools (requirements-test.txt) so their tests run too.
 PYTHON ?= python3
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: pipeline test setup setup-fast setup-engine bench scale quality clean-venv
+.PHONY: pipeline test setup setup-fast setup-engine setup-test bench scale quality clean-venv
 
 setup: $(VENV)/.installed
 
@@ -30,12 +30,19 @@ $(VENV)/.installed-engine: $(VENV)/.installed requirements-engine.txt
 	$(VENV)/bin/pip install --quiet -r requirements.txt -r requirements-engine.txt
 	touch $@
 
+## Test-only tools (requirements-test.txt), on top of the engine.
+setup-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: $(VENV)/.installed-engine requirements-test.txt
+	$(VENV)/bin/pip install --quiet -r requirements-test.txt
+	touch $@
+
 ## Download PASCAL VOC, extract features, train, calibrate, evaluate (dvc repro).
 pipeline: setup
 	dvc repro
 
 ## Run the test suite (pytest exits 5 when it collects no test: that is a failure too).
-test: setup-fast setup-engine
+test: setup-fast setup-engine setup-test
 	python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 

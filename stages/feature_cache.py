@@ -93,7 +93,9 @@ class FeatureCache:
         if is_url(self.location):
             import fsspec
             try:
-                self.fs, self.root = fsspec.core.url_to_fs(self.location)
+                # an instance of its own: fsspec's shared one may hold folder listings (made by
+                # any code in this process) that miss vectors other workers stored since
+                self.fs, self.root = fsspec.core.url_to_fs(self.location, skip_instance_cache=True)
             except (ImportError, ValueError) as error:
                 raise PipelineError(f"${FEATURE_CACHE_ENV}={self.location}: cannot open this URL ({error}); "
                                     f"install its fsspec backend (e.g. s3fs for s3://) or use a folder") from error
