@@ -34,7 +34,7 @@ $(VENV)/.installed-engine: $(VENV)/.installed requirements-engine.txt
 setup-test: $(VENV)/.installed-test
 
 $(VENV)/.installed-test: $(VENV)/.installed-engine requirements-test.txt
-	$(VENV)/bin/pip install --quiet -r requirements-test.txt
+	$(VENV)/bin/pip install --quiet -r requirements.txt -r requirements-engine.txt -r requirements-test.txt
 	touch $@
 
 ## Download PASCAL VOC, extract features, train, calibrate, evaluate (dvc repro).

@@ -5,6 +5,7 @@ a missing one fails it.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 
@@ -20,8 +21,9 @@ BUCKET = "fewlabel-test"
 
 
 def require(module: str):
+    """``module`` imported; skipped where it is not installed, except under CI."""
     if os.environ.get("CI"):
-        return __import__(module)
+        return importlib.import_module(module)
     return pytest.importorskip(module, reason="pip install -r requirements-engine.txt -r requirements-test.txt")
 
 
