@@ -49,7 +49,7 @@ def collect(draw: int, params, pool, cache: Path) -> dict:
         return dict(np.load(path))
     from stages.common import training_targets
     from stages.featurize import featurize_subsets
-    from stages.model import RANDOM_STATE, build_model, positive_probabilities
+    from stages.model import RANDOM_STATE, build_model, for_training_set, positive_probabilities
     from stages.stratify import multilabel_kfold
     _, labels, paths = pool
     train_rows, eval_rows = draw_split(labels, params, draw)
@@ -58,13 +58,14 @@ def collect(draw: int, params, pool, cache: Path) -> dict:
                                    progress=False)
     targets = training_targets(labels[train_rows])
     folds = multilabel_kfold(targets, params.calibrate.folds, seed=RANDOM_STATE)  # as train does
+    svm = for_training_set(params.svm, len(targets))  # svm.approximation auto -> exact or nystroem
     oof_p, oof_d = np.zeros(targets.shape), np.zeros(targets.shape)
     for fold in np.unique(folds):
         held_out = folds == fold
-        model = build_model(params.svm).fit(featurized.train[~held_out], targets[~held_out])
+        model = build_model(svm).fit(featurized.train[~held_out], targets[~held_out])
         oof_p[held_out] = positive_probabilities(model, featurized.train[held_out])
         oof_d[held_out] = decision_values(model, featurized.train[held_out])
-    model = build_model(params.svm).fit(featurized.train, targets)
+    model = build_model(svm).fit(featurized.train, targets)
     arrays = {"targets": targets, "folds": folds, "oof_p": oof_p, "oof_d": oof_d,
               "eval_p": positive_probabilities(model, featurized.eval),
               "eval_d": decision_values(model, featurized.eval), "eval_labels": labels[eval_rows]}

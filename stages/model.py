@@ -200,10 +200,11 @@ def build_model(svm: SvmParams) -> Pipeline:
             # the SVM itself is trained on all images (ensemble=False), as libsvm does.
             classifier = CalibratedClassifierCV(classifier, method=svm.probability, cv=PROBABILITY_FOLDS,
                                                 ensemble=False)
+        per_class = MultiOutputClassifier
     else:
         kernel_map = NystroemMap(kernel=svm.kernel, gamma=svm.gamma, n_components=svm.n_components)
         classifier = PlattLinearSVC(C=svm.C, class_weight=svm.class_weight)
-    per_class = MultiOutputClassifier if svm.approximation == "exact" else ThreadedMultiOutputClassifier
+        per_class = ThreadedMultiOutputClassifier
     return Pipeline([
         ("scaler", scalers[svm.scaler]),
         ("kernel", kernel_map),
@@ -229,7 +230,8 @@ class PlattLinearSVC(ClassifierMixin, BaseEstimator):
         svm = LinearSVC(C=self.C, class_weight=self.class_weight, random_state=RANDOM_STATE)
         rarest = int(np.unique(y, return_counts=True)[1].min())
         if rarest >= 2:
-            self.calibrated_ = CalibratedClassifierCV(svm, method="sigmoid", cv=min(5, rarest), ensemble=False)
+            self.calibrated_ = CalibratedClassifierCV(svm, method="sigmoid", cv=min(PROBABILITY_FOLDS, rarest),
+                                                      ensemble=False)
         else:  # one "split" whose test part is every image: the sigmoid sees training decision values
             everything = np.arange(len(y))
             self.calibrated_ = CalibratedClassifierCV(FrozenEstimator(svm.fit(X, y)), method="sigmoid",

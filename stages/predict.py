@@ -32,11 +32,9 @@ from stages.common import PipelineError, ProgressBar, atomic_path, feature_signa
 from stages.calibrate import DecisionRule, apply_rule, load_rule
 from stages.engine import map_chunks, resolve_engine
 from stages.model import load_model, positive_probabilities
-from stages.params import FeaturesParams, load_params
+from stages.params import ENGINES, FeaturesParams, load_params
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
-
-
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 CHUNK_IMAGES = 512
 
@@ -211,9 +209,11 @@ class TableWriter:
 
     def __init__(self, path: str | None):
         self.path, self.rows = path, 0
-        if path is not None and Path(path).suffix.lower() not in OUTPUT_SUFFIXES:
+        suffix = Path(path).suffix.lower() if path is not None else None
+        if path is not None and suffix not in OUTPUT_SUFFIXES:
             raise PipelineError(f"--out {path}: must end in {' or '.join(OUTPUT_SUFFIXES)} (CSV or Parquet)")
-        if path is not None and Path(path).suffix.lower() == ".parquet":
+        self.parquet = suffix == ".parquet"
+        if self.parquet:
             try:
                 import pyarrow.parquet  # noqa: F401
             except ImportError as error:
@@ -229,7 +229,7 @@ class TableWriter:
     def write(self, table: pd.DataFrame) -> None:
         if self.path is None or table.empty:
             return
-        if Path(self.path).suffix.lower() == ".parquet":
+        if self.parquet:
             import pyarrow as pa
             import pyarrow.parquet as pq
             batch = pa.Table.from_pandas(table, preserve_index=False)
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="a text file of image paths, one per line (repeatable)")
     parser.add_argument("--out", help="write the table to this CSV or Parquet file too (by its suffix)")
     parser.add_argument("--top-k", type=int, default=3, help="how many top classes to list (default 3)")
-    parser.add_argument("--engine", choices=("auto", "single", "ray"),
+    parser.add_argument("--engine", choices=ENGINES,
                         help="where the images are labelled (default: features.engine in params.yaml)")
     parser.add_argument("--workers", type=int, help="ray: workers in the pool (default: features.workers)")
     parser.add_argument("--chunk-size", type=int, default=CHUNK_IMAGES,

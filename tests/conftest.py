@@ -14,6 +14,9 @@ Fixtures
     answer with an error status (``fail(name, status=500, times=1)``).
 ``unreachable_url``
     ``http://127.0.0.1:<port>/`` with nothing listening there (connection refused).
+
+Helpers: ``free_port()`` (a TCP port on 127.0.0.1 nothing listens on); ``require(module,
+install)`` (import an optional dependency, or skip the test, except under CI where it fails).
 ``params_file``
     ``params_file({"data.source": "/x"}) -> Path``: a copy of params.yaml in ``tmp_path``
     with dotted-key edits (``edit_params(path, updates)`` does the same to any file).
@@ -32,6 +35,7 @@ Example (end to end)::
 """
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shlex
@@ -231,13 +235,25 @@ def http_server(tmp_path) -> Iterable[HttpServer]:
         server.close()
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (just now)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def require(module: str, install: str):
+    """``module`` imported: an optional dependency (``install`` says how to get it). Skips the
+    test where it is missing, except under CI (``make test`` installs it), where that fails."""
+    if os.environ.get("CI"):
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f"optional: {install}")
+
+
 @pytest.fixture
 def unreachable_url() -> str:
     """A base URL on 127.0.0.1 where nothing listens (connections are refused at once)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
+    return f"http://127.0.0.1:{free_port()}/"
 
 
 # --------------------------------------------------------------------------- params files

@@ -7,7 +7,6 @@ where a missing Ray fails them.
 """
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -24,6 +23,7 @@ from stages.engine import Engine, resolve_engine
 from stages.featurize import extract_features
 from stages.params import FeaturesParams
 from stages.predict import main as predict_main
+from tests.conftest import require
 
 FEATURES = FeaturesParams(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=8, flip_tta=True)
 
@@ -31,8 +31,7 @@ FEATURES = FeaturesParams(backbones=("EfficientNetB0",), weights=None, image_siz
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A local Ray instance with 2 CPUs (so 2 workers), shared by this module's Ray tests."""
-    if not os.environ.get("CI"):
-        pytest.importorskip("ray.data", reason="Ray Data is optional: pip install -r requirements-engine.txt")
+    require("ray.data", "pip install -r requirements-engine.txt")
     from stages.engine import connect_ray
     ray = connect_ray(num_cpus=2)
     yield ray

@@ -5,37 +5,25 @@ a missing one fails it.
 """
 from __future__ import annotations
 
-import importlib
-import os
-import socket
-
 import numpy as np
 import pytest
 
 from bench.synthetic import write_images
 from stages.featurize import extract_features
 from stages.params import FeaturesParams
+from tests.conftest import free_port, require
 
 FEATURES = FeaturesParams(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=8, flip_tta=True)
 BUCKET = "fewlabel-test"
-
-
-def require(module: str):
-    """``module`` imported; skipped where it is not installed, except under CI."""
-    if os.environ.get("CI"):
-        return importlib.import_module(module)
-    return pytest.importorskip(module, reason="pip install -r requirements-engine.txt -r requirements-test.txt")
 
 
 @pytest.fixture
 def s3_bucket(monkeypatch):
     """An empty bucket on a moto S3 server on 127.0.0.1, with the AWS settings s3fs reads; yields
     an s3fs file system of its own (not the cache's instance) to look inside."""
-    require("s3fs")
-    server_module = require("moto.server")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    require("s3fs", "pip install -r requirements-engine.txt")
+    server_module = require("moto.server", "pip install -r requirements-test.txt")
+    port = free_port()
     server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",

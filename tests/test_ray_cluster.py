@@ -23,14 +23,10 @@ import pandas as pd
 import pytest
 
 from bench.synthetic import write_images, write_predict_project
+from stages.common import CACHE_ENV
+from tests.conftest import free_port, require
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +34,7 @@ def ray_head():
     """``ray start --head --block`` in its own process group, with a token of its own; yields
     the environment a driver needs (``RAY_ADDRESS``, ``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN``).
     Teardown kills that group only (``ray stop`` would stop every Ray instance of the machine)."""
-    if not os.environ.get("CI"):
-        pytest.importorskip("ray.data", reason="Ray Data is optional: pip install -r requirements-engine.txt")
+    require("ray.data", "pip install -r requirements-engine.txt")
     ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
     assert ray_cli, "the ray command is not installed with ray[data]"
     port = free_port()
@@ -81,7 +76,7 @@ def test_RAY_ADDRESS_sends_predict_to_the_cluster_and_a_missing_token_is_explain
     (project / "params.yaml").write_text('{"features": {"engine": "auto"}}')  # the shipped default
     paths = write_images(tmp_path / "img", 24, seed=9)
     env = {name: value for name, value in os.environ.items() if not name.startswith("RAY_")}
-    env.update(PYTHONPATH=str(REPO), FEWLABEL_CACHE_DIR=str(tmp_path / "cache"))
+    env.update({"PYTHONPATH": str(REPO), CACHE_ENV: str(tmp_path / "cache")})
 
     single = run_predict(project, tmp_path / "img", "single.csv", env)
     assert single.returncode == 0, single.stderr[-3000:]
