@@ -13,10 +13,12 @@ setup: $(VENV)/.installed
 ## The optional OpenVINO runtime (features.runtime: openvino or auto).
 setup-fast: $(VENV)/.installed-fast
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	# the fewlabel package, editable: `import fewlabel` and the `fewlabel` command use this checkout
+	$(VENV)/bin/pip install --quiet --no-deps -e .
 	touch $@
 
 $(VENV)/.installed-fast: requirements-fast.txt $(VENV)/.installed

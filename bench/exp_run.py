@@ -64,8 +64,8 @@ def timed(command: list[str], root: Path, env: dict) -> tuple[float, str]:
 def measure_featurize_rate(n_images: int = 16) -> float:
     """Images/s of the featurize core for EfficientNetB6 at 528 on real JPEGs (empty cache)."""
     from bench.featurize import make_jpegs
-    from stages.featurize import extract_features
-    from stages.params import FeaturesParams
+    from fewlabel.features.extract import extract_features
+    from fewlabel.params import FeaturesParams
 
     with tempfile.TemporaryDirectory() as folder:
         os.environ["FEWLABEL_CACHE_DIR"] = str(Path(folder) / "cache")

@@ -9,7 +9,7 @@
 Generates VOC-like JPEGs (about 500x375, smooth random content plus noise), then measures,
 in one run on the same images and views (input sizes, mirror):
 
-- the stage: ``stages.featurize.extract_features`` on the JPEG files with an empty feature
+- the stage: ``fewlabel.features.extract.extract_features`` on the JPEG files with an empty feature
   cache and ``features.runtime`` = ``--runtime``; images/s after its first batch (one-time
   graph set-up; the converted model is built once, outside the timing);
 - raw Keras float32: ``model.predict`` on each view's pixels, decoded and resized beforehand
@@ -77,7 +77,7 @@ def min_cosine(a: np.ndarray, b: np.ndarray, rows: int = 256) -> float:
 def time_stage(paths: list[str], params, cache: Path):
     """(features, steady images/s, stats) of the stage with an empty feature cache; converted
     models stay cached in ``cache`` across calls, as they do across runs."""
-    from stages.featurize import extract_features
+    from fewlabel.features.extract import extract_features
     os.environ["FEWLABEL_CACHE_DIR"] = str(cache)
     shutil.rmtree(cache / "features", ignore_errors=True)
     features, stats = extract_features(paths, params, progress=False)
@@ -86,7 +86,7 @@ def time_stage(paths: list[str], params, cache: Path):
 
 def keras_models(recipe, weights, batch_size: int) -> dict:
     """One float32 Keras extractor per input size of ``recipe``, warmed up (graph built)."""
-    from stages.backbones import build_extractor
+    from fewlabel.features.backbones import build_extractor
     models = {size: build_extractor(recipe.backbone, weights, size)[0] for size in recipe.sizes}
     for size, model in models.items():
         model.predict(np.zeros((batch_size, size, size, 3), np.float32), batch_size=batch_size, verbose=0)
@@ -96,8 +96,8 @@ def keras_models(recipe, weights, batch_size: int) -> dict:
 def time_raw_keras(paths: list[str], recipe, models: dict, batch_size: int):
     """(features combined as the stage combines its views, images/s) of Keras float32
     ``model.predict`` on the recipe's views; decoding and resizing are not timed."""
-    from stages.featurize import combine_views
-    from stages.views import load_image
+    from fewlabel.features.recipes import combine_views
+    from fewlabel.features.views import load_image
     seconds, blocks = 0.0, {}
     for start in range(0, len(paths), RAW_CHUNK):
         chunk = paths[start:start + RAW_CHUNK]
@@ -149,9 +149,9 @@ def main() -> None:
         paths = make_jpegs(work, args.n_images)
         import keras
         import tensorflow as tf
-        from stages.backbones import default_input_size
-        from stages.featurize import fixed_recipes
-        from stages.params import parse_params
+        from fewlabel.features.backbones import default_input_size
+        from fewlabel.features.recipes import fixed_recipes
+        from fewlabel.params import parse_params
 
         sizes = args.image_size or [default_input_size(args.backbone)]
         features_section = {"backbones": [args.backbone], "weights": args.weights, "batch_size": args.batch_size,

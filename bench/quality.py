@@ -91,7 +91,7 @@ def load_configs(args) -> dict[str, dict]:
 def load_pool(voc: Path, split: str, classes) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(ids, VOC-coded labels, image paths) of the images listed in ``ImageSets/Main/<split>.txt``,
     parsed by the prepare stage's own code."""
-    from stages.prepare import build_label_table, parse_annotation, parse_split_list
+    from fewlabel.data.voc import build_label_table, parse_annotation, parse_split_list
     ids = parse_split_list((voc / "ImageSets" / "Main" / f"{split}.txt").read_text())
     annotations = {}
     for image_id in ids:
@@ -106,8 +106,8 @@ def load_pool(voc: Path, split: str, classes) -> tuple[np.ndarray, np.ndarray, l
 def draw_split(labels: np.ndarray, params, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, eval rows): the subset stage's stratified draw of ``subset.n_images`` with
     ``seed``; the rest of the pool is the eval set."""
-    from stages.common import training_targets
-    from stages.stratify import stratified_subset
+    from fewlabel.io import training_targets
+    from fewlabel.data.stratify import stratified_subset
     classes = params.data.classes
     quotas = {classes.index(name): target for name, target in params.subset.class_quota.items()}
     train_rows = stratified_subset(training_targets(labels), params.subset.n_images, params.subset.min_per_class,
@@ -120,8 +120,8 @@ def draw_split(labels: np.ndarray, params, seed: int) -> tuple[np.ndarray, np.nd
 
 def decision_rules(params, probabilities_oof, targets, folds, labels_eval, probabilities_eval):
     """Metrics of each decision rule on the eval images, via the calibrate and evaluate cores."""
-    from stages.calibrate import calibrate
-    from stages.evaluate import evaluate
+    from fewlabel.model.calibrate import calibrate
+    from fewlabel.evaluation import evaluate
     calibration = calibrate(targets, probabilities_oof, folds, params.calibrate)
     metrics, _ = evaluate(labels_eval, probabilities_eval, calibration.rule, params.data.classes,
                           params.evaluate)
@@ -130,10 +130,10 @@ def decision_rules(params, probabilities_oof, targets, folds, labels_eval, proba
 
 def run_config(params, pool, train_rows, eval_rows, model_cache: dict, model_key: str) -> dict:
     """Featurize (cached), train (shared across calibrate-only variants), calibrate, evaluate."""
-    from stages.common import training_targets
-    from stages.featurize import featurize_subsets
-    from stages.model import positive_probabilities
-    from stages.train import train
+    from fewlabel.io import training_targets
+    from fewlabel.features.selection import featurize_subsets
+    from fewlabel.model.svm import positive_probabilities
+    from fewlabel.model.train import train
     ids, labels, paths = pool
     classes = params.data.classes
     if model_key not in model_cache:
@@ -168,8 +168,8 @@ def _describe(calibration) -> str:
 def views_images_per_second(backbone_views: dict, features, paths: list[str]) -> float | None:
     """Images/s of extracting these views (decode included) on ``paths`` with an empty cache;
     the first 8 photos warm up (graph tracing) and are not timed."""
-    from stages.common import CACHE_ENV
-    from stages.featurize import extract_views, resolve_runtime
+    from fewlabel.io import CACHE_ENV
+    from fewlabel.features.extract import extract_views, resolve_runtime
     runtime = resolve_runtime(features)
     previous = os.environ.get(CACHE_ENV)
     with tempfile.TemporaryDirectory() as empty_cache:
@@ -190,7 +190,7 @@ def config_speed(params, chosen_labels: set[str], paths: list[str], cache: dict)
     """``train_images_per_second``: every view the config extracts for training images (under
     ``auto``: all candidates'); ``eval_images_per_second``: the views chosen for eval images
     (the slowest, when draws chose differently). Each distinct set of views is timed once."""
-    from stages.featurize import candidate_recipes, fixed_recipes
+    from fewlabel.features.recipes import candidate_recipes, fixed_recipes
     features = params.features
     candidates = candidate_recipes(features) if features.image_size == "auto" else [fixed_recipes(features)]
 
@@ -287,8 +287,8 @@ def main(argv=None) -> None:
     if not (voc / "ImageSets" / "Main" / f"{args.split}.txt").is_file():
         parser.error(f"{voc}: no ImageSets/Main/{args.split}.txt; pass --voc <VOC folder> --split <name>")
 
-    from stages.params import parse_params
-    from stages.params import _Yaml12FloatLoader  # the loader params.yaml is read with
+    from fewlabel.params import parse_params
+    from fewlabel.params import _Yaml12FloatLoader  # the loader params.yaml is read with
     base_raw = yaml.load(Path(args.params).read_text(), Loader=_Yaml12FloatLoader)
     configs = load_configs(args)
     first = parse_params(apply_overrides(base_raw, next(iter(configs.values()))))

@@ -47,10 +47,10 @@ def collect(draw: int, params, pool, cache: Path) -> dict:
     path = cache / f"draw{draw}.npz"
     if path.exists():
         return dict(np.load(path))
-    from stages.common import training_targets
-    from stages.featurize import featurize_subsets
-    from stages.model import RANDOM_STATE, build_model, for_training_set, positive_probabilities
-    from stages.stratify import multilabel_kfold
+    from fewlabel.io import training_targets
+    from fewlabel.features.selection import featurize_subsets
+    from fewlabel.model.svm import RANDOM_STATE, build_model, for_training_set, positive_probabilities
+    from fewlabel.data.stratify import multilabel_kfold
     _, labels, paths = pool
     train_rows, eval_rows = draw_split(labels, params, draw)
     featurized = featurize_subsets([paths[i] for i in train_rows], labels[train_rows],
@@ -131,7 +131,7 @@ def family_predictions(family: str, parameters, p: np.ndarray) -> np.ndarray:
 
 def fit_family(family: str, truth: np.ndarray, p: np.ndarray):
     """The family's parameters maximising mean per-image Jaccard on (truth, p), by grid search."""
-    from stages.metrics import target_score
+    from fewlabel.metrics import target_score
     grid = np.round(np.arange(0.2, 0.86, 0.025), 3)
     seconds = grid if family == "rank" else np.round(np.arange(0.0, 0.6, 0.05), 3)
     scored = [(target_score("jaccard", truth, family_predictions(family, (a, b), p)), (a, b))
@@ -156,9 +156,10 @@ def main() -> None:
     parser.add_argument("--halves", type=int, default=4, help="random eval halves per draw")
     parser.add_argument("--cache", default="/tmp/fewlabel-rule-study")
     args = parser.parse_args()
-    from stages.calibrate import DecisionRule, apply_rule, best_global_threshold, calibrate, per_class_rule
-    from stages.metrics import multilabel_scores
-    from stages.params import _Yaml12FloatLoader, parse_params
+    from fewlabel.model.rules import DecisionRule, apply_rule
+    from fewlabel.model.calibrate import best_global_threshold, calibrate, per_class_rule
+    from fewlabel.metrics import multilabel_scores
+    from fewlabel.params import _Yaml12FloatLoader, parse_params
     base_raw = yaml.load((REPO_ROOT / "params.yaml").read_text(), Loader=_Yaml12FloatLoader)
     raw = apply_overrides(base_raw, {"features.backbones": [str(LITE0)], "evaluate.bootstrap": 0})
     pool = load_pool(DEVDATA_VOC, "train", parse_params(raw).data.classes)

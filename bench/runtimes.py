@@ -47,12 +47,12 @@ PACKAGES = {"openvino-f32": "openvino", "openvino-bf16": "openvino", "openvino-i
 
 def load_pixels(paths: list[str], size: int) -> np.ndarray:
     """The photos as the stage feeds them: decoded, resized to (size, size), float32 0..255."""
-    from stages.views import load_image
+    from fewlabel.features.views import load_image
     return np.stack([load_image(path, size).numpy() for path in paths])
 
 
 def openvino_runner(model_file: Path, precision: str, batch_size: int):
-    from stages.runtimes import OpenVinoExtractor
+    from fewlabel.features.runtimes import OpenVinoExtractor
     return OpenVinoExtractor(model_file, precision, batch_size)
 
 
@@ -106,8 +106,8 @@ def main() -> None:
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if args.json else print
 
     import tensorflow as tf
-    from stages.backbones import build_extractor
-    from stages.runtimes import _convert_to_openvino, _module as runtimes_module
+    from fewlabel.features.backbones import build_extractor
+    from fewlabel.features.runtimes import _convert_to_openvino, _module as runtimes_module
 
     photos = sorted(str(p) for p in Path(args.images).glob("*.jpg"))
     needed = args.batch_size + args.check_images + args.calibration_images

@@ -4,7 +4,7 @@
     python bench/scale.py --json               # one JSON object: {"train": [...], "predict": [...]}
     python bench/scale.py --only train --train-sizes 750 5000 --methods exact nystroem
 
-**train**: the train stage's core (``stages.train.train``: 5-fold out-of-fold probabilities
+**train**: the train stage's core (``fewlabel.model.train.train``: 5-fold out-of-fold probabilities
 plus the final model, params.yaml's SVM settings with ``svm.approximation`` forced to each
 method) on synthetic VOC-shaped features (2304-d, VOC07 class frequencies,
 :mod:`bench.synthetic`) for each n; ``cv_map`` is the mAP of the out-of-fold probabilities.
@@ -90,10 +90,10 @@ def measure_train(n: int, method: str) -> dict:
     from dataclasses import replace
 
     from bench.synthetic import synthetic_split
-    from stages.common import training_targets
-    from stages.metrics import mean_ap
-    from stages.params import VOC_CLASSES, TuneParams, load_params
-    from stages.train import train
+    from fewlabel.io import training_targets
+    from fewlabel.metrics import mean_ap
+    from fewlabel.params import VOC_CLASSES, TuneParams, load_params
+    from fewlabel.model.train import train
 
     rng = np.random.default_rng(0)
     centers = rng.normal(scale=0.2, size=(len(VOC_CLASSES), DIM)).astype(np.float32)
@@ -114,7 +114,7 @@ def measure_train(n: int, method: str) -> dict:
 
 def measure_predict(project: Path, image_list: Path, n_images: int, engine: str, workers: int) -> dict:
     """``stages.predict`` over the images of ``image_list`` with ``engine``, in this process."""
-    from stages.predict import main as predict_main
+    from fewlabel.predict import main as predict_main
 
     os.chdir(project)
     os.environ["FEWLABEL_CACHE_DIR"] = tempfile.mkdtemp(prefix="scale-cache-")  # nothing cached

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.params import VOC_CLASSES
+from fewlabel.params import VOC_CLASSES
 
 # Positives per class in VOC2007 trainval (5,011 images): the real class imbalance.
 VOC07_TRAINVAL_POSITIVES = (238, 243, 330, 181, 244, 186, 713, 337, 445, 141, 200, 421, 245, 234,
@@ -75,11 +75,12 @@ def write_predict_project(root: Path, backbone: str = "EfficientNetB0", image_si
     ``meta.json`` (``backbone`` with random weights at ``image_size``), ``models/model.joblib``
     (an SVM fitted to random labels of 30 generated images: for plumbing, not for labels) and
     ``models/thresholds.json`` (0.5 and at least one label). Uses the feature cache."""
-    from stages.calibrate import DecisionRule
-    from stages.common import feature_signature, file_md5, write_json
-    from stages.featurize import Recipe, build_meta, extract_features
-    from stages.model import build_model, save_model
-    from stages.params import FeaturesParams, SvmParams
+    from fewlabel.model.rules import DecisionRule
+    from fewlabel.io import feature_signature, file_md5, write_json
+    from fewlabel.features.recipes import Recipe, build_meta
+    from fewlabel.features.extract import extract_features
+    from fewlabel.model.svm import build_model, save_model
+    from fewlabel.params import FeaturesParams, SvmParams
 
     root = Path(root)
     (root / "models").mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,10 @@
-"""Helpers shared by every stage: errors, atomic writes, the user cache, label tables."""
+"""Files: atomic writes, the per-user cache folder, and reading what earlier stages wrote."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -13,23 +12,9 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from fewlabel.errors import PipelineError
+
 CACHE_ENV = "FEWLABEL_CACHE_DIR"
-
-
-class PipelineError(Exception):
-    """A problem the user can fix; its message says which file or key and what to do."""
-
-
-def run_main(main: Callable[[], None]) -> None:
-    """Run a stage's ``main`` and turn expected failures into a one-line error and exit code."""
-    try:
-        main()
-    except PipelineError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted: nothing half-written was kept; rerun to resume", file=sys.stderr)
-        sys.exit(130)
 
 
 @contextlib.contextmanager
@@ -71,66 +56,6 @@ def write_json(path: str | Path, data) -> None:
 def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
-
-
-class ProgressBar:
-    """tqdm on stderr with images/s and ETA, or nothing when not ``enabled``:
-    ``with ProgressBar(total, label, enabled) as bar: bar.update(n)``."""
-
-    def __init__(self, total: int, label: str, enabled: bool):
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, desc=label, unit="img", file=sys.stderr, smoothing=0.1,
-                            dynamic_ncols=True)
-
-    def __enter__(self):
-        return self
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def write(self, line: str, file=None) -> None:
-        """Print ``line`` (to stdout, or ``file``) on its own line, above the bar."""
-        if self.bar is not None:
-            self.bar.write(line, file=file or sys.stdout)
-        else:
-            print(line, file=file or sys.stdout)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
-
-
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (stages run without a display)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def panel_grid(n_panels: int, panel_size: tuple[float, float], columns: int = 5):
-    """A figure of ``n_panels`` small axes, ``columns`` per row (4 x 5 for VOC's classes).
-
-    Returns (figure, the first ``n_panels`` axes); the unused ones are hidden.
-    """
-    import numpy as np
-    rows = int(np.ceil(n_panels / columns))
-    figure, axes = pyplot().subplots(rows, columns, figsize=(panel_size[0] * columns, panel_size[1] * rows),
-                                     squeeze=False)
-    for axis in list(axes.flat)[n_panels:]:
-        axis.axis("off")
-    return figure, list(axes.flat)[:n_panels]
-
-
-def write_figure(path: str | Path, figure) -> None:
-    """Save a matplotlib figure atomically and close it."""
-    import matplotlib.pyplot as plt
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=100, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
-    plt.close(figure)
 
 
 def replace_dir(path: str | Path, files: dict[str, Callable[[Path], None]]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from stages.common import PipelineError
+from fewlabel.errors import PipelineError
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -176,7 +176,7 @@ class SvmParams:
     scaler: str = "none"
     probability: str = "libsvm"
     n_jobs: int = -1
-    approximation: str = "exact"   # auto | exact | nystroem (see stages.model.kernel_method)
+    approximation: str = "exact"   # auto | exact | nystroem (see fewlabel.model.svm.kernel_method)
     max_exact_kernel: int = 5000   # auto: the most training images trained with the exact kernel
     n_components: int = 1500       # nystroem: landmarks m (memory and time O(n m))
 

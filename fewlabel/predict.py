@@ -1,25 +1,13 @@
-"""predict: label new photos with the trained model and its calibrated decision rule.
+"""Labelling new photos: expanding inputs (files, folders, globs, lists), telling unreadable
+files apart, the per-chunk worker that turns image paths into class probabilities (in this
+process or on the engine's workers), and writing the labelled table chunk by chunk.
 
-    python -m stages.predict photos/ more/*.jpg one.png [--out predictions.csv|.parquet] [--top-k 3]
-    python -m stages.predict --list files.txt --out labels.parquet --engine ray
-
-Features come from the same backbones, input sizes and weights the model was trained on
-(read from the model and checked against ``data/features/meta.json``), through the same
-per-image feature cache as the featurize stage, so an image seen before is not extracted
-again. A file that is not a readable image gets its own error line; the others go on.
-
-Any number of images: they are labelled in chunks (``--chunk-size``), each chunk's rows
-appended to the output (CSV or Parquet, by its suffix; written to a temporary file and
-renamed at the end) as soon as it is done, under a progress bar, so memory stays flat. The
-chunks run in this process or on the workers of Ray Data (``--engine``, default
-``features.engine``; see :mod:`stages.engine`).
+The command is ``fewlabel predict`` (:mod:`fewlabel.cli`); from Python, :func:`fewlabel.load`.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
-import functools
 import glob
 import os
 import sys
@@ -28,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.common import PipelineError, ProgressBar, atomic_path, feature_signature, read_json, run_main
-from stages.calibrate import DecisionRule, apply_rule, load_rule
-from stages.engine import map_chunks, resolve_engine
-from stages.model import load_model, positive_probabilities
-from stages.params import ENGINES, FeaturesParams, load_params
+from fewlabel.errors import PipelineError
+from fewlabel.io import atomic_path
+from fewlabel.model.rules import DecisionRule, apply_rule
+from fewlabel.model.svm import positive_probabilities
+from fewlabel.params import FeaturesParams
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 OUTPUT_SUFFIXES = (".csv", ".parquet")
@@ -126,7 +114,7 @@ def native_stderr_silenced():
 def readable_images(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """Split paths into the images that decode and (path, problem) for those that do not."""
     import tensorflow as tf
-    from stages.views import load_image
+    from fewlabel.features.views import load_image
 
     good, bad = [], []
     for path in paths:
@@ -156,7 +144,7 @@ def label_images(probabilities: np.ndarray, rule: DecisionRule, classes, top_k: 
 
 
 class ImageLabeller:
-    """A worker of :func:`stages.engine.map_chunks`: class probabilities for chunks of image paths.
+    """A worker of :func:`fewlabel.features.engine.map_chunks`: class probabilities for chunks of image paths.
 
     Each call takes a chunk (``position``, ``path``) and returns ``position``, ``problem`` (why
     an image was skipped; empty for the others), ``probability`` (n x classes; NaN where
@@ -171,8 +159,8 @@ class ImageLabeller:
         self.extractors: dict = {}
 
     def __call__(self, chunk: dict) -> dict:
-        from stages.feature_cache import hash_image
-        from stages.featurize import extract_features
+        from fewlabel.features.cache import hash_image
+        from fewlabel.features.extract import extract_features
 
         paths = [str(p) for p in chunk["path"]]
         problems = [""] * len(paths)
@@ -259,70 +247,6 @@ def label_stream(results, paths: list[str], rule: DecisionRule, classes, top_k: 
         yield table, problems, int(result["from_cache"].sum())
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("inputs", nargs="*", help="image files, folders or glob patterns")
-    parser.add_argument("--list", action="append", default=[], metavar="FILE",
-                        help="a text file of image paths, one per line (repeatable)")
-    parser.add_argument("--out", help="write the table to this CSV or Parquet file too (by its suffix)")
-    parser.add_argument("--top-k", type=int, default=3, help="how many top classes to list (default 3)")
-    parser.add_argument("--engine", choices=ENGINES,
-                        help="where the images are labelled (default: features.engine in params.yaml)")
-    parser.add_argument("--workers", type=int, help="ray: workers in the pool (default: features.workers)")
-    parser.add_argument("--chunk-size", type=int, default=CHUNK_IMAGES,
-                        help=f"images per chunk of work and of output (default {CHUNK_IMAGES})")
-    parser.add_argument("--quiet", action="store_true", help="do not print a line per image")
-    parser.add_argument("--model", default="models/model.joblib")
-    parser.add_argument("--thresholds", default="models/thresholds.json")
-    parser.add_argument("--meta", default="data/features/meta.json",
-                        help="the features the pipeline uses; the model must match them")
-    args = parser.parse_args(argv)
-
-    params = load_params()
-    classes = params.data.classes
-    if not 1 <= args.top_k <= len(classes):
-        raise PipelineError(f"--top-k must be between 1 and {len(classes)}, got {args.top_k}")
-    if args.chunk_size < 1 or (args.workers is not None and args.workers < 1):
-        raise PipelineError("--chunk-size and --workers must be at least 1")
-    if not args.inputs and not args.list:
-        raise PipelineError("no input: give image files, folders or glob patterns, or --list FILE")
-    engine = resolve_engine(args.engine or params.features.engine, args.workers or params.features.workers,
-                            setting="--engine" if args.engine else "features.engine")
-    meta = read_json(args.meta)
-    bundle = load_model(args.model, classes, feature_signature(meta))
-    rule = load_rule(args.thresholds, classes, model_path=args.model)
-
-    paths, problems = expand_inputs(args.inputs + [p for listed in args.list for p in read_file_list(listed)])
-    for item, problem in problems:
-        print(f"error: {item}: {problem}", file=sys.stderr)
-    if not paths:
-        raise PipelineError("no image among the inputs; give JPEG/PNG files, folders or globs")
-
-    from stages.featurize import recipes_from_meta
-    features_params, recipes = recipes_from_meta(meta)
-    labeller = functools.partial(ImageLabeller, bundle["model"], len(classes), features_params, recipes)
-    columns = {"position": np.arange(len(paths)), "path": np.asarray(paths, dtype=object)}
-    labelled = cached = 0
-    with TableWriter(args.out) as writer, ProgressBar(len(paths), f"predict ({engine.label})", True) as bar:
-        for table, bad, hits in label_stream(map_chunks(labeller, columns, args.chunk_size, engine),
-                                             paths, rule, classes, args.top_k):
-            for path, problem in bad:
-                bar.write(f"error: {path}: {problem}", file=sys.stderr)
-            problems += bad
-            if not args.quiet:
-                for line in label_lines(table, classes, args.top_k):
-                    bar.write(line)
-            writer.write(table)
-            labelled, cached = labelled + len(table), cached + hits
-            bar.update(len(table) + len(bad))
-        if not labelled:  # raised inside the block: no output file is left behind
-            raise PipelineError("no readable image among the inputs; give JPEG/PNG files, folders or globs")
-    if args.out:
-        print(f"wrote {args.out} ({labelled} images; {cached} served from the feature cache)")
-    if problems:
-        sys.exit(1)
-
-
 def label_lines(table: pd.DataFrame, classes, top_k: int) -> list[str]:
     """One line per image: its labels and its top-k classes with their probabilities."""
     probabilities = table[[f"p_{name}" for name in classes]].to_numpy()
@@ -333,6 +257,3 @@ def label_lines(table: pd.DataFrame, classes, top_k: int) -> list[str]:
         lines.append(f"{path}: {labels or '(no label)'}  [top {top_k}: {tops}]")
     return lines
 
-
-if __name__ == "__main__":
-    run_main(main)

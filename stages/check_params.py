@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from stages.common import run_main, write_text
-from stages.params import load_params
+from fewlabel.errors import run_main
+from fewlabel.io import write_text
+from fewlabel.params import load_params
 
 #: The output's whole content: fixed, so that a valid change leaves it byte-identical.
 VALID = "params.yaml: every key is known and every value valid\n"

@@ -22,7 +22,7 @@ install)`` (import an optional dependency, or skip the test, except under CI whe
     with dotted-key edits (``edit_params(path, updates)`` does the same to any file).
 ``dvc_project``
     A :class:`DvcProject` in ``tmp_path / "project"``: a git repo (one initial commit) holding
-    copies of this repo's ``dvc.yaml``, ``params.yaml``, ``.gitignore`` and ``stages/``, with
+    copies of this repo's ``dvc.yaml``, ``params.yaml``, ``.gitignore``, ``stages/`` and ``fewlabel/``, with
     ``dvc init`` done. Use ``make_dvc_project(path, extra=[...])`` for other layouts.
 
 Example (end to end)::
@@ -53,7 +53,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pytest
 
-from stages.common import CACHE_ENV
+from fewlabel.io import CACHE_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The virtualenv's bin folder: put first on PATH so that ``python -m stages.x`` in dvc.yaml
@@ -61,7 +61,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 DVC = VENV_BIN / "dvc"
 #: What :func:`make_dvc_project` copies from the repo by default.
-PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", "stages")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "stages", "fewlabel")
 
 
 # --------------------------------------------------------------------------- user cache

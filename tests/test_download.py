@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from stages import download
-from stages.common import PipelineError
+from fewlabel.data import download
+from stages import download as download_stage
+from fewlabel.errors import PipelineError
 from tests.vocgen import TARBALLS, file_md5, make_tarballs, make_voc, md5s, voc_spec
 
 TRAINVAL_2007, TEST_2007 = TARBALLS[2007]
@@ -18,7 +19,7 @@ TRAINVAL_2007, TEST_2007 = TARBALLS[2007]
 def run_stage(params_file, out: Path, **data) -> None:
     """Run the stage's main() with ``data.*`` params, as ``dvc repro download`` would."""
     path = params_file({f"data.{key}": value for key, value in data.items()})
-    download.main(["--out", str(out), "--params", str(path), "--no-progress"])
+    download_stage.main(["--out", str(out), "--params", str(path), "--no-progress"])
 
 
 def assert_voc_tree(voc: Path, year: int, **spec_kwargs) -> None:

@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 
 from bench.synthetic import write_images, write_predict_project
-from stages.common import PipelineError
-from stages.engine import Engine, resolve_engine
-from stages.featurize import extract_features
-from stages.params import FeaturesParams
+from fewlabel.errors import PipelineError
+from fewlabel.features.engine import Engine, resolve_engine
+from fewlabel.features.extract import extract_features
+from fewlabel.params import FeaturesParams
 from stages.predict import main as predict_main
 from tests.conftest import require
 
@@ -32,7 +32,7 @@ FEATURES = FeaturesParams(backbones=("EfficientNetB0",), weights=None, image_siz
 def ray_cluster():
     """A local Ray instance with 2 CPUs (so 2 workers), shared by this module's Ray tests."""
     require("ray.data", "pip install -r requirements-engine.txt")
-    from stages.engine import connect_ray
+    from fewlabel.features.engine import connect_ray
     ray = connect_ray(num_cpus=2)
     yield ray
     ray.shutdown()
@@ -135,7 +135,7 @@ def test_predict_streams_chunks_and_its_memory_stays_flat(predict_project, tmp_p
     """2,000 files in chunks of 200, each chunk's rows written as it is done: the Python heap's
     peak after the last chunk is the same as after the second (a run that kept every image's
     features or rows would hold 5x more by then)."""
-    from stages.predict import TableWriter
+    from fewlabel.predict import TableWriter
     paths = write_images(tmp_path / "many", 2000, seed=4)
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join(paths) + "\n")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from bench.synthetic import write_images
-from stages.featurize import extract_features
-from stages.params import FeaturesParams
+from fewlabel.features.extract import extract_features
+from fewlabel.params import FeaturesParams
 from tests.conftest import free_port, require
 
 FEATURES = FeaturesParams(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=8, flip_tta=True)

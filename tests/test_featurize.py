@@ -17,12 +17,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.backbones import build_extractor, default_input_size
-from stages.common import PipelineError, feature_signature, load_features
-from stages.featurize import (Recipe, candidate_recipes, choose_recipes, extract_features,
-                              recipes_from_meta)
-from stages.params import FeaturesParams
-from stages.views import View, load_image, view_batches
+from fewlabel.features.backbones import build_extractor, default_input_size
+from fewlabel.errors import PipelineError
+from fewlabel.io import feature_signature, load_features
+from fewlabel.features.recipes import Recipe, candidate_recipes, recipes_from_meta
+from fewlabel.features.selection import choose_recipes
+from fewlabel.features.extract import extract_features
+from fewlabel.params import FeaturesParams
+from fewlabel.features.views import View, load_image, view_batches
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64

@@ -1,4 +1,4 @@
-"""Tests for stages/metrics.py: against scikit-learn, hand-computed examples, and the VOC
+"""Tests for fewlabel.metrics: against scikit-learn, hand-computed examples, and the VOC
 convention that a label 0 (difficult-only) cell is ignored for that class."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sklearn.metrics import (accuracy_score, average_precision_score, f1_score, 
                              hamming_loss, jaccard_score, matthews_corrcoef,
                              multilabel_confusion_matrix, precision_recall_curve)
 
-from stages import metrics as M
+from fewlabel import metrics as M
 
 SEEDS = [0, 1, 2, 3]
 

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.common import PipelineError
-from stages.params import VOC_CLASSES, load_params, parse_params
+from fewlabel.errors import PipelineError
+from fewlabel.params import VOC_CLASSES, load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -214,7 +214,7 @@ def test_a_typo_in_any_section_fails_the_experiment_at_once(project):
 
 
 def _model_md5(project) -> str:
-    from stages.common import file_md5
+    from fewlabel.io import file_md5
     return file_md5(project.path("models/model.joblib"))
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stages import prepare
-from stages.common import PipelineError
-from stages.params import VOC_CLASSES
+from fewlabel.data import voc as prepare
+from stages import prepare as prepare_stage
+from fewlabel.errors import PipelineError
+from fewlabel.params import VOC_CLASSES
 from tests.exports import as_voc_folder, cvat_file_names, write_cvat_export, write_label_studio_export
 from tests.vocgen import label_table, make_tarballs, make_voc, md5s, voc_spec
 
@@ -18,7 +19,7 @@ from tests.vocgen import label_table, make_tarballs, make_voc, md5s, voc_spec
 def run_stage(params_file, voc, out, **data) -> pd.DataFrame:
     """Run prepare's main() on ``voc`` and read back the table it wrote."""
     path = params_file({f"data.{key}": value for key, value in data.items()})
-    prepare.main(["--voc", str(voc), "--out", str(out), "--params", str(path)])
+    prepare_stage.main(["--voc", str(voc), "--out", str(out), "--params", str(path)])
     return pd.read_csv(out, dtype={"image_id": str})
 
 

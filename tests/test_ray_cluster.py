@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 from bench.synthetic import write_images, write_predict_project
-from stages.common import CACHE_ENV
+from fewlabel.io import CACHE_ENV
 from tests.conftest import free_port, require
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,12 +11,13 @@ import sys
 import numpy as np
 import pytest
 
-from stages import runtimes
-from stages.common import PipelineError
-from stages.featurize import build_meta, build_size_extractor, extract_features, fixed_recipes, recipes_from_meta, view_cache
-from stages.params import parse_params
-from stages.runtimes import RuntimeChoice, choose_runtime, load_extractor
-from stages.views import View
+from fewlabel.features import runtimes
+from fewlabel.errors import PipelineError
+from fewlabel.features.recipes import build_meta, fixed_recipes, recipes_from_meta
+from fewlabel.features.extract import build_size_extractor, extract_features, view_cache
+from fewlabel.params import parse_params
+from fewlabel.features.runtimes import RuntimeChoice, choose_runtime, load_extractor
+from fewlabel.features.views import View
 from tests.test_featurize import SIZE, images, params  # noqa: F401  (images: a fixture)
 
 requires_openvino = pytest.mark.skipif(runtimes._module("openvino") is None,
@@ -64,7 +65,7 @@ def test_converted_model_is_cached_and_not_rebuilt(isolated_cache):
     built = []
 
     def build_keras():
-        from stages.backbones import build_extractor
+        from fewlabel.features.backbones import build_extractor
         built.append(1)
         return build_extractor("EfficientNetB0", None, 32)[0]
 
@@ -107,7 +108,7 @@ def test_a_cached_conversion_serves_extraction_without_keras(images, monkeypatch
     """Once converted, a size's extractor loads without building the Keras model."""
     openvino = choose_runtime("openvino", "f32")
     build_size_extractor("EfficientNetB0", None, SIZE, openvino)
-    monkeypatch.setattr("stages.featurize.build_extractor", lambda *a: pytest.fail("Keras model built again"))
+    monkeypatch.setattr("fewlabel.features.extract.build_extractor", lambda *a: pytest.fail("Keras model built again"))
     extractor = build_size_extractor("EfficientNetB0", None, SIZE, openvino, batch_size=2)
     assert extractor(np.zeros((3, SIZE, SIZE, 3), np.float32)).shape == (3, 1280)
 

@@ -6,10 +6,11 @@ import pandas as pd
 import pytest
 
 from bench.synthetic import VOC07_TRAINVAL_POSITIVES
-from stages.common import PipelineError, training_targets
-from stages.params import EvalSetParams, SubsetParams, VOC_CLASSES
-from stages.stratify import check_folds, multilabel_kfold, stratified_subset
-from stages.subset import class_distribution, pool_limited_classes, select_subsets
+from fewlabel.errors import PipelineError
+from fewlabel.io import training_targets
+from fewlabel.params import EvalSetParams, SubsetParams, VOC_CLASSES
+from fewlabel.data.stratify import check_folds, multilabel_kfold, stratified_subset
+from fewlabel.data.subset import class_distribution, pool_limited_classes, select_subsets
 from tests.vocgen import label_table, make_voc, voc_spec
 
 

@@ -9,15 +9,15 @@ from sklearn.multioutput import MultiOutputClassifier
 from sklearn.svm import SVC
 
 from bench.synthetic import synthetic_split
-from stages.calibrate import (DecisionRule, apply_rule, best_global_threshold, calibrate, choose_rule,
-                              class_threshold_curve, global_threshold_curve, out_of_fold_strategy_scores,
-                              per_class_rule)
-from stages.common import PipelineError, training_targets
-from stages.metrics import mean_ap, multilabel_scores, target_score
-from stages.model import NystroemMap, PlattLinearSVC, build_model, for_training_set, positive_probabilities, resolve_gamma
-from stages.params import CalibrateParams, SvmParams, TuneParams, parse_params
-from stages.stratify import multilabel_kfold
-from stages.train import out_of_fold_probabilities, train
+from fewlabel.model.rules import DecisionRule, apply_rule
+from fewlabel.model.calibrate import (best_global_threshold, calibrate, choose_rule, class_threshold_curve, global_threshold_curve, out_of_fold_strategy_scores, per_class_rule)
+from fewlabel.errors import PipelineError
+from fewlabel.io import training_targets
+from fewlabel.metrics import mean_ap, multilabel_scores, target_score
+from fewlabel.model.svm import NystroemMap, PlattLinearSVC, build_model, for_training_set, positive_probabilities, resolve_gamma
+from fewlabel.params import CalibrateParams, SvmParams, TuneParams, parse_params
+from fewlabel.data.stratify import multilabel_kfold
+from fewlabel.model.train import out_of_fold_probabilities, train
 
 CLASSES = tuple(f"class{i}" for i in range(20))
 

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.common import file_md5
-from stages.params import VOC_CLASSES
+from fewlabel.io import file_md5
+from fewlabel.params import VOC_CLASSES
 
 #: Official tarball names per year (what stages.download fetches).
 TARBALLS = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.common import PipelineError
+from fewlabel.errors import PipelineError
 
 
 def _class_name(class_names, index: int) -> str:

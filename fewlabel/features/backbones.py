@@ -3,7 +3,7 @@
 Every extractor built here takes float RGB in 0..255 at ``(size, size, 3)`` and returns one
 feature vector per image: the family's own ``preprocess_input`` and the global average
 pooling are part of the model, so the featurize stage and the ``predict`` command feed every
-backbone the same decoded pixels (see :mod:`stages.views`).
+backbone the same decoded pixels (see :mod:`fewlabel.features.views`).
 """
 from __future__ import annotations
 
@@ -14,11 +14,9 @@ import os
 import re
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter quiet
+import keras
 
-import keras  # noqa: E402
-
-from stages.common import PipelineError  # noqa: E402
+from fewlabel.errors import PipelineError
 
 KERAS_SUFFIX = ".keras"
 
@@ -107,7 +105,7 @@ def build_extractor(name_or_path: str, weights: str | None, image_size: int | No
     ``weights`` is a path.
     ``image_size``: None for the model's native size.
     The model's input is float32 ``(batch, size, size, 3)`` RGB in 0..255. Views (mirror,
-    several sizes) are applied to the pixels by :mod:`stages.views`, not here.
+    several sizes) are applied to the pixels by :mod:`fewlabel.features.views`, not here.
     """
     name_or_path = str(name_or_path)
     weights_file = _weights_file(weights)

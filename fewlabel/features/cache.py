@@ -2,7 +2,7 @@
 
 Images are keyed by the sha1 of their file's bytes, so a renamed or copied file is not
 extracted again and an edited one is. Each cache folder holds the vectors of one backbone
-seen through one :class:`stages.views.View`, and its name carries a hash of everything that
+seen through one :class:`fewlabel.features.views.View`, and its name carries a hash of everything that
 makes those vectors (weights, view, library versions, the code that feeds the model), so a
 change to any of them can never serve stale features.
 
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.common import PipelineError, user_cache_dir
+from fewlabel.errors import PipelineError
+from fewlabel.io import user_cache_dir
 
 FEATURE_CACHE_ENV = "FEWLABEL_FEATURE_CACHE"
 

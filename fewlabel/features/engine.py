@@ -27,9 +27,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from stages.common import CACHE_ENV, PipelineError
-from stages.feature_cache import FEATURE_CACHE_ENV
-from stages.params import ENGINES
+from fewlabel.io import CACHE_ENV
+from fewlabel.errors import PipelineError
+from fewlabel.features.cache import FEATURE_CACHE_ENV
+from fewlabel.params import ENGINES
 
 ADDRESS_ENV = "RAY_ADDRESS"
 # Workers by default on a CPU cluster: one per this many CPUs (each a TensorFlow process with
@@ -105,14 +106,14 @@ def connect_ray(**local_options):
     """``ray`` connected: to ``$RAY_ADDRESS`` if set, else a new local instance started here
     (with ``local_options`` for ``ray.init``, e.g. ``num_cpus=2``); an existing connection is kept.
 
-    Workers get this repository's ``stages`` package (``py_modules``), so a cluster needs only
+    Workers get this ``fewlabel`` package (``py_modules``), so a cluster needs only
     the same requirements installed, not a copy of the code, and the driver's cache and weights
     settings (``SHARED_ENV``), so they read and write the same per-image cache as the driver.
     """
     import ray
     if not ray.is_initialized():
         shared = {name: os.environ[name] for name in SHARED_ENV if os.environ.get(name)}
-        runtime_env = {"py_modules": [str(Path(__file__).resolve().parent)],
+        runtime_env = {"py_modules": [str(Path(__file__).resolve().parents[1])],
                        "env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", **shared}}
         # "local": always a new instance, never one left by `ray start` on this machine (Ray's
         # address=None would join that, or fail on its stale address file)

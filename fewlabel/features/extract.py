@@ -1,160 +1,47 @@
-"""featurize: frozen CNN features of the train and eval images, with a per-image cache.
+"""Extraction: the per-image features of each (backbone, view), through the per-image cache.
 
-    python -m stages.featurize --images data/raw/voc/JPEGImages \
-        --train data/subset/train.csv --eval data/subset/eval.csv --out-dir data/features \
-        --stats-out metrics/featurize.json
-
-Writes ``<out-dir>/train.npz`` and ``eval.npz`` (``ids`` in the CSV's order, ``features``
-float32 n x d) and ``meta.json`` (what the features are: backbones, sizes, views, weights).
-
-A backbone's feature vector is built from **views** of the image (:mod:`stages.views`): one
+A backbone's feature vector is built from **views** of the image (:mod:`fewlabel.features.views`): one
 or more input sizes (``features.image_size``; several are joined by ``features.combine``),
-a resize method, and optionally the mirror image averaged in (``features.flip_tta``). With
-``image_size: auto`` the sizes are chosen among ``features.select_scales`` (multiples of
-each backbone's native size) by cross-validated mAP on the **training** images only; only
-the chosen views are then extracted for the eval images. Every (backbone, view) has its own
-per-image cache (:mod:`stages.feature_cache`), so candidates, reruns and ``predict`` never
-extract a vector twice, and an interrupted run resumes.
+a resize method, and optionally the mirror image averaged in (``features.flip_tta``); see
+:mod:`fewlabel.features.recipes`. Every (backbone, view) has its own per-image cache
+(:mod:`fewlabel.features.cache`), so candidates, reruns and ``predict`` never extract a
+vector twice, and an interrupted run resumes. The work runs in this process or on the
+workers of :mod:`fewlabel.features.engine`.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import gc
 import hashlib
 import inspect
-import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from stages import views as views_module
-from stages.backbones import (build_extractor, check_backbone_name, fixed_input_size, is_model_file,
-                              native_input_size)
-from stages.common import (PipelineError, ProgressBar, atomic_path, feature_signature, file_md5, read_csv,
-                           run_main, training_targets, write_json)
-from stages.engine import Engine, map_chunks, resolve_engine
-from stages.feature_cache import FeatureCache, cache_folder, hash_images
-from stages.params import FeaturesParams, SvmParams, TuneParams, load_params
-from stages.runtimes import RuntimeChoice, choose_runtime, load_extractor
-from stages.views import View, ViewRunner
+from fewlabel.features import views as views_module
+from fewlabel.features.backbones import build_extractor, is_model_file
+from fewlabel.errors import PipelineError
+from fewlabel.progress import ProgressBar
+from fewlabel.io import file_md5
+from fewlabel.features.engine import Engine, map_chunks
+from fewlabel.features.recipes import Recipe, combine_views, fixed_recipes
+from fewlabel.features.cache import FeatureCache, cache_folder, hash_images
+from fewlabel.params import FeaturesParams
+from fewlabel.features.runtimes import RuntimeChoice, choose_runtime, load_extractor
+from fewlabel.features.views import View, ViewRunner
 
-import keras  # noqa: E402  (after stages.backbones, which quiets TensorFlow's logging)
+import keras
 import tensorflow as tf  # noqa: E402
 
 CACHE_FORMAT = 2
-IMAGE_EXTENSION = ".jpg"
 # The most images the engine hands one worker at a time (fewer when there are few images, so
 # that every worker gets some): enough to amortise tracing the model graph for each chunk.
 ENGINE_CHUNK_IMAGES = 256
-# The classifier that scores candidate views: the default svm.* settings, fixed here (not read
-# from svm.*) so that changing an SVM setting never reruns featurize; 'median' gamma adapts
-# to each view's feature scale.
-SELECTION_SVM = SvmParams(C=1.0, gamma="median", scaler="sqrt", approximation="auto")
 
 
 # ----------------------------------------------------------------------------- recipes
-
-@dataclass(frozen=True)
-class Recipe:
-    """How one backbone turns an image into its feature vector: which views, and how joined."""
-    backbone: str
-    sizes: tuple
-    resize: str = "bilinear"
-    flip: bool = False
-    combine: str = "mean"
-
-    def views(self) -> list[View]:
-        mirrors = (False, True) if self.flip else (False,)
-        return [View(size, self.resize, mirrored) for size in self.sizes for mirrored in mirrors]
-
-    @property
-    def cost(self) -> float:
-        """Pixels pushed through the backbone per image, relative to one 224 x 224 view."""
-        return sum(view.size ** 2 for view in self.views()) / 224 ** 2
-
-    @property
-    def label(self) -> str:
-        join = "+" if self.combine == "concat" else "&"
-        return (f"{Path(self.backbone).stem}@{join.join(str(s) for s in self.sizes)} {self.resize}"
-                + (" flip" if self.flip else ""))
-
-
-def scaled_size(native: int, scale: float) -> int:
-    """``native * scale`` rounded (half up) to a multiple of 32, at least 32; scale 1 is ``native``.
-
-    EfficientNets halve their feature map five times: at a multiple of 32 no stride-2 layer
-    pads unevenly (on devdata, Lite0 at 336 scored 0.4 mAP below 352).
-    """
-    if scale == 1:
-        return int(native)
-    return max(32, int(native * scale / 32 + 0.5) * 32)
-
-
-def _recipe(params: FeaturesParams, backbone: str, sizes) -> Recipe:
-    fixed = fixed_input_size(backbone)
-    sizes = (fixed,) if fixed else tuple(dict.fromkeys(int(s) for s in sizes))
-    return Recipe(backbone, sizes, params.resize, bool(params.flip_tta), params.combine)
-
-
-def fixed_recipes(params: FeaturesParams) -> list[Recipe]:
-    """The recipes of ``features.*`` when ``image_size`` is not ``auto`` (null: native size)."""
-    if params.image_size == "auto":
-        raise ValueError("image_size 'auto' is resolved by choose_recipes")
-    recipes = []
-    for backbone in _backbones(params):
-        size = params.image_size
-        sizes = (native_input_size(backbone),) if size is None else (size if isinstance(size, tuple) else (size,))
-        recipes.append(_recipe(params, backbone, sizes))
-    return recipes
-
-
-def candidate_recipes(params: FeaturesParams) -> list[list[Recipe]]:
-    """For ``image_size: auto``: one list of recipes (one per backbone) per distinct candidate."""
-    candidates = []
-    for scales in params.select_scales:
-        candidate = [_recipe(params, b, [scaled_size(native_input_size(b), s) for s in scales])
-                     for b in _backbones(params)]
-        if candidate not in candidates:  # e.g. a fixed-size model makes every scale the same
-            candidates.append(candidate)
-    return candidates
-
-
-def _backbones(params: FeaturesParams) -> tuple:
-    if not params.backbones:
-        raise PipelineError("features.backbones: is empty; list at least one backbone")
-    for name in params.backbones:
-        check_backbone_name(name)
-    return params.backbones
-
-
-def combine_views(recipe: Recipe, view_features: dict[View, np.ndarray]) -> np.ndarray:
-    """One backbone's features from its views' features: the mirror pair averaged per size,
-    then the sizes averaged (``mean``) or concatenated in size order (``concat``)."""
-    per_size = []
-    for size in recipe.sizes:
-        pair = [view_features[View(size, recipe.resize, mirrored)] for mirrored in
-                ((False, True) if recipe.flip else (False,))]
-        per_size.append(_mean(pair))
-    if recipe.combine == "concat":
-        return np.concatenate(per_size, axis=1)
-    return _mean(per_size)
-
-
-def _mean(arrays: list[np.ndarray]) -> np.ndarray:
-    if len(arrays) == 1:
-        return arrays[0]
-    return np.mean(np.stack(arrays), axis=0, dtype=np.float64).astype(np.float32)
-
-
-def assemble(recipes: list[Recipe], view_features: dict[str, dict[View, np.ndarray]]) -> np.ndarray:
-    """The feature matrix of ``recipes``: each backbone's combined views, concatenated in order."""
-    blocks = [combine_views(recipe, view_features[recipe.backbone]) for recipe in recipes]
-    return np.ascontiguousarray(np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0])
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -164,7 +51,7 @@ def _feature_code_hash() -> str:
 
     Part of the cache key, so editing that code cannot silently serve features of the old code.
     """
-    from stages import backbones
+    from fewlabel.features import backbones
     parts = (views_module.decode_image, views_module.resize_image, views_module._all_resizes,
              views_module.ViewRunner, backbones.build_extractor, backbones._Preprocess, backbones._pool)
     source = "".join(inspect.getsource(part) for part in parts) + repr(views_module.RESIZE_METHODS)
@@ -324,7 +211,7 @@ class Extractors:
         self.runners: dict[tuple, ViewRunner] = {}
 
     def runner(self, views) -> ViewRunner:
-        """The traced step of ``views`` (see :class:`stages.views.ViewRunner`)."""
+        """The traced step of ``views`` (see :class:`fewlabel.features.views.ViewRunner`)."""
         views = tuple(views)
         if views not in self.runners:
             for size in sorted({v.size for v in views} - set(self.models)):
@@ -335,7 +222,7 @@ class Extractors:
 
 
 class ViewWorker:
-    """A worker of :func:`stages.engine.map_chunks`: one backbone's ``views`` of chunks of images.
+    """A worker of :func:`fewlabel.features.engine.map_chunks`: one backbone's ``views`` of chunks of images.
 
     Each call takes a chunk (``position``, ``path``, ``digest``), reads what the per-image
     cache already holds (a chunk run again after a worker died finds its finished images
@@ -367,7 +254,7 @@ class ViewWorker:
 
 def _engine_batches(backbone: str, views: list[View], weights: str | None, batch_size: int,
                     runtime: RuntimeChoice, caches: list[FeatureCache], paths: list[str], digests: list[str], engine: Engine):
-    """Like :meth:`stages.views.ViewRunner.batches`, on the engine's workers: one list of arrays
+    """Like :meth:`fewlabel.features.views.ViewRunner.batches`, on the engine's workers: one list of arrays
     (one per view) per chunk, in the order of ``paths``."""
     worker = functools.partial(ViewWorker, backbone, views, weights, batch_size, runtime,
                                [(cache.location, cache.key) for cache in caches])
@@ -454,227 +341,6 @@ def extract_features(image_paths, params: FeaturesParams, progress: bool = True,
 
 # ----------------------------------------------------------------------------- view selection
 
-def score_candidates(candidates: list[list[Recipe]], view_features: dict, targets: np.ndarray, classes,
-                     folds: int) -> pd.DataFrame:
-    """Cross-validated mAP of each candidate on the training images (``targets`` 0/1).
-
-    Uses :data:`SELECTION_SVM` and the same folds for every candidate.
-    """
-    from stages.model import tune_grid
-    grid = TuneParams(enabled=True, C=(SELECTION_SVM.C,), gamma=(SELECTION_SVM.gamma,), folds=folds)
-    rows = []
-    for candidate in candidates:
-        scores = tune_grid(assemble(candidate, view_features), targets, SELECTION_SVM, grid, classes)
-        rows.append({"candidate": " | ".join(r.label for r in candidate),
-                     "input_sizes": [list(r.sizes) for r in candidate],
-                     "cost": round(sum(r.cost for r in candidate), 3),
-                     "cv_map": float(scores["map_mean"].iloc[0]), "cv_map_std": float(scores["map_std"].iloc[0])})
-    return pd.DataFrame(rows)
-
-
-def choose_recipes(train_paths: list[str], train_targets: np.ndarray, params: FeaturesParams, classes,
-                   progress: bool = True, engine: Engine = Engine()) -> tuple[list[Recipe], pd.DataFrame, dict]:
-    """``image_size: auto``: the candidate with the best cross-validated mAP on the training
-    images (the cheaper one on a tie). Only training images and their labels are read.
-    Returns (chosen recipes, the scored candidates, extraction stats)."""
-    candidates = candidate_recipes(params)
-    backbone_views: dict[str, set] = {}
-    for candidate in candidates:
-        for recipe in candidate:
-            backbone_views.setdefault(recipe.backbone, set()).update(recipe.views())
-    view_features, stats = extract_views(train_paths, {b: sorted(v) for b, v in backbone_views.items()},
-                                         params.weights, params.batch_size, progress, resolve_runtime(params),
-                                         engine)
-    table = score_candidates(candidates, view_features, train_targets, classes, params.select_folds)
-    best = max(range(len(candidates)), key=lambda i: (round(table["cv_map"][i], 6), -table["cost"][i]))
-    table["chosen"] = [i == best for i in range(len(candidates))]
-    return candidates[best], table, stats
-
-
-@dataclass
-class Featurized:
-    train: np.ndarray
-    eval: np.ndarray
-    recipes: list[Recipe]
-    selection: pd.DataFrame | None
-    stats: dict
-
-
-def featurize_subsets(train_paths: list[str], train_labels: np.ndarray, eval_paths: list[str],
-                      params: FeaturesParams, classes, progress: bool = True) -> Featurized:
-    """Features of the train and eval images, choosing the views first if ``image_size: auto``.
-
-    ``train_labels`` (VOC codes) are read only to choose views; eval labels are never needed.
-    The work runs on ``features.engine`` (see :mod:`stages.engine`).
-    """
-    engine = resolve_engine(params.engine, params.workers)
-    selection = None
-    if params.image_size == "auto":
-        recipes, selection, _ = choose_recipes(train_paths, training_targets(train_labels), params, classes,
-                                               progress, engine)
-    else:
-        recipes = fixed_recipes(params)
-    features, stats = extract_features(list(train_paths) + list(eval_paths), params, progress, recipes, engine)
-    n_train = len(train_paths)
-    return Featurized(features[:n_train], features[n_train:], recipes, selection, stats)
-
 
 # ----------------------------------------------------------------------------- the stage
 
-def recipes_from_meta(meta: dict) -> tuple[FeaturesParams, list[Recipe]]:
-    """The params and recipes that reproduce a meta.json's features:
-    ``params, recipes = recipes_from_meta(meta); extract_features(paths, params, recipes=recipes)``.
-    """
-    signature = feature_signature(meta)
-    backbones, sizes = signature["backbones"], signature["input_sizes"]
-    if not backbones or "weights" not in meta or len(backbones) != len(sizes or ()):
-        raise PipelineError("meta.json: lacks backbones, input_sizes or weights, or they disagree; "
-                            "rerun the featurize stage (dvc repro featurize)")
-    params = FeaturesParams(backbones=tuple(backbones), weights=signature["weights"],
-                            resize=signature.get("resize") or "bilinear",
-                            combine=signature.get("combine") or "mean",
-                            flip_tta=bool(signature["flip_tta"]),
-                            # the runtime that computed the features (Keras before runtimes existed)
-                            runtime=meta.get("runtime") or "keras", precision=meta.get("precision") or "auto")
-    recipes = [Recipe(b, tuple(int(x) for x in (s if isinstance(s, list) else [s])), params.resize,
-                      params.flip_tta, params.combine) for b, s in zip(backbones, sizes)]
-    return params, recipes
-
-
-def build_meta(params: FeaturesParams, recipes: list[Recipe], dims: list[int], runtime: RuntimeChoice) -> dict:
-    """meta.json: what the features are (the signature of :func:`stages.common.feature_signature`
-    plus the runtime and precision that computed them, and versions), and nothing about this
-    run, so an identical rerun leaves it byte-identical and DVC does not retrain for nothing."""
-    return {
-        "backbones": [r.backbone for r in recipes],
-        "dims": [int(d) for d in dims],
-        "total_dim": int(sum(dims)),
-        "input_sizes": [list(r.sizes) for r in recipes],
-        "resize": params.resize,
-        "combine": params.combine,
-        "flip_tta": bool(params.flip_tta),
-        "weights": params.weights,
-        "runtime": runtime.runtime,
-        "precision": runtime.precision,
-        "keras_version": keras.__version__,
-        "tensorflow_version": tf.__version__,
-    }
-
-
-def build_run_stats(params: FeaturesParams, result: Featurized) -> dict:
-    """metrics/featurize.json: how this run went (device, speed, cache use, the view choice)."""
-    stats = result.stats
-    record = {
-        "device": stats["device"],
-        # what ran: features.runtime as resolved on this machine (auto: and why)
-        "runtime": stats["runtime"].runtime,
-        "precision": stats["runtime"].precision,
-        "runtime_requested": stats["runtime"].requested,
-        "runtime_note": stats["runtime"].note,
-        "engine": stats["engine"],
-        "batch_size": params.batch_size,
-        "n_train": len(result.train),
-        "n_eval": len(result.eval),
-        "n_extracted": stats["n_extracted"],
-        "n_cached": stats["n_cached"],
-        "images_per_second": _round(stats["images_per_second"]),
-        "views": " | ".join(r.label for r in result.recipes),
-        # strings, not lists: DVC's metrics show / exp show drop list values
-        "per_backbone": {i["name"]: {"views": " ".join(i["views"]), "n_extracted": i["n_extracted"],
-                                     "n_cached": i["n_cached"], "images_per_second": _round(i["images_per_second"])}
-                         for i in stats["per_backbone"]},
-    }
-    if result.selection is not None:
-        # keyed by candidate (not a list), so dvc metrics show / exp show list every score
-        record["view_selection"] = {
-            "folds": params.select_folds,
-            "classifier": f"SVC(rbf, C={SELECTION_SVM.C:g}, gamma={SELECTION_SVM.gamma}, "
-                          f"scaler={SELECTION_SVM.scaler})",
-            "chosen": result.selection.loc[result.selection["chosen"], "candidate"].iloc[0],
-            "candidates": {row.candidate: {"cv_map": round(row.cv_map, 6), "cv_map_std": round(row.cv_map_std, 6),
-                                           "cost": row.cost, "chosen": bool(row.chosen)}
-                           for row in result.selection.itertuples()}}
-    return record
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(float(value), 2)
-
-
-def subset_image_paths(images_dir: Path, csv_path: Path) -> tuple[np.ndarray, list[str], pd.DataFrame]:
-    """(image ids in CSV order, their image paths, the CSV), checking the images exist.
-
-    The path is ``<images>/<image_file>`` when the CSV has prepare's ``image_file`` column
-    (PNG or ``.JPG`` exports of labelling tools), else ``<images>/<id>.jpg``.
-    """
-    frame = read_csv(csv_path, required=["image_id"])
-    if frame["image_id"].isna().any():
-        raise PipelineError(f"{csv_path}: has rows without an image_id; rerun the subset stage")
-    ids = frame["image_id"].astype(str).to_numpy(dtype=str)
-    if len(ids) == 0:
-        raise PipelineError(f"{csv_path}: lists no images; rerun the subset stage")
-    if "image_file" in frame.columns and frame["image_file"].notna().all():
-        paths = [str(images_dir / name) for name in frame["image_file"].astype(str)]
-    else:
-        paths = [str(images_dir / f"{image_id}{IMAGE_EXTENSION}") for image_id in ids]
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        more = f" ({len(missing)} of its {len(paths)} images are missing)" if len(missing) > 1 else ""
-        raise PipelineError(f"{missing[0]}: image not found, listed in {csv_path}{more}; check --images "
-                            f"or restore the dataset (dvc repro download)")
-    return ids, paths, frame
-
-
-def write_features(path: Path, ids: np.ndarray, features: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        np.savez(tmp, ids=np.asarray(ids, dtype=str), features=np.asarray(features, dtype=np.float32))
-
-
-def featurize(images_dir, train_csv, eval_csv, out_dir, params: FeaturesParams, classes,
-              progress: bool = True) -> tuple[dict, dict]:
-    """Extract the train and eval subsets' features into ``out_dir``.
-
-    Returns (the meta written to ``meta.json``, this run's stats)."""
-    images_dir, out_dir = Path(images_dir), Path(out_dir)
-    if not images_dir.is_dir():
-        raise PipelineError(f"{images_dir}: image folder not found; run the download stage "
-                            f"(dvc repro download) or fix --images")
-    train_ids, train_paths, train_frame = subset_image_paths(images_dir, Path(train_csv))
-    eval_ids, eval_paths, _ = subset_image_paths(images_dir, Path(eval_csv))
-    train_labels = None
-    if params.image_size == "auto":  # only the training labels, and only to choose the views
-        missing = [c for c in classes if c not in train_frame.columns]
-        if missing:
-            raise PipelineError(f"{train_csv}: lacks the label column(s) {', '.join(missing)} that "
-                                f"features.image_size: auto needs; rerun the subset stage")
-        train_labels = train_frame[list(classes)].to_numpy(dtype=np.int8)
-    result = featurize_subsets(train_paths, train_labels, eval_paths, params, classes, progress)
-    write_features(out_dir / "train.npz", train_ids, result.train)
-    write_features(out_dir / "eval.npz", eval_ids, result.eval)
-    meta = build_meta(params, result.recipes, result.stats["dims"], result.stats["runtime"])
-    write_json(out_dir / "meta.json", meta)
-    return meta, build_run_stats(params, result)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", required=True, help="folder of the image files")
-    parser.add_argument("--train", required=True, help="train subset CSV (image_id and label columns)")
-    parser.add_argument("--eval", required=True, help="eval subset CSV (image_id column)")
-    parser.add_argument("--out-dir", required=True, help="where train.npz, eval.npz, meta.json go")
-    parser.add_argument("--stats-out", required=True, help="this run's speed, cache use and view choice (JSON)")
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    params = load_params(args.params)
-    meta, run = featurize(args.images, args.train, args.eval, args.out_dir, params.features, params.data.classes)
-    write_json(args.stats_out, run)
-    speed = f"{run['images_per_second']:.1f} images/s" if run["images_per_second"] else "all cached"
-    chosen = " (chosen by cross-validation)" if "view_selection" in run else ""
-    runtime = run["runtime"] if run["runtime"] == "keras" else f"{run['runtime']} {run['precision']}"
-    print(f"featurize: {run['n_train']} train + {run['n_eval']} eval images -> {args.out_dir} "
-          f"({run['views']}{chosen}; {meta['total_dim']} dims; {run['n_extracted']} extracted, "
-          f"{run['n_cached']} from cache; {speed}; {run['device']}, {runtime}, {run['engine']})")
-
-
-if __name__ == "__main__":
-    run_main(main)

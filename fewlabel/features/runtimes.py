@@ -17,7 +17,7 @@ real photos); OpenVINO f32 ran B6 at 1.0x Keras, so without bfloat16 ``auto`` st
 ONNX Runtime (0.26x Keras for B6) and NNCF INT8 (min cosine 0.93 for Lite0) are not offered.
 
 Every runtime's extractor is a callable ``batch -> features`` on float32 NHWC arrays of RGB
-0..255 (Keras models are also called inside TensorFlow graphs, see :mod:`stages.views`).
+0..255 (Keras models are also called inside TensorFlow graphs, see :mod:`fewlabel.features.views`).
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ from typing import Callable
 
 import numpy as np
 
-from stages.common import PipelineError, replace_dir, user_cache_dir, write_json
+from fewlabel.errors import PipelineError
+from fewlabel.io import replace_dir, user_cache_dir, write_json
 
 # The pinned optional dependency (requirements-fast.txt) that each runtime needs.
 PACKAGES = {"openvino": "openvino"}

@@ -3,7 +3,7 @@
 A :class:`View` is one way of showing an image to a backbone: an input size, a resize
 method and whether it is mirrored. Each image is decoded **once** for all of its views;
 each distinct (size, resize) pair is resized once, and mirrored views reuse that resize.
-Views are combined into one feature vector in :mod:`stages.featurize` (flip: the mean of an
+Views are combined into one feature vector in :mod:`fewlabel.features.extract` (flip: the mean of an
 image and its mirror; several sizes: their mean or concatenation).
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from stages.common import PipelineError
+from fewlabel.errors import PipelineError
 
-import keras  # noqa: E402  (import after stages.backbones quiets TensorFlow's logging)
+import keras
 import tensorflow as tf  # noqa: E402
 
 # features.resize -> (tf.image.resize method, antialias)
@@ -86,7 +86,7 @@ class ViewRunner:
 
     ``models[size]`` is the extractor for input size ``size`` (one model may serve several
     sizes): a Keras model, run inside the TensorFlow graph that decodes the batch, or a
-    runtime's callable ``float32 NHWC array -> features`` (:mod:`stages.runtimes`), run on
+    runtime's callable ``float32 NHWC array -> features`` (:mod:`fewlabel.features.runtimes`), run on
     the pixels that graph returns. Either way each image is decoded once for all its views.
     On a GPU (Keras models only), a tf.data pipeline decodes and resizes the next batches on
     the CPU in parallel (prefetch) while the GPU runs the models (XLA-compiled when Keras would

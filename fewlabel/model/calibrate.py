@@ -1,137 +1,23 @@
-"""calibrate: the decision rule, chosen on out-of-fold probabilities of the training images only.
-
-A decision rule turns probabilities into labels: per-class thresholds plus label-count
-constraints (at least ``calibrate.min_labels`` labels per image, the top-scored classes
-filling in; optionally at most ``calibrate.max_labels``). :func:`apply_rule` is the one
-implementation, used here, by evaluate and by predict.
-
-The thresholds maximise ``calibrate.metric`` of the *whole rule* (constraints included) on
-the out-of-fold probabilities: one global threshold (exact search over every candidate),
-or per-class thresholds (coordinate ascent from the global one, each step an exact search
-over one class's candidates), shrunk toward the global threshold for classes with few
-positives. ``strategy: auto`` compares none (0.5) / global / per_class by choosing each
-one's rule inside the folds and scoring it on the held-out fold, and keeps the best.
-Evaluation labels are never read here.
+"""Calibration: choose the decision rule (global or per-class thresholds, at least / at most k
+labels) on out-of-fold probabilities, and the threshold curves that show the choice.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
-from stages.common import (PipelineError, file_md5, panel_grid, read_csv, read_json, run_main,
-                           write_csv_dir, write_figure, write_json)
-from stages.metrics import best_plateau_threshold, image_parts, metric_from_parts, metric_parts, target_score
-from stages.params import CalibrateParams, load_params
+from fewlabel.plots import panel_grid
+from fewlabel.metrics import best_plateau_threshold, image_parts, metric_from_parts, metric_parts, target_score
+from fewlabel.model.rules import DEFAULT_THRESHOLD, DecisionRule, constrained_labels, apply_rule, score_order
+from fewlabel.params import CalibrateParams
 
-DEFAULT_THRESHOLD = 0.5
 # Simplest first: on a tie, auto keeps the simpler strategy.
 STRATEGIES = ("none", "global", "per_class")
 # Coordinate ascent over the per-class thresholds stops after this many passes over the
 # classes (it usually settles in two; each pass only ever raises the score).
 MAX_SWEEPS = 4
-
-
-@dataclass(frozen=True)
-class DecisionRule:
-    """Per-class thresholds plus label-count constraints (see :func:`apply_rule`).
-
-    ``max_labels`` None means no upper limit. Round-trips through thresholds.json with
-    :meth:`to_record` / :meth:`from_record`.
-    """
-    thresholds: tuple[float, ...]
-    min_labels: int = 0
-    max_labels: int | None = None
-
-    def __post_init__(self):
-        thresholds = tuple(float(t) for t in np.ravel(self.thresholds))
-        object.__setattr__(self, "thresholds", thresholds)
-        if not all(np.isfinite(thresholds)):
-            raise ValueError(f"thresholds must be finite numbers, got {thresholds}")
-        if isinstance(self.min_labels, bool) or not isinstance(self.min_labels, (int, np.integer)) \
-                or self.min_labels < 0:
-            raise ValueError(f"min_labels must be an integer >= 0, got {self.min_labels!r}")
-        if self.max_labels is not None and (
-                isinstance(self.max_labels, bool) or not isinstance(self.max_labels, (int, np.integer))
-                or self.max_labels < max(self.min_labels, 1)):
-            raise ValueError(f"max_labels must be null or an integer >= max(1, min_labels={self.min_labels}), "
-                             f"got {self.max_labels!r}")
-
-    @classmethod
-    def uniform(cls, n_classes: int, threshold: float = DEFAULT_THRESHOLD, min_labels: int = 0,
-                max_labels: int | None = None) -> DecisionRule:
-        """One threshold for every class."""
-        return cls((float(threshold),) * n_classes, min_labels, max_labels)
-
-    def to_record(self, classes) -> dict:
-        """The rule's part of thresholds.json: ``thresholds`` by class name, ``min_labels``, ``max_labels``."""
-        return {"thresholds": dict(zip(classes, self.thresholds)),
-                "min_labels": int(self.min_labels),
-                "max_labels": None if self.max_labels is None else int(self.max_labels)}
-
-    @classmethod
-    def from_record(cls, record: dict, classes, source: str = "thresholds.json") -> DecisionRule:
-        """The rule in a thresholds.json mapping, thresholds in ``classes`` order."""
-        thresholds = record.get("thresholds")
-        missing = [c for c in classes if not isinstance(thresholds, dict) or c not in thresholds]
-        if missing:
-            raise PipelineError(f"{source}: has no threshold for {', '.join(missing)}; rerun calibrate (dvc repro)")
-        if "min_labels" not in record or "max_labels" not in record:
-            raise PipelineError(f"{source}: has no min_labels/max_labels (written by an older calibrate); "
-                                "rerun calibrate (dvc repro)")
-        try:
-            return cls(tuple(thresholds[c] for c in classes), record["min_labels"], record["max_labels"])
-        except (TypeError, ValueError) as error:
-            raise PipelineError(f"{source}: not a valid decision rule: {error}") from error
-
-
-def load_rule(path, classes, model_path=None) -> DecisionRule:
-    """The decision rule calibrate wrote to ``path`` (thresholds.json).
-
-    With ``model_path``, refuse a rule calibrated for another model: calibrate records the
-    md5 of the model file whose out-of-fold probabilities it used (``model_md5``).
-    """
-    record = read_json(path)
-    if model_path is not None:
-        recorded, actual = record.get("model_md5"), file_md5(model_path)
-        if recorded != actual:
-            raise PipelineError(f"{path}: was calibrated for another model (model_md5 {recorded}), not for "
-                                f"{model_path} (md5 {actual}); pass the thresholds calibrated with this "
-                                f"model (--thresholds), or rerun calibrate (dvc repro calibrate)")
-    return DecisionRule.from_record(record, classes, source=str(path))
-
-
-def score_order(probabilities: np.ndarray) -> np.ndarray:
-    """Per image, class indices from the highest probability down (ties: lower class index first)."""
-    return np.argsort(-probabilities, axis=1, kind="stable")
-
-
-def apply_rule(probabilities, rule: DecisionRule) -> np.ndarray:
-    """0/1 int predictions ``(n, C)`` of ``rule`` on ``probabilities``.
-
-    A class is predicted where ``probability >= its threshold``; of those, only the
-    ``max_labels`` highest-scored are kept; an image left with fewer than ``min_labels``
-    labels gets the highest-scored remaining classes until it has ``min_labels``. Ties in
-    probability go to the lower class index.
-    """
-    p = np.asarray(probabilities, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] != len(rule.thresholds):
-        raise ValueError(f"probabilities of shape {p.shape} do not fit a rule for {len(rule.thresholds)} classes")
-    return _constrained(p >= np.array(rule.thresholds), score_order(p), rule.min_labels, rule.max_labels)
-
-
-def _constrained(passing: np.ndarray, order: np.ndarray, min_labels: int, max_labels: int | None) -> np.ndarray:
-    """:func:`apply_rule` from the threshold-passing cells and :func:`score_order`."""
-    chosen = np.take_along_axis(passing, order, axis=1)  # columns: best-scored class first
-    if max_labels is not None:
-        chosen &= np.cumsum(chosen, axis=1) <= max_labels
-    missing = np.maximum(min_labels - chosen.sum(axis=1), 0)
-    chosen |= ~chosen & (np.cumsum(~chosen, axis=1) <= missing[:, None])
-    predictions = np.zeros(passing.shape, dtype=np.int64)
-    np.put_along_axis(predictions, order, chosen.astype(np.int64), axis=1)
-    return predictions
 
 
 def _step_curve(values: np.ndarray, base_parts: np.ndarray, step_parts: np.ndarray, metric: str,
@@ -191,7 +77,7 @@ def class_threshold_curve(targets: np.ndarray, probabilities: np.ndarray, rule: 
     state_parts = []
     for passes in (False, True):
         passing[:, class_index] = passes
-        predictions = _constrained(passing, order, rule.min_labels, rule.max_labels)
+        predictions = constrained_labels(passing, order, rule.min_labels, rule.max_labels)
         state_parts.append(image_parts(metric, truth, predictions))
     fails, passes = state_parts
     return _step_curve(p[:, class_index], fails.sum(axis=0), passes - fails, metric, len(p))
@@ -317,47 +203,3 @@ def curves_figure(curves: dict, chosen: dict, metric: str):
                     "(red: chosen, gray: 0.5)")
     figure.tight_layout()
     return figure
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--oof", required=True)
-    parser.add_argument("--model", required=True, help="the model the out-of-fold probabilities belong to")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--plots", required=True, help="directory of per-class threshold curves")
-    parser.add_argument("--figure", required=True, help="PNG of all threshold curves")
-    args = parser.parse_args()
-
-    params = load_params()
-    classes = params.data.classes
-    columns = [f"y_{c}" for c in classes] + [f"p_{c}" for c in classes]
-    oof = read_csv(args.oof, required=["image_id", "fold", *columns])
-    targets = oof[[f"y_{c}" for c in classes]].to_numpy(dtype=int)
-    probabilities = oof[[f"p_{c}" for c in classes]].to_numpy(dtype=float)
-    if not np.isfinite(probabilities).all():
-        raise PipelineError(f"{args.oof}: holds non-finite probabilities; rerun the train stage")
-
-    settings = params.calibrate
-    result = calibrate(targets, probabilities, oof["fold"].to_numpy(), settings)
-    write_json(args.out, {
-        "model_md5": file_md5(args.model),
-        "strategy": result.strategy,
-        "requested_strategy": settings.strategy,
-        "metric": settings.metric,
-        **result.rule.to_record(classes),
-        "global_threshold": result.global_threshold,
-        "shrinkage": settings.shrinkage,
-        "min_positives": settings.min_positives,
-        "out_of_fold_scores": result.strategy_scores,
-        "positives": {name: int(targets[:, c].sum()) for c, name in enumerate(classes)},
-    })
-    curves = threshold_curves(targets, probabilities, result.rule, classes, settings.metric)
-    write_csv_dir(args.plots, curves)
-    write_figure(args.figure, curves_figure(curves, dict(zip(classes, result.rule.thresholds)), settings.metric))
-    scores = ", ".join(f"{k}={v:.4f}" for k, v in result.strategy_scores.items())
-    print(f"calibrate: strategy {result.strategy}, at least {settings.min_labels} and at most "
-          f"{settings.max_labels or 'any'} labels (out-of-fold {settings.metric}: {scores})")
-
-
-if __name__ == "__main__":
-    run_main(main)

@@ -30,10 +30,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
-from stages.common import PipelineError, atomic_path
-from stages.metrics import mean_ap
-from stages.params import SvmParams, TuneParams
-from stages.stratify import check_folds, multilabel_kfold
+from fewlabel.errors import PipelineError
+from fewlabel.io import atomic_path
+from fewlabel.metrics import mean_ap
+from fewlabel.params import SvmParams, TuneParams
+from fewlabel.data.stratify import check_folds, multilabel_kfold
 
 RANDOM_STATE = 0
 TRANSFORM_ROWS = 2048  # rows mapped at a time by the approximate kernel map

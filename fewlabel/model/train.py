@@ -1,37 +1,23 @@
-"""train: one probabilistic SVM per class on frozen CNN features, plus out-of-fold probabilities.
+"""Training: one probabilistic SVM per class, its out-of-fold probabilities, the optional grid
+search, and what train writes besides the model (the out-of-fold table, the tuning heat map).
 
-The model is an sklearn Pipeline: the ``svm.scaler`` step, a kernel map, and
-``MultiOutputClassifier(SVC(kernel='precomputed', probability=True))``. The kernel map
-computes the kernel matrix (RBF by default) once with BLAS and shares it across the 20
-per-class SVMs; libsvm would otherwise recompute it, slowly, for every class and every
-internal Platt-scaling fold. The SVMs are exactly those of ``SVC(kernel='rbf', gamma=...)``.
-
-Out-of-fold probabilities (``calibrate.folds``-fold multilabel-stratified CV with the same
-settings) feed the calibrate stage. ``tune.enabled`` grid-searches C x gamma (x scaler) by
-cross-validated mAP on the training images only, then refits the best.
-
-Past ``svm.max_exact_kernel`` training images (or with ``svm.approximation: nystroem``) the
-kernel is approximated (:mod:`stages.model`: Nystroem landmarks + a linear classifier with
-sigmoid probabilities), so memory grows as n x m instead of n x n; the choice is printed and
-recorded in ``metrics/tune.json`` (``kernel``). Calibrate and evaluate read probabilities
-either way.
+See :mod:`fewlabel.model.svm` for the model itself.
 """
 from __future__ import annotations
 
-import argparse
-import time
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from stages.common import (PipelineError, feature_signature, load_features, pyplot, read_json,
-                           read_label_table, run_main, training_targets, write_csv, write_figure, write_json)
-from stages.model import (RANDOM_STATE, build_model, describe_kernel_method, for_training_set,
-                          positive_probabilities, save_model, tune_grid)
-from stages.params import SvmParams, TuneParams, load_params
-from stages.stratify import check_folds, multilabel_kfold
+from fewlabel.errors import PipelineError
+from fewlabel.io import (training_targets)
+from fewlabel.plots import pyplot
+from fewlabel.model.svm import (RANDOM_STATE, build_model, describe_kernel_method, for_training_set,
+                          positive_probabilities, tune_grid)
+from fewlabel.params import SvmParams, TuneParams
+from fewlabel.data.stratify import check_folds, multilabel_kfold
 
 
 
@@ -72,7 +58,7 @@ class TrainResult:
     oof_probabilities: np.ndarray
     folds: np.ndarray
     grid: pd.DataFrame | None
-    kernel: dict  # the kernel method and why (:func:`stages.model.describe_kernel_method`)
+    kernel: dict  # the kernel method and why (:func:`fewlabel.model.svm.describe_kernel_method`)
 
 
 def train(features: np.ndarray, labels: np.ndarray, classes, svm: SvmParams, calibration_folds: int,
@@ -144,39 +130,3 @@ def kernel_summary(kernel: dict) -> str:
         return f"exact ({kernel['reason']})"
     return (f"approximate: Nystroem with {kernel['n_components']} landmarks + {kernel['classifier']} "
             f"({kernel['reason']})")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    for flag in ("--features", "--meta", "--labels", "--model-out", "--oof-out", "--tune-out", "--tune-heatmap"):
-        parser.add_argument(flag, required=True)
-    args = parser.parse_args()
-
-    params = load_params()
-    classes = params.data.classes
-    ids, labels = read_label_table(args.labels, classes)
-    _, features = load_features(args.features, expected_ids=ids)
-    meta = read_json(args.meta)
-
-    print(f"train: kernel: {kernel_summary(describe_kernel_method(params.svm, len(ids)))}", flush=True)
-    started = time.perf_counter()
-    result = train(features, labels, classes, params.svm, params.calibrate.folds, params.tune)
-    seconds = time.perf_counter() - started
-
-    save_model(args.model_out, result.model, classes, result.svm, feature_signature(meta), len(ids))
-    write_csv(args.oof_out, oof_table(ids, result.folds, training_targets(labels), result.oof_probabilities, classes))
-
-    chosen = {"C": result.svm.C, "gamma": result.svm.gamma, "scaler": result.svm.scaler}
-    tune_record = {"enabled": params.tune.enabled, "best": chosen, "kernel": result.kernel}
-    if result.grid is not None:
-        best_row = result.grid.loc[result.grid["map_mean"].idxmax()]
-        tune_record["best"]["cv_map"] = float(best_row["map_mean"])
-        tune_record["grid"] = result.grid.to_dict(orient="records")
-    write_json(args.tune_out, tune_record)
-    write_figure(args.tune_heatmap, tune_heatmap(result.grid, result.svm))
-    print(f"train: {len(ids)} images, {len(classes)} classes, C={result.svm.C:g}, gamma={result.svm.gamma}, "
-          f"scaler={result.svm.scaler}, kernel {result.kernel['method']} ({seconds:.1f} s)")
-
-
-if __name__ == "__main__":
-    run_main(main)

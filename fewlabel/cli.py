@@ -1,0 +1,103 @@
+"""The ``fewlabel`` command.
+
+    fewlabel predict photos/ more/*.jpg one.png [--out predictions.csv|.parquet] [--top-k 3]
+    fewlabel predict --list files.txt --out labels.parquet --engine ray
+
+``python -m stages.predict`` takes the same options. Exit codes: 0 every input labelled;
+1 an error (its message says what to fix), or some inputs skipped (each named on stderr,
+the others labelled and written); 2 a usage error; 130 interrupted (nothing half-written).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fewlabel.errors import PipelineError, run_main
+from fewlabel.features.engine import resolve_engine
+from fewlabel.params import ENGINES, load_params
+from fewlabel.predict import CHUNK_IMAGES, TableWriter, expand_inputs, label_lines, read_file_list
+from fewlabel.progress import ProgressBar
+
+PREDICT_HELP = "label new photos with the trained model and its calibrated decision rule"
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``fewlabel predict`` (and ``python -m stages.predict``)."""
+    parser.add_argument("inputs", nargs="*", help="image files, folders or glob patterns")
+    parser.add_argument("--list", action="append", default=[], metavar="FILE",
+                        help="a text file of image paths, one per line (repeatable)")
+    parser.add_argument("--out", help="write the table to this CSV or Parquet file too (by its suffix)")
+    parser.add_argument("--top-k", type=int, default=3, help="how many top classes to list (default 3)")
+    parser.add_argument("--engine", choices=ENGINES,
+                        help="where the images are labelled (default: features.engine in params.yaml)")
+    parser.add_argument("--workers", type=int, help="ray: workers in the pool (default: features.workers)")
+    parser.add_argument("--chunk-size", type=int, default=CHUNK_IMAGES,
+                        help=f"images per chunk of work and of output (default {CHUNK_IMAGES})")
+    parser.add_argument("--quiet", action="store_true", help="do not print a line per image")
+    parser.add_argument("--model", default="models/model.joblib")
+    parser.add_argument("--thresholds", default="models/thresholds.json")
+    parser.add_argument("--meta", default="data/features/meta.json",
+                        help="the features the pipeline uses; the model must match them")
+    parser.add_argument("--params", default="params.yaml")
+    return parser
+
+
+def predict(args: argparse.Namespace) -> None:
+    """Label the inputs of ``args`` (see :func:`add_predict_arguments`); exit 1 if any was skipped."""
+    from fewlabel.api import load
+
+    params = load_params(args.params)
+    classes = params.data.classes
+    if not 1 <= args.top_k <= len(classes):
+        raise PipelineError(f"--top-k must be between 1 and {len(classes)}, got {args.top_k}")
+    if args.chunk_size < 1 or (args.workers is not None and args.workers < 1):
+        raise PipelineError("--chunk-size and --workers must be at least 1")
+    if not args.inputs and not args.list:
+        raise PipelineError("no input: give image files, folders or glob patterns, or --list FILE")
+    engine = resolve_engine(args.engine or params.features.engine, args.workers or params.features.workers,
+                            setting="--engine" if args.engine else "features.engine")
+    classifier = load(".", model=args.model, thresholds=args.thresholds, meta=args.meta, params=args.params)
+
+    paths, problems = expand_inputs(args.inputs + [p for listed in args.list for p in read_file_list(listed)])
+    for item, problem in problems:
+        print(f"error: {item}: {problem}", file=sys.stderr)
+    if not paths:
+        raise PipelineError("no image among the inputs; give JPEG/PNG files, folders or globs")
+
+    labelled = cached = 0
+    with TableWriter(args.out) as writer, ProgressBar(len(paths), f"predict ({engine.label})", True) as bar:
+        for table, bad, hits in classifier.labelled_chunks(paths, args.top_k, args.chunk_size, engine):
+            for path, problem in bad:
+                bar.write(f"error: {path}: {problem}", file=sys.stderr)
+            problems += bad
+            if not args.quiet:
+                for line in label_lines(table, classes, args.top_k):
+                    bar.write(line)
+            writer.write(table)
+            labelled, cached = labelled + len(table), cached + hits
+            bar.update(len(table) + len(bad))
+        if not labelled:  # raised inside the block: no output file is left behind
+            raise PipelineError("no readable image among the inputs; give JPEG/PNG files, folders or globs")
+    if args.out:
+        print(f"wrote {args.out} ({labelled} images; {cached} served from the feature cache)")
+    if problems:
+        sys.exit(1)
+
+
+def parser() -> argparse.ArgumentParser:
+    """``fewlabel`` and its subcommands."""
+    command = argparse.ArgumentParser(prog="fewlabel", description="Few-label multilabel image classification.")
+    commands = command.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_predict_arguments(commands.add_parser("predict", help=PREDICT_HELP, description=PREDICT_HELP + "."))
+    return command
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script ``fewlabel``."""
+    args = parser().parse_args(argv)
+    handlers = {"predict": predict}
+    run_main(lambda: handlers[args.command](args))
+
+
+if __name__ == "__main__":
+    main()

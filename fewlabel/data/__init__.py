@@ -1,0 +1,1 @@
+"""Getting the data: VOC download and parsing, stratified subsets, image paths."""

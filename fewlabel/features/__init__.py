@@ -1,0 +1,2 @@
+"""Frozen CNN features: backbones, views, runtimes, the per-image cache, the engine, extraction
+and view selection."""

@@ -1,0 +1,156 @@
+"""Recipes: how each backbone turns an image into its feature vector (which views, how they are
+joined), the candidates ``image_size: auto`` chooses among, and meta.json, which records them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fewlabel.errors import PipelineError
+from fewlabel.features.backbones import check_backbone_name, fixed_input_size, native_input_size
+from fewlabel.features.runtimes import RuntimeChoice
+from fewlabel.features.views import View
+from fewlabel.io import feature_signature
+from fewlabel.params import FeaturesParams
+
+import keras
+import tensorflow as tf  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one backbone turns an image into its feature vector: which views, and how joined."""
+    backbone: str
+    sizes: tuple
+    resize: str = "bilinear"
+    flip: bool = False
+    combine: str = "mean"
+
+    def views(self) -> list[View]:
+        mirrors = (False, True) if self.flip else (False,)
+        return [View(size, self.resize, mirrored) for size in self.sizes for mirrored in mirrors]
+
+    @property
+    def cost(self) -> float:
+        """Pixels pushed through the backbone per image, relative to one 224 x 224 view."""
+        return sum(view.size ** 2 for view in self.views()) / 224 ** 2
+
+    @property
+    def label(self) -> str:
+        join = "+" if self.combine == "concat" else "&"
+        return (f"{Path(self.backbone).stem}@{join.join(str(s) for s in self.sizes)} {self.resize}"
+                + (" flip" if self.flip else ""))
+
+
+def scaled_size(native: int, scale: float) -> int:
+    """``native * scale`` rounded (half up) to a multiple of 32, at least 32; scale 1 is ``native``.
+
+    EfficientNets halve their feature map five times: at a multiple of 32 no stride-2 layer
+    pads unevenly (on devdata, Lite0 at 336 scored 0.4 mAP below 352).
+    """
+    if scale == 1:
+        return int(native)
+    return max(32, int(native * scale / 32 + 0.5) * 32)
+
+
+def _recipe(params: FeaturesParams, backbone: str, sizes) -> Recipe:
+    fixed = fixed_input_size(backbone)
+    sizes = (fixed,) if fixed else tuple(dict.fromkeys(int(s) for s in sizes))
+    return Recipe(backbone, sizes, params.resize, bool(params.flip_tta), params.combine)
+
+
+def fixed_recipes(params: FeaturesParams) -> list[Recipe]:
+    """The recipes of ``features.*`` when ``image_size`` is not ``auto`` (null: native size)."""
+    if params.image_size == "auto":
+        raise ValueError("image_size 'auto' is resolved by choose_recipes")
+    recipes = []
+    for backbone in _backbones(params):
+        size = params.image_size
+        sizes = (native_input_size(backbone),) if size is None else (size if isinstance(size, tuple) else (size,))
+        recipes.append(_recipe(params, backbone, sizes))
+    return recipes
+
+
+def candidate_recipes(params: FeaturesParams) -> list[list[Recipe]]:
+    """For ``image_size: auto``: one list of recipes (one per backbone) per distinct candidate."""
+    candidates = []
+    for scales in params.select_scales:
+        candidate = [_recipe(params, b, [scaled_size(native_input_size(b), s) for s in scales])
+                     for b in _backbones(params)]
+        if candidate not in candidates:  # e.g. a fixed-size model makes every scale the same
+            candidates.append(candidate)
+    return candidates
+
+
+def _backbones(params: FeaturesParams) -> tuple:
+    if not params.backbones:
+        raise PipelineError("features.backbones: is empty; list at least one backbone")
+    for name in params.backbones:
+        check_backbone_name(name)
+    return params.backbones
+
+
+def combine_views(recipe: Recipe, view_features: dict[View, np.ndarray]) -> np.ndarray:
+    """One backbone's features from its views' features: the mirror pair averaged per size,
+    then the sizes averaged (``mean``) or concatenated in size order (``concat``)."""
+    per_size = []
+    for size in recipe.sizes:
+        pair = [view_features[View(size, recipe.resize, mirrored)] for mirrored in
+                ((False, True) if recipe.flip else (False,))]
+        per_size.append(_mean(pair))
+    if recipe.combine == "concat":
+        return np.concatenate(per_size, axis=1)
+    return _mean(per_size)
+
+
+def _mean(arrays: list[np.ndarray]) -> np.ndarray:
+    if len(arrays) == 1:
+        return arrays[0]
+    return np.mean(np.stack(arrays), axis=0, dtype=np.float64).astype(np.float32)
+
+
+def assemble(recipes: list[Recipe], view_features: dict[str, dict[View, np.ndarray]]) -> np.ndarray:
+    """The feature matrix of ``recipes``: each backbone's combined views, concatenated in order."""
+    blocks = [combine_views(recipe, view_features[recipe.backbone]) for recipe in recipes]
+    return np.ascontiguousarray(np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0])
+
+
+def recipes_from_meta(meta: dict) -> tuple[FeaturesParams, list[Recipe]]:
+    """The params and recipes that reproduce a meta.json's features:
+    ``params, recipes = recipes_from_meta(meta); extract_features(paths, params, recipes=recipes)``.
+    """
+    signature = feature_signature(meta)
+    backbones, sizes = signature["backbones"], signature["input_sizes"]
+    if not backbones or "weights" not in meta or len(backbones) != len(sizes or ()):
+        raise PipelineError("meta.json: lacks backbones, input_sizes or weights, or they disagree; "
+                            "rerun the featurize stage (dvc repro featurize)")
+    params = FeaturesParams(backbones=tuple(backbones), weights=signature["weights"],
+                            resize=signature.get("resize") or "bilinear",
+                            combine=signature.get("combine") or "mean",
+                            flip_tta=bool(signature["flip_tta"]),
+                            # the runtime that computed the features (Keras before runtimes existed)
+                            runtime=meta.get("runtime") or "keras", precision=meta.get("precision") or "auto")
+    recipes = [Recipe(b, tuple(int(x) for x in (s if isinstance(s, list) else [s])), params.resize,
+                      params.flip_tta, params.combine) for b, s in zip(backbones, sizes)]
+    return params, recipes
+
+
+def build_meta(params: FeaturesParams, recipes: list[Recipe], dims: list[int], runtime: RuntimeChoice) -> dict:
+    """meta.json: what the features are (the signature of :func:`fewlabel.io.feature_signature`
+    plus the runtime and precision that computed them, and versions), and nothing about this
+    run, so an identical rerun leaves it byte-identical and DVC does not retrain for nothing."""
+    return {
+        "backbones": [r.backbone for r in recipes],
+        "dims": [int(d) for d in dims],
+        "total_dim": int(sum(dims)),
+        "input_sizes": [list(r.sizes) for r in recipes],
+        "resize": params.resize,
+        "combine": params.combine,
+        "flip_tta": bool(params.flip_tta),
+        "weights": params.weights,
+        "runtime": runtime.runtime,
+        "precision": runtime.precision,
+        "keras_version": keras.__version__,
+        "tensorflow_version": tf.__version__,
+    }

@@ -1,0 +1,34 @@
+"""Progress bars on stderr (tqdm), or nothing when progress is off."""
+from __future__ import annotations
+
+import sys
+
+
+class ProgressBar:
+    """tqdm on stderr with images/s and ETA, or nothing when not ``enabled``:
+    ``with ProgressBar(total, label, enabled) as bar: bar.update(n)``."""
+
+    def __init__(self, total: int, label: str, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=label, unit="img", file=sys.stderr, smoothing=0.1,
+                            dynamic_ncols=True)
+
+    def __enter__(self):
+        return self
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def write(self, line: str, file=None) -> None:
+        """Print ``line`` (to stdout, or ``file``) on its own line, above the bar."""
+        if self.bar is not None:
+            self.bar.write(line, file=file or sys.stdout)
+        else:
+            print(line, file=file or sys.stdout)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
