@@ -5,6 +5,8 @@ workspace put it back (``restore``) so each one starts from the committed baseli
 """
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -304,3 +306,59 @@ def test_a_cvat_export_runs_through_featurize(dvc_project, tmp_path):
     with np.load(dvc_project.path("data/features/eval.npz")) as features:
         assert sorted(features["ids"]) == sorted(spec.splits["test"])
         assert np.isfinite(features["features"]).all() and features["features"].shape[0] == 6
+
+
+# --------------------------------------------------------------------------- the fewlabel package
+
+API_SCRIPT = """
+import sys, fewlabel
+classifier = fewlabel.load(sys.argv[1])
+paths = sys.argv[3:]
+classifier.predict(paths, top_k=2).to_csv(sys.argv[2] + ".paths.csv", index=False)
+features = classifier.features(paths)
+classifier.predict(features, top_k=2).to_csv(sys.argv[2] + ".features.csv", index=False)
+"""
+
+
+def test_python_api_labels_as_the_predict_command(project, tmp_path):
+    """fewlabel.load(run).predict, on paths and on .features(), equals python -m stages.predict;
+    loaded from another working directory (a notebook's), with the run's folder given."""
+    evaluated = pd.read_csv(project.path("predictions/eval.csv"), dtype={"image_id": str}).head(5)
+    images = [str(project.path("data/raw/voc/JPEGImages", f"{image_id}.jpg")) for image_id in evaluated["image_id"]]
+    project.run(["python", "-m", "stages.predict", *images, "--out", str(tmp_path / "cli.csv"), "--top-k", "2",
+                 "--quiet"], check=True)
+    notebook = tmp_path / "notebook"
+    notebook.mkdir()
+    result = subprocess.run([sys.executable, "-c", API_SCRIPT, str(project.root), str(tmp_path / "api"), *images],
+                            cwd=notebook, env={**project.environment(), "PYTHONPATH": str(project.root)},
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    command = pd.read_csv(tmp_path / "cli.csv")
+    from_paths = pd.read_csv(tmp_path / "api.paths.csv")
+    from_features = pd.read_csv(tmp_path / "api.features.csv")
+    assert list(from_paths.columns) == list(command.columns)
+    assert from_paths["path"].tolist() == images
+    labels = [c for c in command.columns if c.startswith("y_")] + ["labels", "top_2"]
+    probabilities = [c for c in command.columns if c.startswith("p_")]
+    for table in (from_paths, from_features):
+        assert table[labels].equals(command[labels])
+        assert np.abs(table[probabilities].to_numpy() - command[probabilities].to_numpy()).max() < 1e-6
+    # and the same as the evaluate stage's predictions of those images
+    assert (from_paths[[c for c in labels if c.startswith("y_")]].to_numpy()
+            == evaluated[[c for c in labels if c.startswith("y_")]].to_numpy()).all()
+
+
+def test_fewlabel_console_script_is_the_predict_command(project, tmp_path):
+    image = str(next(project.path("data/raw/voc/JPEGImages").glob("*.jpg")))
+    help_text = project.run(["fewlabel", "predict", "--help"], check=True).stdout
+    assert "--out" in help_text and "--top-k" in help_text and "--engine" in help_text
+    script = project.run(["fewlabel", "predict", image, "--out", str(tmp_path / "a.csv"), "--quiet"], check=True)
+    module = project.run(["python", "-m", "stages.predict", image, "--out", str(tmp_path / "b.csv"), "--quiet"],
+                         check=True)
+    assert script.stdout.startswith(f"wrote {tmp_path / 'a.csv'} (1 images") and module.stdout.startswith("wrote")
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    # the same exit codes: a missing input is named and exits 1; a bad option exits 2
+    missing = project.run(["fewlabel", "predict", str(tmp_path / "nothing.jpg")])
+    assert missing.returncode == 1 and "nothing.jpg: no such file or folder" in missing.stderr
+    assert project.run(["fewlabel", "predict", image, "--top-k", "x"]).returncode == 2
+    assert project.run(["fewlabel"]).returncode == 2
