@@ -355,3 +355,22 @@ def test_featurize_reads_a_read_only_cache_and_warns_once(cache_root, tmp_path):
     features = np.load(tmp_path / "out.npy")
     np.testing.assert_array_equal(features[:4], cached)  # read from the cache
     assert features.shape[0] == 6 and np.isfinite(features).all()
+
+
+def test_an_fsspec_cache_is_checked_and_verified_the_same_way(tmp_path, monkeypatch, capsys):
+    """The fsspec path (s3:// on a cluster; file:// here): checksums, the root notice, verify."""
+    monkeypatch.setenv(feature_cache.FEATURE_CACHE_ENV, f"file://{tmp_path}/url-cache")
+    cache = make_cache()
+    assert cache.fs is not None
+    assert f"created {tmp_path}/url-cache" in capsys.readouterr().err
+    cache.put(DIGESTS[0], vector(5))
+    cache.put(DIGESTS[1], vector(6))
+    np.testing.assert_array_equal(cache.get(DIGESTS[0]), vector(5))
+    overwrite_payload(tmp_path / "url-cache" / Path(cache.location).name / cache._relative(DIGESTS[1]))
+    assert cache.get(DIGESTS[1]) is None
+    assert f"{cache.location}/{cache._relative(DIGESTS[1])}" in capsys.readouterr().err
+
+    report = verify_cache(f"file://{tmp_path}/url-cache", drop=True)
+    assert (report.entries, report.sound, report.dropped) == (2, 1, 1)
+    assert report.problems[0][1].startswith("checksum mismatch")
+    assert verify_cache(f"file://{tmp_path}/url-cache").clean
