@@ -91,8 +91,8 @@ def load_configs(args) -> dict[str, dict]:
 def load_pool(voc: Path, split: str, classes) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(ids, VOC-coded labels, image paths) of the images listed in ``ImageSets/Main/<split>.txt``,
     parsed by the prepare stage's own code."""
-    from fewlabel.data.voc import build_label_table, parse_annotation, parse_split_list
-    ids = parse_split_list((voc / "ImageSets" / "Main" / f"{split}.txt").read_text())
+    from fewlabel.data.voc import build_label_table, parse_annotation, read_split_list
+    ids = read_split_list(voc / "ImageSets" / "Main" / f"{split}.txt")
     annotations = {}
     for image_id in ids:
         path = voc / "Annotations" / f"{image_id}.xml"

@@ -2,6 +2,7 @@
 
     fewlabel predict photos/ more/*.jpg one.png [--out predictions.csv|.parquet] [--top-k 3]
     fewlabel predict --list files.txt --out labels.parquet --engine ray
+    fewlabel cache verify [--drop] [LOCATION]
 
 ``python -m stages.predict`` takes the same options. Exit codes: 0 every input labelled;
 1 an error (its message says what to fix), or some inputs skipped (each named on stderr,
@@ -84,18 +85,49 @@ def predict(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def add_cache_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``fewlabel cache``."""
+    from fewlabel.features.cache import FEATURE_CACHE_ENV
+
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    verify = actions.add_parser("verify", help="check every entry's checksum and vector; list what is not sound")
+    verify.add_argument("location", nargs="?", default=None,
+                        help=f"a cache root or one cache folder, a folder or URL (default: ${FEATURE_CACHE_ENV}, "
+                             f"else <user cache>/features)")
+    verify.add_argument("--drop", action="store_true",
+                        help="remove what is not sound (it is extracted again when next needed)")
+    verify.add_argument("--limit", type=int, default=50, help="problems listed one by one (default 50)")
+    return parser
+
+
+def cache(args: argparse.Namespace) -> None:
+    """``fewlabel cache verify``: exit 1 when something is not sound and ``--drop`` was not given."""
+    from fewlabel.features.cache_verify import verify_cache
+
+    report = verify_cache(args.location, drop=args.drop)
+    for path, problem in report.problems[:args.limit]:
+        print(f"{path}: {problem}" + (" (dropped)" if args.drop else ""))
+    if len(report.problems) > args.limit:
+        print(f"... and {len(report.problems) - args.limit} more")
+    print(report.summary())
+    if report.problems and not args.drop:
+        sys.exit(1)
+
+
 def parser() -> argparse.ArgumentParser:
     """``fewlabel`` and its subcommands."""
     command = argparse.ArgumentParser(prog="fewlabel", description="Few-label multilabel image classification.")
     commands = command.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_predict_arguments(commands.add_parser("predict", help=PREDICT_HELP, description=PREDICT_HELP + "."))
+    add_cache_arguments(commands.add_parser("cache", help="maintain the per-image feature cache",
+                                            description="Maintain the per-image feature cache."))
     return command
 
 
 def main(argv: list[str] | None = None) -> None:
     """The console script ``fewlabel``."""
     args = parser().parse_args(argv)
-    handlers = {"predict": predict}
+    handlers = {"predict": predict, "cache": cache}
     run_main(lambda: handlers[args.command](args))
 
 

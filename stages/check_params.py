@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fewlabel.errors import run_main
+from fewlabel.errors import PipelineError, run_main
 from fewlabel.io import write_text
 from fewlabel.params import load_params
 
@@ -27,9 +27,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--out", required=True, help="marker file written when the params are valid")
     args = parser.parse_args(argv)
-    load_params(args.params)  # raises PipelineError naming the key on any problem
+    params = load_params(args.params)  # raises PipelineError naming the key on any problem
+    check_engine(params.features.engine)
     write_text(args.out, VALID)
     print(f"{args.params}: valid", file=sys.stderr)
+
+
+def check_engine(engine_name: str) -> None:
+    """features.engine: ray needs Ray installed here; say so now, not when featurize next reruns
+    (``auto`` picks ray only where $RAY_ADDRESS is set, which featurize checks)."""
+    from fewlabel.features import engine
+    if engine_name == "ray" and not engine.ray_installed():
+        raise PipelineError(f"params.yaml: features.engine is ray, but Ray Data, the optional distributed engine, "
+                            f"is not installed: install it with `pip install -r {engine.REQUIREMENTS_FILE}`, or "
+                            f"set features.engine to single (or auto)")
 
 
 if __name__ == "__main__":

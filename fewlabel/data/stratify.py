@@ -251,13 +251,19 @@ def _why_infeasible(target_matrix: np.ndarray, n: int, floor: np.ndarray, quota:
         short = [names[c] for c in np.flatnonzero(floor > 0)
                  if _solve(target_matrix, np.where(np.arange(len(floor)) == c, floor, 0), quota, None) is None]
         which = f" ({', '.join(short)})" if short else ""
+        lower = f"lower subset.min_per_class to at most {low} or " if low >= 1 else ""
         return (f"subset.min_per_class={min_per_class} cannot be met{with_quotas}: the images those "
-                f"quotas leave hold too few positives of some classes{which}; lower "
-                f"subset.min_per_class to at most {low} or change the quotas")
+                f"quotas leave hold too few positives of some classes{which}; {lower}change the quotas")
+    # Never advise a floor below 1: every class needs a positive training image (subset.py).
+    if low >= 1:
+        lower = f" or lower subset.min_per_class to at most {low}"
+    else:
+        one_each = _solve(target_matrix, np.minimum(floor, 1), quota, None) if min_per_class > 1 else None
+        lower = (f", or to at least {int(one_each.sum())} with subset.min_per_class=1" if one_each is not None
+                 else "") + " (subset.min_per_class cannot go below 1: every class needs a positive training image)"
     return (f"subset.min_per_class={min_per_class} does not fit in subset.n_images={n}{with_quotas}: "
             f"giving every class {min_per_class} positives (or all the pool has) takes at least "
-            f"{int(smallest.sum())} images; raise subset.n_images to at least {int(smallest.sum())} "
-            f"or lower subset.min_per_class to at most {low}")
+            f"{int(smallest.sum())} images; raise subset.n_images to at least {int(smallest.sum())}{lower}")
 
 
 def multilabel_kfold(targets: np.ndarray, n_folds: int, seed: int = 0) -> np.ndarray:

@@ -117,6 +117,16 @@ def parse_split_list(text: str) -> list[str]:
     return ids
 
 
+def read_split_list(path: str | Path) -> list[str]:
+    """Image ids of the ImageSets/Main list file ``path``: UTF-8, with or without a byte order
+    mark (Windows editors add one), any line endings."""
+    try:
+        return parse_split_list(Path(path).read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as error:
+        raise PipelineError(f"{path}: not a UTF-8 text file ({error.reason} at byte {error.start}); "
+                            f"save the list as UTF-8, one image id per line") from error
+
+
 def assign_splits(split_lists: dict[str, list[str]], sources: dict[str, str] | None = None) -> dict[str, str]:
     """``{image id: split name}`` from ``{split name: ids}``; an id in two splits is an error."""
     sources = sources or {}
@@ -221,7 +231,7 @@ def read_voc(voc_dir: Path, train_split: str, eval_split: str, skip_no_objects: 
             found = sorted(p.stem for p in path.parent.glob("*.txt") if "_" not in p.stem)
             raise PipelineError(f"{path}: not found, so params.yaml {key}='{split}' names no split "
                                 f"list; lists present: {', '.join(found) or 'none'}")
-        split_lists[split] = parse_split_list(path.read_text())
+        split_lists[split] = read_split_list(path)
         sources[split] = str(path)
     splits = assign_splits(split_lists, sources)
 

@@ -1,0 +1,4 @@
+"""``python -m fewlabel``: the ``fewlabel`` command."""
+from fewlabel.cli import main
+
+main()
