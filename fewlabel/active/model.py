@@ -1,0 +1,45 @@
+"""The product's classifier, fitted on any subset of labelled images (shared by the active modules).
+
+Every model here is :func:`stages.model.build_model` with the given ``SvmParams`` (its
+``approximation`` resolved for the training set by :func:`stages.model.for_training_set`), so
+active learning, label checks and learning curves measure the same classifier the train stage
+ships. A class that has only positives or only negatives in a (small) subset cannot be fitted by
+an SVM: it gets a constant probability (its positive rate in the subset) instead of an error.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from stages.model import build_model, for_training_set, positive_probabilities
+from stages.params import SvmParams
+
+DEFAULT_SVM = SvmParams(C=1.0, gamma="median", scaler="sqrt", approximation="auto")
+
+
+def fit_predict(train_features: np.ndarray, train_targets: np.ndarray, predict_features: list[np.ndarray],
+                svm: SvmParams = DEFAULT_SVM) -> list[np.ndarray]:
+    """Fit the product's model on ``train_features`` / ``train_targets`` (0/1, n x C) and return
+    the positive-class probabilities (m x C) of each array in ``predict_features``."""
+    targets = np.asarray(train_targets).astype(np.int8)
+    rate = targets.mean(axis=0)
+    fittable = (rate > 0) & (rate < 1)
+    outputs = [np.tile(rate.astype(float), (len(block), 1)) for block in predict_features]
+    if fittable.any():
+        svm = for_training_set(svm, len(targets))
+        model = build_model(svm).fit(np.asarray(train_features), targets[:, fittable])
+        for out, block in zip(outputs, predict_features):
+            if len(block):
+                out[:, fittable] = positive_probabilities(model, np.asarray(block))
+    return outputs
+
+
+def out_of_fold(features: np.ndarray, targets: np.ndarray, folds: np.ndarray,
+                svm: SvmParams = DEFAULT_SVM) -> np.ndarray:
+    """Out-of-fold probabilities (n x C): each fold predicted by a model fitted on the other folds
+    (the train stage's ``out_of_fold_probabilities``, tolerant of single-label classes in a fold)."""
+    oof = np.zeros(np.shape(targets), dtype=float)
+    svm = for_training_set(svm, len(targets))
+    for fold in np.unique(folds):
+        held_out = folds == fold
+        oof[held_out] = fit_predict(features[~held_out], targets[~held_out], [features[held_out]], svm)[0]
+    return oof
