@@ -21,6 +21,9 @@ Strategies (``STRATEGIES``):
     a uniform random order (the baseline).
 ``uncertainty``
     summed binary entropy over classes, most uncertain first.
+``weighted_uncertainty``
+    summed binary entropy with each class weighted by 1 / sqrt(its training positives) (weights
+    of mean 1): doubt about a rare class counts more.
 ``rare_margin``
     per class, the image whose probability is nearest 0.5; classes take turns, rarest class
     (fewest training positives) first, so rare classes get their doubtful images early.
@@ -46,7 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-STRATEGIES = ("random", "uncertainty", "rare_margin", "margin_diverse", "diverse_uncertainty", "badge", "coreset")
+STRATEGIES = ("random", "uncertainty", "weighted_uncertainty", "rare_margin", "margin_diverse", "diverse_uncertainty", "badge", "coreset")
 EPS = 1e-12
 
 
@@ -109,6 +112,13 @@ def _random(n, p, rng, **_):
 
 def _uncertainty(n, p, rng, **_):
     scores = binary_entropy(p).sum(axis=1)
+    return _order(scores, rng)[:n], scores
+
+
+def _weighted_uncertainty(n, p, rng, train_targets, **_):
+    positives = np.maximum(np.asarray(train_targets).sum(axis=0), 1) if len(train_targets) else np.ones(p.shape[1])
+    weights = 1 / np.sqrt(positives)
+    scores = binary_entropy(p) @ (weights / weights.mean())
     return _order(scores, rng)[:n], scores
 
 
@@ -229,7 +239,8 @@ def _coreset(n, p, rng, pool_features, train_features, **_):
     return np.asarray(chosen), scores
 
 
-_IMPLEMENTATIONS = {"random": _random, "uncertainty": _uncertainty, "rare_margin": _rare_margin,
+_IMPLEMENTATIONS = {"random": _random, "uncertainty": _uncertainty,
+                    "weighted_uncertainty": _weighted_uncertainty, "rare_margin": _rare_margin,
                     "margin_diverse": _margin_diverse, "diverse_uncertainty": _diverse_uncertainty,
                     "badge": _badge, "coreset": _coreset}
 
