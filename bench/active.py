@@ -168,26 +168,28 @@ def cmd_strategies(args) -> None:
 
 def cmd_label_check(args) -> None:
     from fewlabel.active.label_check import SCORES, corrupt_labels, found_in_top, label_check
-    from stages.model import RANDOM_STATE, for_training_set
-    from stages.stratify import multilabel_kfold, stratified_subset
-    from stages.train import out_of_fold_probabilities
+    from fewlabel.active.model import repeated_out_of_fold
     features, labels, targets = load(args)
-    svm = for_training_set(svm_params(), 750)
+    svm = svm_params()
     results = {}
     for draw in range(args.draws):
-        rows = stratified_subset(targets, 750, 10, seed=draw)
+        rows = stratified_subset_all(targets, draw)
         noisy, corrupted, _ = corrupt_labels(targets[rows], 0.05, seed=draw)
         for n_folds in args.folds:
             began = time.perf_counter()
-            folds = multilabel_kfold(noisy, n_folds, seed=RANDOM_STATE)
-            oof = out_of_fold_probabilities(features[rows], noisy, svm, folds)
-            for score in SCORES:
-                found = found_in_top(label_check(oof, noisy, score).scores, corrupted, 0.10)
-                results.setdefault(f"{score}, {n_folds} folds", []).append(found)
-            print(f"draw {draw}, {n_folds} folds ({time.perf_counter() - began:.0f} s): " + ", ".join(
-                f"{k.split(',')[0]} {100 * v[-1]:.0f}" for k, v in results.items() if k.endswith(f" {n_folds} folds")),
-                file=sys.stderr, flush=True)
-    lines = ["| score | corrupted images in the top 10 % (mean ± sd) | per draw |", "|---|---|---|"]
+            single = [repeated_out_of_fold(features[rows], noisy, svm, n_folds, 1, seed=r) for r in range(max(args.repeats))]
+            for repeats in args.repeats:
+                oof = np.mean(single[:repeats], axis=0)   # = repeated_out_of_fold(..., repeats, seed=0)
+                for score in SCORES:
+                    for min_labels in (0, 1):
+                        found = found_in_top(label_check(oof, noisy, score, min_labels=min_labels).scores,
+                                             corrupted, 0.10)
+                        key = f"{score}, {n_folds} folds x {repeats}, min_labels {min_labels}"
+                        results.setdefault(key, []).append(found)
+                print(f"draw {draw}, {n_folds} folds x {repeats} ({time.perf_counter() - began:.0f} s): " + ", ".join(
+                    f"{k.split(',')[0]}/{k[-1]} {100 * v[-1]:.0f}" for k, v in results.items()
+                    if f" {n_folds} folds x {repeats}," in k), file=sys.stderr, flush=True)
+    lines = ["| score, OOF, min_labels | corrupted images in the top 10 % (mean ± sd) | per draw |", "|---|---|---|"]
     for key, values in results.items():
         lines.append(f"| {key} | {100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1):.1f} | "
                      + " ".join(f"{100 * v:.0f}" for v in values) + " |")
@@ -197,6 +199,12 @@ def cmd_label_check(args) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"backbone": args.backbone, "draws": args.draws, "results": results,
                                                "markdown": table}, indent=1))
+
+
+def stratified_subset_all(targets, draw):
+    """The 750 training images of draw ``draw``: the subset stage's stratified draw from all photos."""
+    from stages.stratify import stratified_subset
+    return stratified_subset(targets, 750, 10, seed=draw)
 
 
 # --------------------------------------------------------------------------- learning curve
@@ -275,7 +283,9 @@ def main(argv=None) -> None:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--strategies", nargs="*")
     parser.add_argument("--draws", type=int, default=5)
-    parser.add_argument("--folds", type=int, nargs="*", default=[5, 10], help="label-check: OOF folds")
+    parser.add_argument("--folds", type=int, nargs="*", default=[5], help="label-check: OOF folds")
+    parser.add_argument("--repeats", type=int, nargs="*", default=[1, 3],
+                        help="label-check: OOF averaged over this many fold assignments")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     if args.command == "features":

@@ -6,7 +6,7 @@ import pytest
 
 from fewlabel.active.label_check import SCORES, corrupt_labels, found_in_top, label_check
 from fewlabel.active.learning_curve import fit_saturating, learning_curve, nested_subsets, saturating
-from fewlabel.active.model import DEFAULT_SVM, fit_predict
+from fewlabel.active.model import DEFAULT_SVM, fit_predict, repeated_out_of_fold
 from fewlabel.active.strategies import STRATEGIES, propose, rank_pool
 from stages.metrics import per_class_ap
 from stages.model import build_model, for_training_set, positive_probabilities
@@ -118,9 +118,17 @@ def test_label_check_finds_an_obviously_flipped_label():
     p = np.where(targets == 1, rng.uniform(0.6, 0.95, targets.shape), rng.uniform(0.02, 0.4, targets.shape))
     p[7, 1] = 0.97
     for score in SCORES:
-        check = label_check(p, targets, score, classes=["a", "b"])
+        check = label_check(p, targets, score, classes=["a", "b"], min_labels=0)
         assert check.order[0] == 7, score
         assert check.doubt[7].startswith("b: labelled absent, p 0.97"), score
+
+
+def test_label_check_puts_images_without_labels_first():
+    targets = np.array([[1, 0], [0, 1], [0, 0], [1, 1]])
+    p = np.array([[0.1, 0.0], [0.5, 0.9], [0.0, 0.2], [0.9, 0.9]])  # image 0 is the most contradicted
+    assert label_check(p, targets, "max_abs", min_labels=0).order[0] == 0
+    check = label_check(p, targets, "max_abs", min_labels=1)
+    assert check.order.tolist()[:2] == [2, 0]
 
 
 def test_label_check_on_a_model_finds_corrupted_images(data):
@@ -130,7 +138,7 @@ def test_label_check_on_a_model_finds_corrupted_images(data):
     assert (np.abs(noisy.astype(int) - targets).sum(axis=1) == 1).sum() == len(rows) == 8
     svm = for_training_set(DEFAULT_SVM, len(noisy))
     oof = out_of_fold_probabilities(features, noisy, svm, multilabel_kfold(noisy, 5, seed=0))
-    found = found_in_top(label_check(oof, noisy, "cross_rank").scores, rows, 0.10)
+    found = found_in_top(label_check(oof, noisy, "self_confidence", min_labels=0).scores, rows, 0.10)
     assert found >= 0.75
     # a score of no information finds about 10 %
     assert found_in_top(np.zeros(len(noisy)), rows, 0.10) < 0.5
@@ -189,3 +197,11 @@ def test_fit_saturating_recovers_a_known_curve():
     assert saturating(2000.0, fit["a"], fit["b"], fit["c"]) == pytest.approx(saturating(2000.0, 0.9, 1.5, 0.6),
                                                                             abs=2e-3)
     assert not fit_saturating(n[:2], y[:2])["ok"]
+
+
+def test_repeated_out_of_fold_averages_the_train_stage_oof(data):
+    from stages.train import out_of_fold_probabilities
+    features, targets = data
+    svm = for_training_set(DEFAULT_SVM, len(targets))
+    runs = [out_of_fold_probabilities(features, targets, svm, multilabel_kfold(targets, 3, seed=s)) for s in (4, 5)]
+    np.testing.assert_allclose(repeated_out_of_fold(features, targets, DEFAULT_SVM, 3, 2, seed=4), np.mean(runs, axis=0))

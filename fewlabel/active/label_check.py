@@ -26,6 +26,10 @@ Cell scores (``SCORES``), higher = more suspicious:
     cleanlab-style per-class thresholds: the probability of the given label divided by its
     class's threshold (the mean probability of that label among the images given it), cells
     below 1 are suspicious; score ``1 - ratio``.
+
+``min_labels`` (default 1, as ``calibrate.min_labels``: the product's decision rule gives
+every image at least one label): an image given fewer labels than that (e.g. none at all) ranks
+before every other image, whatever its cells say; 0 turns this off.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SCORES = ("max_abs", "sum_abs", "normalised", "cross_rank", "self_confidence")
-DEFAULT_SCORE = "cross_rank"
+DEFAULT_SCORE = "self_confidence"
 EPS = 1e-12
 
 
@@ -101,12 +105,17 @@ def cell_scores(oof_probabilities: np.ndarray, targets: np.ndarray, score: str =
 
 
 def label_check(oof_probabilities: np.ndarray, targets: np.ndarray, score: str = DEFAULT_SCORE,
-                classes=None, top: int = 2) -> LabelCheck:
+                classes=None, top: int = 2, min_labels: int = 1) -> LabelCheck:
     """Rank the training images by how much their out-of-fold probabilities contradict their
-    labels; per image, the ``top`` most contradicted classes (with label and probability)."""
+    labels; per image, the ``top`` most contradicted classes (with label and probability).
+    Images given fewer than ``min_labels`` labels come first (their score is raised by the
+    largest possible cell score + 1)."""
     p, y = _check(oof_probabilities, targets)
     cells = cell_scores(p, y, score)
     scores = cells.sum(axis=1) if score == "sum_abs" else cells.max(axis=1)
+    too_few = y.sum(axis=1) < min_labels
+    if too_few.any():
+        scores = scores + too_few * (np.abs(scores).max() + 1.0)
     order = np.argsort(-scores, kind="stable")
     names = list(classes) if classes is not None else [str(c) for c in range(p.shape[1])]
     doubt = []

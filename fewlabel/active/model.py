@@ -43,3 +43,17 @@ def out_of_fold(features: np.ndarray, targets: np.ndarray, folds: np.ndarray,
         held_out = folds == fold
         oof[held_out] = fit_predict(features[~held_out], targets[~held_out], [features[held_out]], svm)[0]
     return oof
+
+
+def repeated_out_of_fold(features: np.ndarray, targets: np.ndarray, svm: SvmParams = DEFAULT_SVM, folds: int = 5,
+                         repeats: int = 3, seed: int = 0) -> np.ndarray:
+    """Out-of-fold probabilities averaged over ``repeats`` fold assignments (the product's
+    ``multilabel_kfold`` with seeds ``seed`` .. ``seed + repeats - 1``; the train stage's is seed 0),
+    each by the train stage's ``out_of_fold_probabilities``. Less dependent on one split: for
+    label checks."""
+    from stages.stratify import multilabel_kfold
+    from stages.train import out_of_fold_probabilities
+    svm = for_training_set(svm, len(targets))
+    runs = [out_of_fold_probabilities(features, targets, svm, multilabel_kfold(targets, folds, seed=seed + r))
+            for r in range(repeats)]
+    return np.mean(runs, axis=0)
