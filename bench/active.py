@@ -4,6 +4,7 @@
     python bench/active.py strategies --seeds 5 --json bench/results/active_lite0.json
     python bench/active.py label-check --draws 5 --json bench/results/label_check_lite0.json
     python bench/active.py curve --json bench/results/curve_lite0.json
+    python bench/active.py report bench/results/active_lite0.json bench/results/active_lite0_weighted.json
 
 Features: ``bench/active_features.py`` runs the product's ``stages.featurize.extract_features``
 (its per-image cache included) on every photo of devdata's VOC2007 train split and stores one
@@ -164,6 +165,52 @@ def cmd_strategies(args) -> None:
                                    "bars": {s: bars(runs, s) for s in strategies if s != "random"}}, indent=1))
 
 
+def _int_budgets(runs):
+    for run in runs:
+        for name in run["curves"]:
+            run["curves"][name] = {int(b): v for b, v in run["curves"][name].items()}
+    return runs
+
+
+def merge_runs(paths) -> list[dict]:
+    """The runs of several ``strategies`` JSON files (same seeds), their curves merged per seed."""
+    merged: dict[int, dict] = {}
+    for path in paths:
+        for run in _int_budgets(json.loads(Path(path).read_text())["runs"]):
+            into = merged.setdefault(run["seed"], {"seed": run["seed"], "curves": {}})
+            for name, curve in run["curves"].items():
+                if name in into["curves"] and into["curves"][name] != curve:
+                    raise SystemExit(f"{path}: seed {run['seed']} {name} differs from an earlier file")
+                into["curves"][name] = curve
+    return [merged[seed] for seed in sorted(merged)]
+
+
+def paired_table(runs, budgets=TABLE_BUDGETS[1:], against="random") -> str:
+    """Per strategy and budget: mean ± sd over seeds of (strategy - ``against``), same seed."""
+    lines = [f"| strategy - {against} | " + " | ".join(str(b) for b in budgets) + " | mean |",
+             "|---|" + "---|" * (len(budgets) + 1)]
+    for name in runs[0]["curves"]:
+        if name == against:
+            continue
+        cells, means = [], []
+        for b in budgets:
+            d = [100 * (r["curves"][name][b] - r["curves"][against][b]) for r in runs]
+            cells.append(f"{np.mean(d):+.2f} ± {np.std(d, ddof=1):.2f}")
+            means.append(np.mean(d))
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {np.mean(means):+.2f} |")
+    return "\n".join(lines)
+
+
+def cmd_report(args) -> None:
+    runs = merge_runs(args.inputs)
+    print(f"{len(runs)} seeds: {[r['seed'] for r in runs]}\n\n{strategy_table(runs)}\n\n{paired_table(runs)}\n")
+    print("bars (mAP points; at_600 interpolates the 550 and 650 rounds):")
+    for name in runs[0]["curves"]:
+        if name not in ("random", "stratified"):
+            print(f"  {name}: " + json.dumps({k: (round(100 * v, 2) if isinstance(v, float) else v)
+                                              for k, v in bars(runs, name).items() if k != "strategy"}))
+
+
 # --------------------------------------------------------------------------- label check
 
 def cmd_label_check(args) -> None:
@@ -272,7 +319,8 @@ def cmd_curve(args) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=("features", "strategies", "label-check", "curve"))
+    parser.add_argument("command", choices=("features", "strategies", "label-check", "curve", "report"))
+    parser.add_argument("inputs", nargs="*", help="report: strategies JSON files to merge")
     parser.add_argument("--voc", default=str(REPO_ROOT.parent / "shared" / "devdata" / "VOCdevkit" / "VOC2007"))
     parser.add_argument("--split", default="train")
     parser.add_argument("--backbone", default="lite0")
@@ -292,6 +340,8 @@ def main(argv=None) -> None:
         load(args)
     elif args.command == "strategies":
         cmd_strategies(args)
+    elif args.command == "report":
+        cmd_report(args)
     elif args.command == "label-check":
         cmd_label_check(args)
     else:
