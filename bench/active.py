@@ -204,6 +204,11 @@ def paired_table(runs, budgets=TABLE_BUDGETS[1:], against="random") -> str:
 def cmd_report(args) -> None:
     runs = merge_runs(args.inputs)
     print(f"{len(runs)} seeds: {[r['seed'] for r in runs]}\n\n{strategy_table(runs)}\n\n{paired_table(runs)}\n")
+    print("per seed and budget (350..1000), strategy - random rounds:")
+    for name in runs[0]["curves"]:
+        if name != "random":
+            d = 100 * np.array([[r["curves"][name][b] - r["curves"]["random"][b] for b in BUDGETS[1:]] for r in runs])
+            print(f"  {name}: {(d < 0).sum()}/{d.size} cells below random, worst {d.min():+.2f}, mean {d.mean():+.2f}")
     print("bars (mAP points; at_600 interpolates the 550 and 650 rounds):")
     for name in runs[0]["curves"]:
         if name not in ("random", "stratified"):
