@@ -33,18 +33,6 @@ def fit_predict(train_features: np.ndarray, train_targets: np.ndarray, predict_f
     return outputs
 
 
-def out_of_fold(features: np.ndarray, targets: np.ndarray, folds: np.ndarray,
-                svm: SvmParams = DEFAULT_SVM) -> np.ndarray:
-    """Out-of-fold probabilities (n x C): each fold predicted by a model fitted on the other folds
-    (the train stage's ``out_of_fold_probabilities``, tolerant of single-label classes in a fold)."""
-    oof = np.zeros(np.shape(targets), dtype=float)
-    svm = for_training_set(svm, len(targets))
-    for fold in np.unique(folds):
-        held_out = folds == fold
-        oof[held_out] = fit_predict(features[~held_out], targets[~held_out], [features[held_out]], svm)[0]
-    return oof
-
-
 def repeated_out_of_fold(features: np.ndarray, targets: np.ndarray, svm: SvmParams = DEFAULT_SVM, folds: int = 5,
                          repeats: int = 3, seed: int = 0) -> np.ndarray:
     """Out-of-fold probabilities averaged over ``repeats`` fold assignments (the product's
