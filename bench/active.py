@@ -1,0 +1,357 @@
+"""Active learning on devdata: which images to label next, labels to check, learning curves.
+
+    python bench/active.py features --backbone lite0 --size 352          # once: all 2,334 photos
+    python bench/active.py strategies --seeds 5 --json bench/results/active_lite0.json
+    python bench/active.py label-check --draws 5 --json bench/results/label_check_lite0.json
+    python bench/active.py curve --json bench/results/curve_lite0.json
+    python bench/active.py report bench/results/active_lite0.json bench/results/active_lite0_weighted.json
+
+Features: ``bench/active_features.py`` runs the product's ``fewlabel.features.extract.extract_features``
+(its per-image cache included) on every photo of devdata's VOC2007 train split and stores one
+array; the default is EfficientNet-Lite0 at 352 with flip (what ``image_size: auto`` chooses on
+devdata), run by the ``auto`` runtime (OpenVINO bf16 on a CPU with bfloat16, else Keras).
+
+``strategies`` protocol, per seed s: a random split of the photos into a pool (2/3: 1,556) and a
+held-out scored set (1/3: 778); the start is 250 images of the pool drawn by the subset stage's
+stratified draw (``fewlabel.data.stratify.stratified_subset``, ``subset.min_per_class`` 10, seed s);
+then each strategy adds 100 pool images per round (their labels revealed only once chosen) up to
+950, then 50 to reach 1,000. After every round the product's model (``fewlabel.model.svm.build_model``
+with params.yaml's SVM settings: C 1, gamma median, scaler sqrt) is fitted on the labelled images
+and scored on the held-out set (mAP, ``fewlabel.metrics.mean_ap``, difficult-only cells ignored).
+``stratified`` is the reference: stratified draws of each budget from the pool (seed s), no
+rounds. Output: a markdown table of mean ± sd mAP over seeds per budget, and JSON.
+
+``label-check``: per draw d, 750 images by the stratified draw (seed d) from all photos; 5 % of
+them get a wrong label set (one present class dropped or one absent class added, 50/50, seeded);
+out-of-fold probabilities (``multilabel_kfold``, 5 or 10 folds) from the noisy labels; per score,
+the percentage of the corrupted images ranked in the top 10 %.
+
+``curve``: the learning curve (:func:`fewlabel.active.learning_curve.learning_curve`) of a
+stratified 750 draw, checked against the mAP actually measured with more labels on the held-out set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from bench.active_features import build as build_features, features_file  # noqa: E402
+
+BUDGETS = (250, 350, 450, 550, 650, 750, 850, 950, 1000)
+TABLE_BUDGETS = (250, 350, 450, 550, 650, 750, 1000)
+
+
+def load(args):
+    from fewlabel.io import training_targets
+    path = features_file(args.backbone, args.size, not args.no_flip, args.runtime)
+    if not path.is_file():
+        build_features(Path(args.voc), args.split, args.backbone, args.size, not args.no_flip, args.runtime)
+    data = np.load(path)
+    return data["features"], data["labels"], training_targets(data["labels"])
+
+
+def svm_params():
+    from fewlabel.params import load_params
+    return load_params(REPO_ROOT / "params.yaml").svm
+
+
+# --------------------------------------------------------------------------- strategies
+
+def score(features, targets, labels, train_rows, eval_rows, svm, also=()):
+    """mAP on ``eval_rows`` of the product's model fitted on ``train_rows``; plus probabilities of ``also``."""
+    from fewlabel.active.model import fit_predict
+    from fewlabel.metrics import mean_ap
+    outputs = fit_predict(features[train_rows], targets[train_rows], [features[eval_rows], features[also]], svm)
+    return float(mean_ap(labels[eval_rows], outputs[0])), outputs[1]
+
+
+def run_seed(seed, features, labels, targets, strategies, svm, start_n=250, min_per_class=10, log=print):
+    from fewlabel.active.strategies import rank_pool
+    from fewlabel.data.stratify import stratified_subset
+    rng = np.random.default_rng(1000 + seed)
+    order = rng.permutation(len(features))
+    n_pool = int(round(len(features) * 2 / 3))
+    pool, held_out = np.sort(order[:n_pool]), np.sort(order[n_pool:])
+    start = pool[stratified_subset(targets[pool], start_n, min_per_class, seed=seed)]
+    result = {"seed": seed, "n_pool": len(pool), "n_held_out": len(held_out), "curves": {}, "seconds": {}}
+    for strategy in strategies:
+        began = time.perf_counter()
+        labelled = list(start)
+        curve = {}
+        for i, budget in enumerate(BUDGETS):
+            unlabelled = np.setdiff1d(pool, labelled)
+            curve[budget], pool_probabilities = score(features, targets, labels, np.asarray(labelled), held_out,
+                                                      svm, also=unlabelled)
+            if i + 1 == len(BUDGETS):
+                break
+            ranking = rank_pool(strategy, pool_probabilities, features[unlabelled], features[labelled],
+                                targets[labelled], BUDGETS[i + 1] - budget, seed=seed * 100 + i)
+            labelled.extend(unlabelled[ranking.indices].tolist())  # only now are their labels read
+        result["curves"][strategy] = curve
+        result["seconds"][strategy] = time.perf_counter() - began
+        log(f"seed {seed} {strategy}: " + " ".join(f"{b}:{100 * m:.1f}" for b, m in curve.items())
+            + f" ({result['seconds'][strategy]:.0f} s)")
+    curve = {}
+    for budget in BUDGETS:
+        rows = pool[stratified_subset(targets[pool], budget, min_per_class, seed=seed)]
+        curve[budget] = score(features, targets, labels, rows, held_out, svm)[0]
+    result["curves"]["stratified"] = curve
+    log(f"seed {seed} stratified: " + " ".join(f"{b}:{100 * m:.1f}" for b, m in curve.items()))
+    return result
+
+
+def strategy_table(runs, budgets=TABLE_BUDGETS) -> str:
+    names = list(runs[0]["curves"])
+    lines = ["| strategy | " + " | ".join(str(b) for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    for name in names:
+        cells = []
+        for b in budgets:
+            values = [100 * r["curves"][name][b] for r in runs]
+            cells.append(f"{np.mean(values):.2f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bars(runs, strategy) -> dict:
+    """The issue's bars for ``strategy``: mean mAP (and per-seed paired differences) against
+    stratified draws and random rounds."""
+    def mean(name, b):
+        return float(np.mean([r["curves"][name][b] for r in runs]))
+    out = {"strategy": strategy,
+           "at_750_vs_stratified_1000": mean(strategy, 750) - mean("stratified", 1000),
+           "at_600_vs_stratified_750": None,
+           "vs_random_min_over_budgets": min(mean(strategy, b) - mean("random", b) for b in BUDGETS[1:]),
+           "labels_to_reach_stratified_750": None}
+    target = mean("stratified", 750)
+    reached = [b for b in BUDGETS if mean(strategy, b) >= target]
+    out["labels_to_reach_stratified_750"] = reached[0] if reached else None
+    # 600 is between rounds 550 and 650: linear interpolation of the mean curve
+    out["at_600_vs_stratified_750"] = (mean(strategy, 550) + mean(strategy, 650)) / 2 - target
+    return out
+
+
+def cmd_strategies(args) -> None:
+    from fewlabel.active.strategies import STRATEGIES
+    features, labels, targets = load(args)
+    svm = svm_params()
+    strategies = args.strategies or list(STRATEGIES)
+    runs = []
+    out = Path(args.json) if args.json else None
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        runs.append(run_seed(seed, features, labels, targets, strategies, svm,
+                             log=lambda m: print(m, file=sys.stderr, flush=True)))
+        if out:
+            out.write_text(json.dumps({"backbone": args.backbone, "size": args.size, "flip": not args.no_flip,
+                                       "runtime": args.runtime, "svm": str(svm), "runs": runs}, indent=1))
+    table = strategy_table(runs)
+    print(f"\nheld-out mAP (%) of {args.backbone}@{args.size}{' flip' if not args.no_flip else ''}, "
+          f"{len(runs)} seeds, mean ± sd\n\n{table}\n")
+    for strategy in strategies:
+        if strategy not in ("random",):
+            print(strategy, json.dumps({k: (round(100 * v, 2) if isinstance(v, float) else v)
+                                        for k, v in bars(runs, strategy).items()}))
+    if out:
+        out.write_text(json.dumps({"backbone": args.backbone, "size": args.size, "flip": not args.no_flip,
+                                   "runtime": args.runtime, "svm": str(svm), "runs": runs, "markdown": table,
+                                   "bars": {s: bars(runs, s) for s in strategies if s != "random"}}, indent=1))
+
+
+def _int_budgets(runs):
+    for run in runs:
+        for name in run["curves"]:
+            run["curves"][name] = {int(b): v for b, v in run["curves"][name].items()}
+    return runs
+
+
+def merge_runs(paths) -> list[dict]:
+    """The runs of several ``strategies`` JSON files (same seeds), their curves merged per seed."""
+    merged: dict[int, dict] = {}
+    for path in paths:
+        for run in _int_budgets(json.loads(Path(path).read_text())["runs"]):
+            into = merged.setdefault(run["seed"], {"seed": run["seed"], "curves": {}})
+            for name, curve in run["curves"].items():
+                if name in into["curves"] and into["curves"][name] != curve:
+                    raise SystemExit(f"{path}: seed {run['seed']} {name} differs from an earlier file")
+                into["curves"][name] = curve
+    return [merged[seed] for seed in sorted(merged)]
+
+
+def paired_table(runs, budgets=TABLE_BUDGETS[1:], against="random") -> str:
+    """Per strategy and budget: mean ± sd over seeds of (strategy - ``against``), same seed."""
+    lines = [f"| strategy - {against} | " + " | ".join(str(b) for b in budgets) + " | mean |",
+             "|---|" + "---|" * (len(budgets) + 1)]
+    for name in runs[0]["curves"]:
+        if name == against:
+            continue
+        cells, means = [], []
+        for b in budgets:
+            d = [100 * (r["curves"][name][b] - r["curves"][against][b]) for r in runs]
+            cells.append(f"{np.mean(d):+.2f} ± {np.std(d, ddof=1):.2f}")
+            means.append(np.mean(d))
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {np.mean(means):+.2f} |")
+    return "\n".join(lines)
+
+
+def cmd_report(args) -> None:
+    runs = merge_runs(args.inputs)
+    print(f"{len(runs)} seeds: {[r['seed'] for r in runs]}\n\n{strategy_table(runs)}\n\n{paired_table(runs)}\n")
+    print("per seed and budget (350..1000), strategy - random rounds:")
+    for name in runs[0]["curves"]:
+        if name != "random":
+            d = 100 * np.array([[r["curves"][name][b] - r["curves"]["random"][b] for b in BUDGETS[1:]] for r in runs])
+            print(f"  {name}: {(d < 0).sum()}/{d.size} cells below random, worst {d.min():+.2f}, mean {d.mean():+.2f}")
+    print("bars (mAP points; at_600 interpolates the 550 and 650 rounds):")
+    for name in runs[0]["curves"]:
+        if name not in ("random", "stratified"):
+            print(f"  {name}: " + json.dumps({k: (round(100 * v, 2) if isinstance(v, float) else v)
+                                              for k, v in bars(runs, name).items() if k != "strategy"}))
+
+
+# --------------------------------------------------------------------------- label check
+
+def cmd_label_check(args) -> None:
+    from fewlabel.active.label_check import SCORES, corrupt_labels, found_in_top, label_check
+    from fewlabel.active.model import repeated_out_of_fold
+    features, labels, targets = load(args)
+    svm = svm_params()
+    results = {}
+    for draw in range(args.draws):
+        rows = stratified_subset_all(targets, draw)
+        noisy, corrupted, _ = corrupt_labels(targets[rows], 0.05, seed=draw)
+        for n_folds in args.folds:
+            began = time.perf_counter()
+            single = [repeated_out_of_fold(features[rows], noisy, svm, n_folds, 1, seed=r) for r in range(max(args.repeats))]
+            for repeats in args.repeats:
+                oof = np.mean(single[:repeats], axis=0)   # = repeated_out_of_fold(..., repeats, seed=0)
+                for score in SCORES:
+                    for min_labels in (0, 1):
+                        found = found_in_top(label_check(oof, noisy, score, min_labels=min_labels).scores,
+                                             corrupted, 0.10)
+                        key = f"{score}, {n_folds} folds x {repeats}, min_labels {min_labels}"
+                        results.setdefault(key, []).append(found)
+                print(f"draw {draw}, {n_folds} folds x {repeats} ({time.perf_counter() - began:.0f} s): " + ", ".join(
+                    f"{k.split(',')[0]}/{k[-1]} {100 * v[-1]:.0f}" for k, v in results.items()
+                    if f" {n_folds} folds x {repeats}," in k), file=sys.stderr, flush=True)
+    lines = ["| score, OOF, min_labels | corrupted images in the top 10 % (mean ± sd) | per draw |", "|---|---|---|"]
+    for key, values in results.items():
+        lines.append(f"| {key} | {100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1):.1f} | "
+                     + " ".join(f"{100 * v:.0f}" for v in values) + " |")
+    table = "\n".join(lines)
+    print(f"\nlabel check, {args.backbone}@{args.size}: 750 stratified images, 5 % ({round(0.05 * 750)}) given a "
+          f"wrong label set, {args.draws} draws\n\n{table}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"backbone": args.backbone, "draws": args.draws, "results": results,
+                                               "markdown": table}, indent=1))
+
+
+def stratified_subset_all(targets, draw):
+    """The 750 training images of draw ``draw``: the subset stage's stratified draw from all photos."""
+    from fewlabel.data.stratify import stratified_subset
+    return stratified_subset(targets, 750, 10, seed=draw)
+
+
+# --------------------------------------------------------------------------- learning curve
+
+def cmd_curve(args) -> None:
+    """Per seed: the split of ``strategies``; the learning curve of a stratified 750 draw from the
+    pool; its forecast at 1.5x and 2x against the held-out mAP of stratified draws of those sizes."""
+    from fewlabel.active.learning_curve import learning_curve
+    from fewlabel.params import VOC_CLASSES
+    from fewlabel.data.stratify import stratified_subset
+    features, labels, targets = load(args)
+    svm = svm_params()
+    runs = []
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        began = time.perf_counter()
+        order = np.random.default_rng(1000 + seed).permutation(len(features))
+        n_pool = int(round(len(features) * 2 / 3))
+        pool, held_out = np.sort(order[:n_pool]), np.sort(order[n_pool:])
+        train = pool[stratified_subset(targets[pool], 750, 10, seed=seed)]
+        curve = learning_curve(features[train], targets[train], VOC_CLASSES, svm, folds=5, seed=seed,
+                               labels=labels[train])
+        measured = {}
+        for scale in (1.0, 1.5, 2.0):
+            n = min(int(round(750 * scale)), len(pool))
+            rows = train if scale == 1.0 else pool[stratified_subset(targets[pool], n, 10, seed=seed)]
+            measured[scale] = score(features, targets, labels, rows, held_out, svm)[0]
+        forecast = dict(zip(curve.forecast["scale"], curve.forecast["map_predicted"]))
+        run = {"seed": seed, "summary": curve.summary.to_dict(orient="records"), "fit": curve.fit,
+               "forecast": {str(k): v for k, v in forecast.items()},
+               "held_out": {str(k): v for k, v in measured.items()},
+               "n_held_out_sizes": {str(k): min(int(round(750 * k)), len(pool)) for k in (1.0, 1.5, 2.0)},
+               "per_class": curve.per_class.to_dict(orient="records"), "seconds": time.perf_counter() - began}
+        runs.append(run)
+        print(f"seed {seed}: CV " + " ".join(f"{r['n_train']:.0f}:{100 * r['map_mean']:.1f}" for r in run["summary"])
+              + f"; fit a={curve.fit['a']:.3f} b={curve.fit['b']:.3g} c={curve.fit['c']:.3g}; forecast "
+              + " ".join(f"{k}x:{100 * v:.1f}" for k, v in forecast.items()) + "; held-out "
+              + " ".join(f"{k}x:{100 * v:.1f}" for k, v in measured.items()) + f" ({run['seconds']:.0f} s)",
+              file=sys.stderr, flush=True)
+
+    def ms(values):
+        return f"{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1) if len(values) > 1 else 0:.2f}"
+    lines = ["| | 1x (750) | 1.5x (1,125) | 2x (1,500) | gain 1x -> 2x |", "|---|---|---|---|---|"]
+    for name, key in (("forecast (CV curve)", "forecast"), ("measured (held-out, stratified draws)", "held_out")):
+        cells = [ms([r[key][k] for r in runs]) for k in ("1.0", "1.5", "2.0")]
+        cells.append(ms([r[key]["2.0"] - r[key]["1.0"] for r in runs]))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    per_class = {}
+    for run in runs:
+        for row in run["per_class"]:
+            per_class.setdefault(row["class"], []).append(row)
+    lines += ["", "| class | positives (of 750) | CV AP | AP gained per 10 more positives |", "|---|---|---|---|"]
+    for name, rows in sorted(per_class.items(), key=lambda kv: -np.nanmean([r["ap_gain_per_10_positives"]
+                                                                             for r in kv[1]])):
+        lines.append(f"| {name} | {np.mean([r['positives'] for r in rows]):.0f} | "
+                     f"{100 * np.mean([r['ap_cv'] for r in rows]):.1f} | "
+                     f"{100 * np.nanmean([r['ap_gain_per_10_positives'] for r in rows]):+.2f} |")
+    table = "\n".join(lines)
+    print(f"\nlearning curve, {args.backbone}@{args.size}, {len(runs)} seeds (mAP %, mean ± sd)\n\n{table}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"backbone": args.backbone, "runs": runs, "markdown": table},
+                                              indent=1, default=float))
+
+
+# --------------------------------------------------------------------------- main
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=("features", "strategies", "label-check", "curve", "report"))
+    parser.add_argument("inputs", nargs="*", help="report: strategies JSON files to merge")
+    parser.add_argument("--voc", default=str(REPO_ROOT.parent / "shared" / "devdata" / "VOCdevkit" / "VOC2007"))
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--backbone", default="lite0")
+    parser.add_argument("--size", type=int, default=352)
+    parser.add_argument("--no-flip", action="store_true")
+    parser.add_argument("--runtime", default="auto")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--strategies", nargs="*")
+    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--folds", type=int, nargs="*", default=[5], help="label-check: OOF folds")
+    parser.add_argument("--repeats", type=int, nargs="*", default=[1, 3],
+                        help="label-check: OOF averaged over this many fold assignments")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    if args.command == "features":
+        load(args)
+    elif args.command == "strategies":
+        cmd_strategies(args)
+    elif args.command == "report":
+        cmd_report(args)
+    elif args.command == "label-check":
+        cmd_label_check(args)
+    else:
+        cmd_curve(args)
+
+
+if __name__ == "__main__":
+    main()
