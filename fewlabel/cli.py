@@ -3,6 +3,7 @@
     fewlabel predict photos/ more/*.jpg one.png [--out predictions.csv|.parquet] [--top-k 3]
     fewlabel predict --list files.txt --out labels.parquet --engine ray
     fewlabel cache verify [--drop] [LOCATION]
+    fewlabel labels add export.json [--voc data/raw/voc] [--list suggestions/labelled.txt]
 
 ``python -m stages.predict`` takes the same options. Exit codes: 0 every input labelled;
 1 an error (its message says what to fix), or some inputs skipped (each named on stderr,
@@ -114,6 +115,29 @@ def cache(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def add_labels_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``fewlabel labels``."""
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="write a Label Studio export of the suggestions into the data set")
+    add.add_argument("export", help="the Label Studio project exported as JSON")
+    add.add_argument("--voc", default="data/raw/voc", help="the data set's VOC folder (default: data/raw/voc)")
+    add.add_argument("--list", default="suggestions/labelled.txt",
+                     help="the list of labelled ids the subset stage adds (default: suggestions/labelled.txt)")
+    add.add_argument("--overwrite", action="store_true", help="replace annotations that say other classes")
+    add.add_argument("--params", default="params.yaml")
+    return parser
+
+
+def labels(args: argparse.Namespace) -> None:
+    """``fewlabel labels add``: annotations written, ids listed; then `dvc exp run` trains on them."""
+    from fewlabel.active.label_import import add_labels
+
+    done = add_labels(args.export, args.voc, args.list, load_params(args.params).data.classes, args.overwrite)
+    print(f"{len(done.written)} annotation(s) written to {args.voc}/Annotations, {len(done.unchanged)} already "
+          f"there; {len(done.skipped)} task(s) not labelled yet; ids listed in {args.list}. Next: "
+          f"git add {args.list} && git commit, then dvc exp run")
+
+
 def parser() -> argparse.ArgumentParser:
     """``fewlabel`` and its subcommands."""
     command = argparse.ArgumentParser(prog="fewlabel", description="Few-label multilabel image classification.")
@@ -121,13 +145,15 @@ def parser() -> argparse.ArgumentParser:
     add_predict_arguments(commands.add_parser("predict", help=PREDICT_HELP, description=PREDICT_HELP + "."))
     add_cache_arguments(commands.add_parser("cache", help="maintain the per-image feature cache",
                                             description="Maintain the per-image feature cache."))
+    add_labels_arguments(commands.add_parser("labels", help="fold labelled suggestions into the data set",
+                                             description="Fold labelled suggestions into the data set."))
     return command
 
 
 def main(argv: list[str] | None = None) -> None:
     """The console script ``fewlabel``."""
     args = parser().parse_args(argv)
-    handlers = {"predict": predict, "cache": cache}
+    handlers = {"predict": predict, "cache": cache, "labels": labels}
     run_main(lambda: handlers[args.command](args))
 
 

@@ -110,6 +110,21 @@ def read_csv(path: str | Path, required: list[str] | tuple[str, ...] = ()) -> pd
     return frame
 
 
+def read_lines(path: str | Path, what: str = "a list") -> list[str]:
+    """The non-empty lines of a UTF-8 text file (a byte order mark, CRLF and ``#`` comments
+    allowed), each stripped; e.g. image ids or paths, one per line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except OSError as error:
+        raise PipelineError(f"{path}: cannot read {what} ({error.strerror or error}); give a text file "
+                            f"with one entry per line") from error
+    except UnicodeDecodeError as error:
+        raise PipelineError(f"{path}: not a UTF-8 text file ({error.reason} at byte {error.start}); save "
+                            f"{what} as UTF-8, one entry per line") from error
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
 def read_label_table(path: str | Path, classes: tuple[str, ...] | list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Read ``image_id, split, <class>...`` and return (ids, labels) with VOC codes 1/0/-1."""
     frame = read_csv(path, required=["image_id", *classes])

@@ -127,6 +127,8 @@ class DataParams:
     train_split: str = "trainval"
     eval_split: str = "test"
     skip_no_objects: bool = False  # leave out images whose annotation has no <object>
+    pool_split: str | None = None  # unlabelled images to rank for labelling: an ImageSets/Main list
+    pool_images: str | None = None  # ... or a folder or list file of images without annotations
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,17 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class SuggestParams:
+    """Which pool images to label next, and which training labels to check (stages/suggest.py)."""
+    strategy: str = "rare_margin"   # see fewlabel/active/strategies.py
+    n: int = 100                    # images suggested per round
+    seed: int = 0
+    check_score: str = "self_confidence"  # labels to check: see fewlabel/active/label_check.py
+    thumbnails: int = 24            # suggestions shown in plots/suggestions.png
+    curve_folds: int = 5            # learning curve: cross-validation folds
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams
     subset: SubsetParams
@@ -218,6 +231,7 @@ class Params:
     calibrate: CalibrateParams
     tune: TuneParams
     evaluate: EvaluateParams
+    suggest: SuggestParams = SuggestParams()
 
 
 def _section(raw: dict, name: str, cls, source: str) -> _Reader:
@@ -229,7 +243,7 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
     """Validate a params mapping (as loaded from YAML) into a :class:`Params`."""
     if not isinstance(raw, dict):
         raise PipelineError(f"{source}: must be a YAML mapping of sections, got {type(raw).__name__}")
-    sections = ("data", "subset", "eval", "features", "svm", "calibrate", "tune", "evaluate")
+    sections = ("data", "subset", "eval", "features", "svm", "calibrate", "tune", "evaluate", "suggest")
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         hints = [f"{name}" + (f" (did you mean {close[0]}?)" if (close := difflib.get_close_matches(
@@ -250,7 +264,15 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
     data = DataParams(year=year, source=src, md5=dict(md5), classes=tuple(classes),
                       train_split=r.choice("train_split", "trainval", _any_name(r, "train_split", "trainval")),
                       eval_split=r.choice("eval_split", "test", _any_name(r, "eval_split", "test")),
-                      skip_no_objects=r.boolean("skip_no_objects", False))
+                      skip_no_objects=r.boolean("skip_no_objects", False),
+                      pool_split=_optional_name(r, "pool_split"),
+                      pool_images=_optional_name(r, "pool_images"))
+    if data.pool_split is not None and data.pool_split == data.eval_split:
+        raise r.fail("pool_split", f"null or a list other than data.eval_split ('{data.eval_split}'): images "
+                                   f"suggested for labelling join the training set", data.pool_split)
+    if data.pool_split is not None and data.pool_images is not None:
+        raise r.fail("pool_images", "null when data.pool_split is set (one pool: a split list or a folder)",
+                     data.pool_images)
     if data.train_split == data.eval_split:
         raise PipelineError(f"{source}: data.train_split and data.eval_split are both "
                             f"'{data.train_split}'; evaluation must use images not trained on")
@@ -356,8 +378,18 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
                               bootstrap=r.integer("bootstrap", 1000, minimum=0),
                               seed=r.integer("seed", 0, minimum=0))
 
+    from fewlabel.active.label_check import SCORES
+    from fewlabel.active.strategies import STRATEGIES
+    r = _section(raw, "suggest", SuggestParams, source)
+    suggest = SuggestParams(strategy=r.choice("strategy", SuggestParams.strategy, STRATEGIES),
+                            n=r.integer("n", 100, minimum=1),
+                            seed=r.integer("seed", 0, minimum=0),
+                            check_score=r.choice("check_score", SuggestParams.check_score, SCORES),
+                            thumbnails=r.integer("thumbnails", 24, minimum=0),
+                            curve_folds=r.integer("curve_folds", 5, minimum=2))
+
     return Params(data=data, subset=subset, eval=eval_set, features=features, svm=svm,
-                  calibrate=calibrate, tune=tune, evaluate=evaluate)
+                  calibrate=calibrate, tune=tune, evaluate=evaluate, suggest=suggest)
 
 
 def _image_size(reader: _Reader):
@@ -396,6 +428,14 @@ def _n_jobs(reader: _Reader) -> int:
     value = reader.integer("n_jobs", -1)
     if value == 0:
         raise reader.fail("n_jobs", "a non-zero integer (-1: all cores)", value)
+    return value
+
+
+def _optional_name(reader: _Reader, key: str) -> str | None:
+    """null, or a non-empty string (a list name or a path)."""
+    value = reader.get(key, None)
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise reader.fail(key, "null or a non-empty name or path", value)
     return value
 
 

@@ -8,14 +8,19 @@ floor or quota, an exact integer repair meets it if any subset can; when none ca
 names the binding constraint and the values that would fit. Every class must end with a
 positive and a negative training image, else subset fails here rather than train after
 featurize.
+
+``--include`` names a list of image ids (one per line) that join the training set on top of
+the draw: the images you labelled from the suggest stage's ``suggestions/next.csv``. The draw
+itself does not change, so each round's gain shows in ``dvc metrics diff``.
 """
 from __future__ import annotations
 
 import argparse
 
-from fewlabel.data.subset import class_distribution, distribution_figure, pool_limited_classes, select_subsets
+from fewlabel.data.subset import (add_included, class_distribution, distribution_figure, pool_limited_classes,
+                                  select_subsets)
 from fewlabel.errors import run_main
-from fewlabel.io import read_csv, write_csv
+from fewlabel.io import read_csv, read_lines, write_csv
 from fewlabel.params import load_params
 from fewlabel.plots import write_figure
 
@@ -27,6 +32,7 @@ def main() -> None:
     parser.add_argument("--eval-out", required=True)
     parser.add_argument("--distribution-out", required=True)
     parser.add_argument("--distribution-png", required=True)
+    parser.add_argument("--include", help="a list of image ids always in the training set (one per line)")
     args = parser.parse_args()
 
     params = load_params()
@@ -34,6 +40,10 @@ def main() -> None:
     labels = read_csv(args.labels, required=["image_id", "split", *classes])
     train, eval_set = select_subsets(labels, classes, params.data.train_split, params.data.eval_split,
                                      params.subset, params.eval)
+    drawn = len(train)
+    if args.include:
+        train = add_included(train, labels, read_lines(args.include, "a list of image ids"),
+                             params.data.eval_split, args.include)
     train_pool = labels[labels["split"] == params.data.train_split]
     distribution = class_distribution(train_pool, train, eval_set, classes)
 
@@ -41,7 +51,8 @@ def main() -> None:
     write_csv(args.eval_out, eval_set)
     write_csv(args.distribution_out, distribution)
     write_figure(args.distribution_png, distribution_figure(distribution, len(train), len(eval_set)))
-    print(f"subset: {len(train)} training images, {len(eval_set)} evaluation images")
+    added = f" ({drawn} drawn + {len(train) - drawn} from {args.include})" if len(train) > drawn else ""
+    print(f"subset: {len(train)} training images{added}, {len(eval_set)} evaluation images")
     short = [name for name in pool_limited_classes(distribution, params.subset.min_per_class)
              if name not in params.subset.class_quota]
     if short:

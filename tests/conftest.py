@@ -61,7 +61,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 DVC = VENV_BIN / "dvc"
 #: What :func:`make_dvc_project` copies from the repo by default.
-PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "stages", "fewlabel")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "stages", "fewlabel", "suggestions/labelled.txt")
 
 
 # --------------------------------------------------------------------------- user cache

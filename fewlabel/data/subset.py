@@ -48,6 +48,32 @@ def select_subsets(labels: pd.DataFrame, classes: tuple[str, ...], train_split: 
     return train, eval_pool.iloc[chosen].reset_index(drop=True)
 
 
+def add_included(train: pd.DataFrame, labels: pd.DataFrame, include_ids: list[str], eval_split: str,
+                 source: str) -> pd.DataFrame:
+    """The training subset plus the images ``include_ids`` (ids you labelled, e.g. from
+    ``suggestions/next.csv``), on top of the stratified draw, in image-id order.
+
+    Each id must have an annotation (a row of the label table) and must not be an evaluation
+    image; ``source`` (the list file) is named in the error.
+    """
+    if not include_ids:
+        return train
+    rows = labels.drop_duplicates("image_id").set_index("image_id", drop=False)
+    missing = [i for i in include_ids if i not in rows.index]
+    if missing:
+        listed = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise PipelineError(f"{source}: lists image id(s) {listed} that have no annotation in the data set "
+                            f"(data/labels.csv); label them and add their XML to Annotations/ (see README, "
+                            f"'Labelling more images'), or remove them from the list")
+    in_eval = [i for i in include_ids if rows.loc[i, "split"] == eval_split]
+    if in_eval:
+        raise PipelineError(f"{source}: lists evaluation image(s) {', '.join(in_eval[:10])} (split "
+                            f"'{eval_split}'); training on them would inflate the metrics: remove them")
+    extra = rows.loc[[i for i in dict.fromkeys(include_ids) if i not in set(train["image_id"])]]
+    combined = pd.concat([train, extra[train.columns]], ignore_index=True)
+    return combined.sort_values("image_id").reset_index(drop=True)
+
+
 def check_every_class_learnable(targets: np.ndarray, chosen: np.ndarray, classes: tuple[str, ...],
                                 train_split: str, subset: SubsetParams) -> None:
     """Each class needs a positive and a negative training image, or train cannot fit its SVM:

@@ -1,0 +1,133 @@
+"""The suggest loop through the real DVC commands: a pool of unlabelled images is ranked, new
+labels join the training set through suggestions/labelled.txt, an SVM change reruns neither
+featurize nor the pool's extraction, and the pool's labels are never read.
+
+One project per module (dvc repro is the slow part); each test leaves it as it found it.
+"""
+import json
+import random
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import make_dvc_project
+from tests.test_pipeline_dvc import FAST_PARAMS, stages_run
+from tests.vocgen import make_voc
+
+N_SUGGESTED = 5
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("suggest")
+    devkit = make_voc(root / "voc", year=2007, n_train=80, n_eval=40)
+    voc = devkit / "VOC2007"
+    ids = (voc / "ImageSets" / "Main" / "trainval.txt").read_text().split()
+    (voc / "ImageSets" / "Main" / "start.txt").write_text("".join(f"{i}\n" for i in ids[:60]))
+    (voc / "ImageSets" / "Main" / "pool.txt").write_text("".join(f"{i}\n" for i in ids[60:]))
+    (voc / "JPEGImages" / f"{ids[-1]}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")  # a bad pool image
+    project = make_dvc_project(root / "project", commit=False)
+    project.env["FEWLABEL_CACHE_DIR"] = str(root / "user-cache")
+    project.set_params({**FAST_PARAMS, "data.source": str(devkit), "data.train_split": "start",
+                        "data.pool_split": "pool", "suggest.n": N_SUGGESTED, "suggest.curve_folds": 3})
+    project.first = project.dvc("repro")
+    assert project.first.returncode == 0, project.first.stdout + project.first.stderr
+    project.commit("baseline run")
+    project.voc, project.pool_ids, project.bad_id = voc, ids[60:], ids[-1]
+    return project
+
+
+def restore(project):
+    project.git("checkout", "--", ".", check=True)
+    project.dvc("checkout", "--force", check=True)
+
+
+def test_repro_ranks_the_pool_and_writes_every_output(project):
+    assert {"featurize_pool", "suggest"} <= stages_run(project.first.stdout)
+    assert f"{project.bad_id}.jpg: not a readable image" in project.first.stderr  # reported, and the rest went on
+    pool = np.load(project.path("data/features/pool.npz"))
+    assert sorted(pool["ids"]) == sorted(set(project.pool_ids) - {project.bad_id})
+    train_ids = set(pd.read_csv(project.path("data/subset/train.csv"), dtype={"image_id": str})["image_id"])
+    suggested = pd.read_csv(project.path("suggestions/next.csv"), dtype={"image_id": str})
+    assert list(suggested["rank"]) == list(range(1, N_SUGGESTED + 1))
+    assert set(suggested["image_id"]) <= set(pool["ids"]) and not set(suggested["image_id"]) & train_ids
+    assert suggested["why"].str.len().min() > 0 and {"labels", "p_dog", "score", "path"} <= set(suggested.columns)
+    tasks = json.loads(project.path("suggestions/label_studio.json").read_text())
+    assert [t["data"]["image_id"] for t in tasks] == list(suggested["image_id"])
+    first = tasks[0]["predictions"][0]["result"][0]
+    assert first["type"] == "choices" and first["value"]["choices"] == str(suggested["labels"][0]).split()
+    config = project.path("suggestions/label_studio_config.xml").read_text()
+    assert f'name="{first["from_name"]}"' in config and f'toName="{first["to_name"]}"' in config
+    assert config.count("<Choice ") == 20
+    check = pd.read_csv(project.path("suggestions/check_labels.csv"), dtype={"image_id": str})
+    assert sorted(check["image_id"]) == sorted(train_ids) and check["score"].is_monotonic_decreasing
+    curve = pd.read_csv(project.path("plots/learning_curve.csv"))
+    assert set(curve["kind"]) == {"measured", "forecast"}
+    metrics = json.loads(project.path("metrics/suggest.json").read_text())
+    assert metrics["pool"] == len(pool["ids"]) and 0 <= metrics["cv_map"] <= 1
+    assert project.path("plots/suggestions.png").stat().st_size > 0
+
+
+def test_an_svm_change_reruns_neither_featurize_nor_the_pool_extraction(project):
+    try:
+        result = project.dvc("exp", "run", "-S", "svm.C=10", check=True)
+        # check_params depends on the whole params.yaml; its output is unchanged, so nothing else reruns for it
+        assert stages_run(result.stdout) == {"check_params", "train", "calibrate", "evaluate", "suggest"}, result.stdout
+    finally:
+        restore(project)
+
+
+def test_pool_labels_are_never_read(project):
+    """Shuffle the pool images' annotations among them: the suggestions stay the same."""
+    before = project.path("suggestions/next.csv").read_text()
+    annotations = {i: (project.voc / "Annotations" / f"{i}.xml").read_text() for i in project.pool_ids}
+    shuffled = list(annotations.values())
+    random.Random(0).shuffle(shuffled)
+    try:
+        for image_id, text in zip(annotations, shuffled):
+            (project.voc / "Annotations" / f"{image_id}.xml").write_text(re.sub(
+                r"<filename>[^<]*</filename>", f"<filename>{image_id}.jpg</filename>", text))
+        project.dvc("repro", check=True)
+        project.dvc("repro", "-f", "-s", "featurize_pool", check=True)
+        project.dvc("repro", "-f", "-s", "suggest", check=True)
+        assert project.path("suggestions/next.csv").read_text() == before
+    finally:
+        for image_id, text in annotations.items():
+            (project.voc / "Annotations" / f"{image_id}.xml").write_text(text)
+        restore(project)
+
+
+def test_labelled_suggestions_join_the_training_set(project):
+    suggested = pd.read_csv(project.path("suggestions/next.csv"), dtype={"image_id": str})["image_id"][:3].tolist()
+    listed = project.path("suggestions/labelled.txt")
+    try:
+        listed.write_text(listed.read_text() + "".join(f"{i}\n" for i in suggested))
+        result = project.dvc("repro", check=True)
+        assert "40 drawn + 3 from suggestions/labelled.txt" in result.stdout
+        train_ids = pd.read_csv(project.path("data/subset/train.csv"), dtype={"image_id": str})["image_id"]
+        assert set(suggested) <= set(train_ids) and len(train_ids) == 43
+        pool = np.load(project.path("data/features/pool.npz"))
+        assert not set(suggested) & set(pool["ids"])  # the pool always excludes the training set
+        again = pd.read_csv(project.path("suggestions/next.csv"), dtype={"image_id": str})
+        assert not set(suggested) & set(again["image_id"])
+
+        listed.write_text(listed.read_text() + "nosuchimage\n")
+        failed = project.dvc("repro")
+        assert failed.returncode != 0
+        assert "suggestions/labelled.txt: lists image id(s) nosuchimage that have no annotation" in failed.stderr
+    finally:
+        restore(project)
+
+
+def test_an_empty_pool_is_a_clear_error(project):
+    train_ids = pd.read_csv(project.path("data/subset/train.csv"), dtype={"image_id": str})["image_id"]
+    (project.voc / "ImageSets" / "Main" / "trained.txt").write_text("".join(f"{i}\n" for i in train_ids))
+    try:
+        project.set_params({"data.pool_split": "trained"})
+        result = project.dvc("repro")
+        assert result.returncode != 0
+        assert "data.pool_split 'trained' holds no image outside the training and evaluation sets" in result.stderr
+    finally:
+        restore(project)
