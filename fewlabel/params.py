@@ -213,7 +213,7 @@ class EvaluateParams:
 @dataclass(frozen=True)
 class SuggestParams:
     """Which pool images to label next, and which training labels to check (stages/suggest.py)."""
-    strategy: str = "rare_margin"   # see fewlabel/active/strategies.py
+    strategy: str = "margin_diverse"  # see fewlabel/active/strategies.py (measured: README)
     n: int = 100                    # images suggested per round
     seed: int = 0
     check_score: str = "self_confidence"  # labels to check: see fewlabel/active/label_check.py

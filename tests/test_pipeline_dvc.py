@@ -60,7 +60,7 @@ def restore(project):
 
 def test_repro_runs_every_stage_and_writes_the_declared_outputs(project):
     assert stages_run(project.first_repro_output) == {"check_params", "download", "prepare", "subset", "featurize",
-                                                      "train", "calibrate", "evaluate"}
+                                                      "train", "calibrate", "evaluate", "featurize_pool", "suggest"}
     metrics = json.loads(project.path("metrics/metrics.json").read_text())
     assert metrics["n_train"] == 40 and metrics["n_eval"] == 40
     assert 0 <= metrics["map"] <= 1
@@ -92,7 +92,7 @@ def test_exp_run_with_new_C_reruns_only_the_svm_stages_and_metrics_diff_shows_it
     try:
         run = project.dvc("exp", "run", "-S", "svm.C=10", check=True)
         # check_params reruns on any params change; its output is unchanged, so download is skipped
-        assert stages_run(run.stdout) == {"check_params", "train", "calibrate", "evaluate"}, run.stdout
+        assert stages_run(run.stdout) == {"check_params", "train", "calibrate", "evaluate", "suggest"}, run.stdout
         assert "featurize" not in stages_run(run.stdout)
         model = project.lock()["stages"]["train"]
         assert any(p.get("svm", {}).get("C") == 10 for p in model["params"].values())
