@@ -122,12 +122,13 @@ def test_labelled_suggestions_join_the_training_set(project):
 
 
 def test_an_empty_pool_is_a_clear_error(project):
-    train_ids = pd.read_csv(project.path("data/subset/train.csv"), dtype={"image_id": str})["image_id"]
-    (project.voc / "ImageSets" / "Main" / "trained.txt").write_text("".join(f"{i}\n" for i in train_ids))
+    """A pool list that holds only evaluation images leaves nothing to suggest."""
+    eval_ids = (project.voc / "ImageSets" / "Main" / "test.txt").read_text()
+    (project.voc / "ImageSets" / "Main" / "evaluated.txt").write_text(eval_ids)
     try:
-        project.set_params({"data.pool_split": "trained"})
+        project.set_params({"data.pool_split": "evaluated"})
         result = project.dvc("repro")
-        assert result.returncode != 0
-        assert "data.pool_split 'trained' holds no image outside the training and evaluation sets" in result.stderr
+        assert result.returncode != 0, result.stdout + result.stderr
+        assert "data.pool_split 'evaluated' holds no image outside the training and evaluation sets" in result.stderr
     finally:
         restore(project)
