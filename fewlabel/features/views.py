@@ -95,8 +95,7 @@ class ViewRunner:
     forward pass (measured for EfficientNetB0 on 2 cores: about 0.65x the bare model's speed);
     there, one graph decodes a batch of paths in parallel and then runs the models (about
     0.93x). ``prefetch`` forces one or the other (None: by device). A corrupt image raises a
-    PipelineError naming the file (featurize checks the images before: see
-    :func:`fewlabel.features.screening.screen_images`).
+    PipelineError naming the file.
     """
 
     def __init__(self, models: dict[int, object], views: Sequence[View], batch_size: int,
