@@ -17,7 +17,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -90,11 +90,13 @@ class Classifier:
         return pd.concat(tables, ignore_index=True)
 
     def labelled_chunks(self, paths: list[str], top_k: int, chunk_size: int = CHUNK_IMAGES,
-                        engine: Engine = Engine()) -> Iterator[tuple[pd.DataFrame, list, int]]:
+                        engine: Engine = Engine(), on_batch: Callable[[float], None] | None = None
+                        ) -> Iterator[tuple[pd.DataFrame, list, int]]:
         """Label ``paths`` chunk by chunk on ``engine``: per chunk (the table of its readable images,
-        [(path, problem)] of the others, images served from the feature cache)."""
+        [(path, problem)] of the others, images served from the feature cache). ``on_batch(n)``:
+        n more images of the current chunk extracted (the single-process engine only)."""
         labeller = functools.partial(ImageLabeller, self.model, len(self.classes), self.features_params,
-                                     list(self.recipes))
+                                     list(self.recipes), on_batch if engine.name == "single" else None)
         columns = {"position": np.arange(len(paths)), "path": np.asarray(paths, dtype=object)}
         return label_stream(map_chunks(labeller, columns, chunk_size, engine), paths, self.rule, self.classes, top_k)
 

@@ -28,14 +28,17 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("inputs", nargs="*", help="image files, folders or glob patterns")
     parser.add_argument("--list", action="append", default=[], metavar="FILE",
                         help="a text file of image paths, one per line (repeatable)")
-    parser.add_argument("--out", help="write the table to this CSV or Parquet file too (by its suffix)")
+    parser.add_argument("--out", help="write the table to this CSV or Parquet file too (by its suffix); its "
+                                      "folder must exist and be writable (checked before any work)")
     parser.add_argument("--top-k", type=int, default=3, help="how many top classes to list (default 3)")
     parser.add_argument("--engine", choices=ENGINES,
                         help="where the images are labelled (default: features.engine in params.yaml)")
     parser.add_argument("--workers", type=int, help="ray: workers in the pool (default: features.workers)")
     parser.add_argument("--chunk-size", type=int, default=CHUNK_IMAGES,
                         help=f"images per chunk of work and of output (default {CHUNK_IMAGES})")
-    parser.add_argument("--quiet", action="store_true", help="do not print a line per image")
+    parser.add_argument("--quiet", action="store_true",
+                        help="do not print a line per image (the progress bar and the summary stay)")
+    parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     parser.add_argument("--model", default="models/model.joblib")
     parser.add_argument("--thresholds", default="models/thresholds.json")
     parser.add_argument("--meta", default="data/features/meta.json",
@@ -56,6 +59,7 @@ def predict(args: argparse.Namespace) -> None:
         raise PipelineError("--chunk-size and --workers must be at least 1")
     if not args.inputs and not args.list:
         raise PipelineError("no input: give image files, folders or glob patterns, or --list FILE")
+    writer = TableWriter(args.out)  # a bad --out fails here, before any work
     engine = resolve_engine(args.engine or params.features.engine, args.workers or params.features.workers,
                             setting="--engine" if args.engine else "features.engine")
     classifier = load(".", model=args.model, thresholds=args.thresholds, meta=args.meta, params=args.params)
@@ -66,9 +70,16 @@ def predict(args: argparse.Namespace) -> None:
     if not paths:
         raise PipelineError("no image among the inputs; give JPEG/PNG files, folders or globs")
 
-    labelled = cached = 0
-    with TableWriter(args.out) as writer, ProgressBar(len(paths), f"predict ({engine.label})", True) as bar:
-        for table, bad, hits in classifier.labelled_chunks(paths, args.top_k, args.chunk_size, engine):
+    labelled = cached = done = 0
+    within_chunk = 0.0  # images of the current chunk extracted so far (moves the bar per batch)
+
+    def advance(n: float) -> None:
+        nonlocal within_chunk
+        within_chunk += n
+        bar.to(done + int(within_chunk))
+
+    with writer, ProgressBar(len(paths), f"predict ({engine.label})", not args.no_progress) as bar:
+        for table, bad, hits in classifier.labelled_chunks(paths, args.top_k, args.chunk_size, engine, advance):
             for path, problem in bad:
                 bar.write(f"error: {path}: {problem}", file=sys.stderr)
             problems += bad
@@ -76,12 +87,13 @@ def predict(args: argparse.Namespace) -> None:
                 for line in label_lines(table, classes, args.top_k):
                     bar.write(line)
             writer.write(table)
-            labelled, cached = labelled + len(table), cached + hits
-            bar.update(len(table) + len(bad))
+            labelled, cached, done = labelled + len(table), cached + hits, done + len(table) + len(bad)
+            within_chunk = 0.0
+            bar.to(done)
         if not labelled:  # raised inside the block: no output file is left behind
             raise PipelineError("no readable image among the inputs; give JPEG/PNG files, folders or globs")
-    if args.out:
-        print(f"wrote {args.out} ({labelled} images; {cached} served from the feature cache)")
+    counts = f"{labelled} images labelled, {len(problems)} skipped; {cached} served from the feature cache"
+    print(f"wrote {args.out} ({counts})" if args.out else f"predict: {counts}")
     if problems:
         sys.exit(1)
 

@@ -2,11 +2,22 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import Callable, Iterable
+
+#: Problems listed one by one in an error that names them all; the rest are counted.
+MAX_REPORTED = 20
 
 
 class PipelineError(Exception):
     """A problem the user can fix; its message says which file or key and what to do."""
+
+
+def capped_list(items: Iterable[str], limit: int = MAX_REPORTED) -> str:
+    """``items`` as indented lines (each starting with a newline), the first ``limit`` of them,
+    then "... and N more"."""
+    items = list(items)
+    shown = "".join(f"\n  {item}" for item in items[:limit])
+    return shown + (f"\n  ... and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def run_main(main: Callable[[], None]) -> None:

@@ -137,7 +137,8 @@ def training_targets(labels: np.ndarray) -> np.ndarray:
 
 
 def load_features(path: str | Path, expected_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``ids`` and ``features`` from a featurize .npz, checking the id order if given."""
+    """Read ``ids`` and ``features`` from a featurize .npz, checking the id order if given and
+    that every value is finite (NaN would reach scikit-learn as a raw ValueError)."""
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path}: not found; run the featurize stage first (dvc repro featurize)")
@@ -145,6 +146,12 @@ def load_features(path: str | Path, expected_ids: np.ndarray | None = None) -> t
         ids, features = archive["ids"].astype(str), archive["features"]
     if expected_ids is not None and not np.array_equal(ids, np.asarray(expected_ids, dtype=str)):
         raise PipelineError(f"{path}: its image ids do not match the subset CSV; rerun featurize")
+    finite = np.isfinite(features).all(axis=tuple(range(1, features.ndim)))
+    if not finite.all():
+        bad = ids[~finite] if len(ids) == len(finite) else np.flatnonzero(~finite).astype(str)
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise PipelineError(f"{path}: {len(bad)} feature row(s) hold NaN or inf (image(s) {shown}); the file is "
+                            f"damaged or was not written by this featurize: rerun it (dvc repro -f featurize)")
     return ids, features
 
 

@@ -10,13 +10,15 @@ import contextlib
 import copy
 import glob
 import os
-import sys
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from fewlabel.errors import PipelineError
+from fewlabel.features.screening import describe_unreadable, undecodable
 from fewlabel.io import atomic_path
 from fewlabel.model.rules import DecisionRule, apply_rule
 from fewlabel.model.svm import positive_probabilities
@@ -30,7 +32,7 @@ CHUNK_IMAGES = 512
 def read_file_list(path: str) -> list[str]:
     """The paths listed in a text file, one per line (blank lines and ``#`` comments skipped)."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # -sig: a byte order mark is not part of a path
             lines = [line.strip() for line in handle]
     except OSError as error:
         raise PipelineError(f"{path}: cannot read the file list ({error.strerror or error}); "
@@ -60,71 +62,15 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     return list(dict.fromkeys(paths)), problems
 
 
-#: Leading bytes of the image formats, to say in plain words why a file does not decode.
-MAGIC_BYTES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
-               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
-#: Formats tf.io.decode_image reads; others get "convert it".
-DECODABLE_KINDS = ("JPEG", "PNG", "GIF", "BMP", "WebP")
-
-
-def image_kind(head: bytes) -> str | None:
-    """The image format a file's first bytes announce (JPEG, PNG, WebP, ...), or None."""
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WebP"
-    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
-        return "HEIC/AVIF"
-    return next((kind for magic, kind in MAGIC_BYTES if head.startswith(magic)), None)
-
-
-def describe_unreadable(path: str) -> str:
-    """One plain line saying why ``path`` is not an image the feature extractor can decode."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(16)
-    except OSError as error:
-        return f"cannot be read ({error.strerror or error})"
-    if not head:
-        return "an empty file (0 bytes)"
-    kind = image_kind(head)
-    if kind is None:
-        return f"not an image: its content is none of {', '.join(DECODABLE_KINDS)}"
-    if kind not in DECODABLE_KINDS:
-        return f"a {kind} image, which is not supported: convert it to JPEG or PNG"
-    return f"a damaged or truncated {kind} file that cannot be decoded"
-
-
-@contextlib.contextmanager
-def native_stderr_silenced():
-    """Send what native code writes to stderr (file descriptor 2) nowhere for a while.
-
-    libjpeg and TensorFlow's C++ logging print lines such as "Improper call to JPEG library
-    in state 201" for each bad file; :func:`describe_unreadable` says it in one line instead.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def readable_images(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """Split paths into the images that decode and (path, problem) for those that do not."""
-    import tensorflow as tf
-    from fewlabel.features.views import load_image
+    bad = dict(undecodable(paths))
+    return [p for p in paths if p not in bad], [(p, skipped(why)) for p, why in bad.items()]
 
-    good, bad = [], []
-    for path in paths:
-        try:
-            with native_stderr_silenced():
-                load_image(path, 32)
-            good.append(path)
-        except tf.errors.OpError:
-            bad.append((path, f"not a readable image ({describe_unreadable(path)}); skipped"))
-    return good, bad
+
+def skipped(why: str) -> str:
+    """predict's line for an image it leaves out."""
+    return f"not a readable image ({why}); skipped"
 
 
 def label_images(probabilities: np.ndarray, rule: DecisionRule, classes, top_k: int) -> pd.DataFrame:
@@ -149,14 +95,18 @@ class ImageLabeller:
     Each call takes a chunk (``position``, ``path``) and returns ``position``, ``problem`` (why
     an image was skipped; empty for the others), ``probability`` (n x classes; NaN where
     skipped) and ``from_cache`` (its features were all in the per-image cache). Extractors
-    are built once per worker and kept for the next chunk.
+    are built once per worker and kept for the next chunk. ``on_batch(images)`` (in this
+    process only) is called as extraction batches finish, in images of the chunk (fractions
+    when several backbones each see every image).
     """
 
-    def __init__(self, model, n_classes: int, params: FeaturesParams, recipes):
+    def __init__(self, model, n_classes: int, params: FeaturesParams, recipes,
+                 on_batch: Callable[[float], None] | None = None):
         # a copy: Ray hands a worker read-only arrays, and libsvm's predict refuses those
         self.model = copy.deepcopy(model)
         self.n_classes, self.params, self.recipes = n_classes, params, recipes
         self.extractors: dict = {}
+        self.on_batch = None if on_batch is None else (lambda n: on_batch(n / len(recipes)))
 
     def __call__(self, chunk: dict) -> dict:
         from fewlabel.features.cache import hash_image
@@ -168,7 +118,7 @@ class ImageLabeller:
         for i, path in enumerate(paths):
             digest, problem = hash_image(path)
             if problem:
-                problems[i] = f"not a readable image ({describe_unreadable(path)}); skipped"
+                problems[i] = skipped(describe_unreadable(path))
             else:
                 digests[i] = digest
         _, unreadable = readable_images([paths[i] for i in digests])
@@ -181,32 +131,56 @@ class ImageLabeller:
         if good:
             features, stats = extract_features([paths[i] for i in good], self.params, progress=False,
                                                recipes=self.recipes, extractors=self.extractors,
-                                               digests=[digests[i] for i in good])
+                                               digests=[digests[i] for i in good], on_batch=self.on_batch)
             probability[good] = positive_probabilities(self.model, features)
             from_cache[good] = stats["from_cache"]
         return {"position": np.asarray(chunk["position"]), "problem": np.asarray(problems, dtype=object),
                 "probability": probability, "from_cache": from_cache}
 
 
+def check_output_path(path: str) -> None:
+    """A PipelineError naming ``--out`` and what to do unless a table can be written to ``path``:
+    a CSV or Parquet name, not a folder, in a folder that exists (it is not created: a typo
+    in it would otherwise scatter outputs) and that this user can write to."""
+    target = Path(path)
+    if target.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise PipelineError(f"--out {path}: must end in {' or '.join(OUTPUT_SUFFIXES)} (CSV or Parquet)")
+    if target.is_dir():
+        raise PipelineError(f"--out {path}: is a folder; give a file name, e.g. --out {target / 'predictions'}"
+                            f"{target.suffix.lower()}")
+    folder = target.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise PipelineError(f"--out {path}: the folder {folder} {what}; create it first (mkdir -p {folder}) "
+                            f"or write the table elsewhere")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{target.name}.", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise PipelineError(f"--out {path}: cannot write in {folder} ({error.strerror or error}); choose a "
+                            f"folder you can write to") from error
+
+
 class TableWriter:
     """Appends tables to one CSV or Parquet file (by ``path``'s suffix), chunk after chunk.
 
     Rows go to a temporary file beside ``path``, renamed onto it when the ``with`` block ends
-    without error; ``path`` None writes nothing.
+    without error; ``path`` None writes nothing. Made before any work: a path that cannot be
+    written (see :func:`check_output_path`) raises a PipelineError at once.
     """
 
     def __init__(self, path: str | None):
         self.path, self.rows = path, 0
-        suffix = Path(path).suffix.lower() if path is not None else None
-        if path is not None and suffix not in OUTPUT_SUFFIXES:
-            raise PipelineError(f"--out {path}: must end in {' or '.join(OUTPUT_SUFFIXES)} (CSV or Parquet)")
-        self.parquet = suffix == ".parquet"
+        if path is not None:
+            check_output_path(path)
+        self.parquet = path is not None and Path(path).suffix.lower() == ".parquet"
         if self.parquet:
             try:
                 import pyarrow.parquet  # noqa: F401
             except ImportError as error:
-                raise PipelineError(f"--out {path}: writing Parquet needs pyarrow (pip install pyarrow, or "
-                                    f"pip install -r requirements-engine.txt); or write a .csv") from error
+                raise PipelineError(f"--out {path}: writing Parquet needs pyarrow, which requirements.txt "
+                                    f"installs (pip install -r requirements.txt); or write a .csv") from error
 
     def __enter__(self):
         self._atomic = atomic_path(self.path) if self.path is not None else contextlib.nullcontext()

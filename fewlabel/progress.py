@@ -22,6 +22,11 @@ class ProgressBar:
         if self.bar is not None:
             self.bar.update(n)
 
+    def to(self, position: int) -> None:
+        """Move the bar forward to ``position`` (never back)."""
+        if self.bar is not None and position > self.bar.n:
+            self.bar.update(position - self.bar.n)
+
     def write(self, line: str, file=None) -> None:
         """Print ``line`` (to stdout, or ``file``) on its own line, above the bar."""
         if self.bar is not None:

@@ -16,7 +16,9 @@ Fixtures
     ``http://127.0.0.1:<port>/`` with nothing listening there (connection refused).
 
 Helpers: ``free_port()`` (a TCP port on 127.0.0.1 nothing listens on); ``require(module,
-install)`` (import an optional dependency, or skip the test, except under CI where it fails).
+install)`` (import an optional dependency, or skip the test, except under CI where it fails);
+``read_only_runner(folder)`` (a command prefix that runs a command with ``folder`` read-only,
+even for root, or None where that is not possible).
 ``params_file``
     ``params_file({"data.source": "/x"}) -> Path``: a copy of params.yaml in ``tmp_path``
     with dotted-key edits (``edit_params(path, updates)`` does the same to any file).
@@ -248,6 +250,20 @@ def require(module: str, install: str):
     if os.environ.get("CI"):
         return importlib.import_module(module)
     return pytest.importorskip(module, reason=f"optional: {install}")
+
+
+def read_only_runner(folder: Path):
+    """A function ``argv -> argv`` that runs a command with ``folder`` read-only for it, even for
+    root (chmod does not stop root: a read-only bind mount in a user and mount namespace,
+    ``unshare -rm``), or None where that is not possible."""
+    if shutil.which("unshare") is None:
+        return None
+    mount = f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder}"
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"{mount} && ! touch {folder}/.probe 2>/dev/null"],
+                           capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        return None
+    return lambda argv: ["unshare", "-rm", "sh", "-c", f'{mount} && exec "$@"', "sh", *argv]
 
 
 @pytest.fixture

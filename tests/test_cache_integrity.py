@@ -26,6 +26,7 @@ from fewlabel.errors import PipelineError
 from fewlabel.features import cache as feature_cache
 from fewlabel.features.cache import CHECKSUM_MARKER, TRAILER_SIZE, FeatureCache, cache_folder
 from fewlabel.features.cache_verify import verify_cache
+from tests.conftest import read_only_runner
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KEY = {"cache_format": 2, "backbone": "EfficientNetB0", "weights": "none", "size": 32, "resize": "bilinear",
@@ -301,19 +302,6 @@ def test_featurize_reextracts_damaged_entries_and_matches_an_uncorrupted_run(cac
     assert verify_cache(cache_root).clean
 
 
-def _read_only_runner(folder: Path):
-    """A command prefix that runs a command with ``folder`` read-only for it, even for root (a
-    read-only bind mount in a user and mount namespace), or None where that is not possible."""
-    if shutil.which("unshare") is None:
-        return None
-    mount = f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder}"
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"{mount} && ! touch {folder}/.probe 2>/dev/null"],
-                           capture_output=True, timeout=30)
-    if probe.returncode != 0:
-        return None
-    return lambda argv: ["unshare", "-rm", "sh", "-c", f'{mount} && exec "$@"', "sh", *argv]
-
-
 def test_featurize_reads_a_read_only_cache_and_warns_once(cache_root, tmp_path):
     from bench.synthetic import write_images
     from fewlabel.features.extract import extract_features
@@ -321,7 +309,7 @@ def test_featurize_reads_a_read_only_cache_and_warns_once(cache_root, tmp_path):
 
     paths = write_images(tmp_path / "img", 6, seed=29)
     cached, _ = extract_features(paths[:4], FeaturesParams(**FEATURES), progress=False)
-    runner = _read_only_runner(cache_root)
+    runner = read_only_runner(cache_root)
     if runner is None:
         if os.geteuid() == 0:
             pytest.skip("needs a read-only mount (unshare -rm): chmod does not stop root from writing")

@@ -217,12 +217,13 @@ def test_corrupt_images_are_named(images, tmp_path):
     truncated.write_bytes(Path(images[3]).read_bytes()[:300])
     with pytest.raises(PipelineError) as error:
         extract_features(images[:4] + [str(truncated)] + images[4:], params(batch_size=2), progress=False)
-    assert str(error.value).startswith(f"{truncated}: cannot decode the image")
-    # the batches before it were cached: fixing the file resumes from there
+    assert str(error.value).startswith("1 image(s) cannot be read")
+    assert f"\n  {truncated}: a damaged or truncated JPEG file that cannot be decoded" in str(error.value)
+    # found before any extraction; fixing the file, the run goes through
     write_jpeg(truncated, seed=99)
     _, stats = extract_features(images[:4] + [str(truncated)] + images[4:], params(batch_size=2),
                                 progress=False)
-    assert stats["n_extracted"] == len(images) + 1 - 4
+    assert stats["n_extracted"] == len(images) + 1
 
     with pytest.raises(PipelineError, match="missing.jpg: image not found"):
         extract_features([str(tmp_path / "missing.jpg")], params(), progress=False)

@@ -13,7 +13,7 @@ from typing import Iterable, NamedTuple
 
 import pandas as pd
 
-from fewlabel.errors import PipelineError
+from fewlabel.errors import MAX_REPORTED, PipelineError, capped_list
 
 UNUSED = "unused"
 PRESENT, DIFFICULT_ONLY, ABSENT = 1, 0, -1
@@ -21,9 +21,6 @@ PRESENT, DIFFICULT_ONLY, ABSENT = 1, 0, -1
 #: Image files the feature extractor decodes (tf.io.decode_image), in order of preference
 #: when several files share an annotation's id.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-#: How many bad files one error lists (the rest are counted).
-MAX_REPORTED = 20
-
 #: One object of an annotation: (class name as written, difficult).
 Object = tuple[str, bool]
 
@@ -260,10 +257,8 @@ def read_voc(voc_dir: Path, train_split: str, eval_split: str, skip_no_objects: 
             no_objects.append(path)
         annotations[image_id], image_files[image_id] = objects, image_file
     if problems:
-        shown = "\n  ".join(problems[:MAX_REPORTED])
-        more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
         raise PipelineError(f"{len(problems)} annotation problem(s) in {voc_dir}; fix them all and rerun:"
-                            f"\n  {shown}{more}")
+                            f"{capped_list(problems)}")
 
     for split, ids in split_lists.items():
         missing = [i for i in ids if i not in annotations]

@@ -13,7 +13,6 @@ predict, the engine's workers) shares what any of them extracted.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import io
 import json
@@ -67,19 +66,6 @@ def hash_image(path: str) -> tuple[str | None, str | None]:
         return None, ("not an image (JPEG, PNG, GIF, BMP, WebP or JPEG XL): the file is corrupt or "
                       "was saved wrongly")
     return digest.hexdigest(), None
-
-
-def hash_images(paths: list[str]) -> list[str]:
-    """Content hashes of the images; a PipelineError names the first missing or unreadable one."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(hash_image, paths))
-    bad = [(path, problem) for path, (_, problem) in zip(paths, results) if problem]
-    if bad:
-        more = f" ({len(bad)} images have problems, e.g. {', '.join(p for p, _ in bad[1:4])})" \
-            if len(bad) > 1 else ""
-        raise PipelineError(f"{bad[0][0]}: {bad[0][1]}{more}; replace or restore the image files "
-                            f"(for VOC: dvc repro download), or drop them from the image list")
-    return [digest for digest, _ in results]
 
 
 def cache_folder(label: str, key: dict) -> str:
@@ -279,6 +265,15 @@ class FeatureCache:
         if not np.isfinite(vector).all():
             return None, "holds non-finite values (NaN or inf)"
         return vector, None
+
+    def has(self, digest: str) -> bool:
+        """Whether an entry for ``digest`` exists (not read, not checked: see :meth:`get`)."""
+        try:
+            if self.fs is not None:
+                return self.fs.exists(f"{self.root}/{self._relative(digest)}")
+            return Path(self.location, self._relative(digest)).is_file()
+        except OSError:
+            return False
 
     def get(self, digest: str) -> np.ndarray | None:
         """The sound vector of ``digest``, or None (absent, or not to be used: warned about)."""

@@ -17,6 +17,7 @@ import inspect
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -27,7 +28,8 @@ from fewlabel.progress import ProgressBar
 from fewlabel.io import file_md5
 from fewlabel.features.engine import Engine, map_chunks
 from fewlabel.features.recipes import Recipe, combine_views, fixed_recipes
-from fewlabel.features.cache import FeatureCache, cache_folder, hash_images
+from fewlabel.features.cache import FeatureCache, cache_folder
+from fewlabel.features.screening import screen_images
 from fewlabel.params import FeaturesParams
 from fewlabel.features.runtimes import RuntimeChoice, choose_runtime, load_extractor
 from fewlabel.features.views import View, ViewRunner
@@ -123,13 +125,15 @@ def _device() -> str:
 
 def _extract_backbone(backbone: str, views: list[View], paths: list[str], digests: list[str],
                       weights: str | None, batch_size: int, progress: bool, runtime: RuntimeChoice,
-                      engine: Engine, extractors: Extractors | None = None) -> tuple[dict, dict, set]:
+                      engine: Engine, extractors: Extractors | None = None,
+                      on_batch: Callable[[int], None] | None = None) -> tuple[dict, dict, set]:
     """Features of the unique images ``paths`` for each of ``views`` of one backbone.
 
     Cached vectors are read; the rest are extracted in one pass per group of images that miss
     the same views (each image decoded once for all of them): here, or on the workers of a
     ``ray`` engine, which write the cache themselves. ``extractors`` keeps the built models and
-    traced steps for the next call (predict's chunks); without it they are freed.
+    traced steps for the next call (predict's chunks); without it they are freed. ``on_batch(n)``
+    is called after each batch of ``n`` images extracted (predict's progress bar).
     Returns ({view: (n, d) array}, info, rows extracted).
     """
     caches = {view: view_cache(backbone, view, weights, runtime) for view in views}
@@ -168,12 +172,14 @@ def _extract_backbone(backbone: str, views: list[View], paths: list[str], digest
                 n = len(features[0])
                 for view, block in zip(missing, features):
                     for row, i in enumerate(rows[done:done + n]):
-                        vector = np.array(block[row])
+                        vector = finite_vector(block[row], paths[i], backbone, view)
                         if engine.name == "single":  # the engine's workers wrote it already
                             caches[view].put(digests[i], vector)
                         vectors[view][i] = vector
                 done += n
                 bar.update(n)
+                if on_batch is not None:
+                    on_batch(n)
                 first_batch = first_batch or (time.perf_counter(), done)
         end = time.perf_counter()
         info["extract_seconds"] += end - start
@@ -194,7 +200,7 @@ def _extract_backbone(backbone: str, views: list[View], paths: list[str], digest
             for i, digest in enumerate(digests):
                 caches[view].remove(digest)
             return _extract_backbone(backbone, views, paths, digests, weights, batch_size, progress, runtime,
-                                     engine)
+                                     engine, on_batch=on_batch)
         result[view] = np.stack(vectors[view]).astype(np.float32, copy=False)
         vectors[view] = None  # one copy of the features at a time: peak memory stays flat
     return result, info, extracted
@@ -239,13 +245,14 @@ class ViewWorker:
     def __call__(self, chunk: dict) -> dict:
         paths, digests = [str(p) for p in chunk["path"]], [str(d) for d in chunk["digest"]]
         vectors = [[cache.get(d) for d in digests] for cache in self.caches]
+        backbone = self.extractors.backbone
         todo = [i for i in range(len(paths)) if any(per_view[i] is None for per_view in vectors)]
         if todo:
             done = 0
             for features in self.extractors.runner(self.views).batches([paths[i] for i in todo]):
-                for block, cache, per_view in zip(features, self.caches, vectors):
+                for block, cache, per_view, view in zip(features, self.caches, vectors, self.views):
                     for row, i in enumerate(todo[done:done + len(block)]):
-                        per_view[i] = np.array(block[row])
+                        per_view[i] = finite_vector(block[row], paths[i], backbone, view)
                         cache.put(digests[i], per_view[i])
                 done += len(features[0])
         return {"position": np.asarray(chunk["position"]),
@@ -269,17 +276,38 @@ def _engine_batches(backbone: str, views: list[View], weights: str | None, batch
         yield [result[f"view{j}"] for j in range(len(views))]
 
 
+def view_caches(backbone_views: dict[str, list[View]], weights: str | None,
+                runtime: RuntimeChoice) -> list[FeatureCache]:
+    """The caches of every (backbone, view) of ``backbone_views``."""
+    return [view_cache(backbone, view, weights, runtime) for backbone, views in backbone_views.items()
+            for view in views]
+
+
+def finite_vector(row, path: str, backbone: str, view: View) -> np.ndarray:
+    """One image's feature vector (a copy), or a PipelineError naming the image, backbone and
+    view when it holds NaN or inf (a vector like that is never cached nor trained on)."""
+    vector = np.array(row)
+    if not np.isfinite(vector).all():
+        raise PipelineError(f"{path}: its features from backbone {_backbone_label(backbone)}, view {view.label} "
+                            f"hold NaN or inf; the model gives non-finite outputs for this image: check that "
+                            f"features.weights is an undamaged weights file for this backbone, or try "
+                            f"features.runtime: keras (or features.precision: f32), and rerun (nothing of this "
+                            f"image was cached)")
+    return vector
+
+
 def extract_views(image_paths, backbone_views: dict[str, list[View]], weights: str | None,
                   batch_size: int = 8, progress: bool = True, runtime: RuntimeChoice = RuntimeChoice(),
                   engine: Engine = Engine(), extractors: dict | None = None,
-                  digests: list[str] | None = None) -> tuple[dict, dict]:
+                  digests: list[str] | None = None, on_batch: Callable[[int], None] | None = None) -> tuple[dict, dict]:
     """Per backbone and view, the features of ``image_paths`` (one row per path, in order),
     run by ``runtime``.
 
     Images already in the per-image cache are not decoded; identical files are extracted once,
     here or on the ``engine``'s workers. ``extractors`` (backbone -> :class:`Extractors`) keeps
     the built models and traced steps across calls; ``digests`` are the files' content hashes,
-    if already known.
+    if already known (else the images are checked first: :func:`screen_images`); ``on_batch``
+    as :func:`_extract_backbone`, for each backbone.
     Returns ({backbone: {view: array}}, stats) with ``n_images``, ``n_unique``, ``n_extracted``
     (unique images that some view had to extract), ``n_cached``, ``images_per_second``,
     ``device``, ``runtime`` (the :class:`RuntimeChoice`), ``engine``, ``seconds``, ``per_backbone``
@@ -290,7 +318,9 @@ def extract_views(image_paths, backbone_views: dict[str, list[View]], weights: s
     if not paths:
         raise PipelineError("no images to extract features from")
     device = _device()
-    digests = hash_images(paths) if digests is None else list(digests)
+    if digests is None:
+        digests = screen_images(paths, view_caches(backbone_views, weights, runtime))
+    digests = list(digests)
     unique: dict[str, int] = {}
     first_path: dict[str, str] = {}
     for path, digest in zip(paths, digests):
@@ -304,7 +334,8 @@ def extract_views(image_paths, backbone_views: dict[str, list[View]], weights: s
         by_view, info, rows = _extract_backbone(backbone, sorted(set(views)), [first_path[d] for d in unique_digests],
                                                 unique_digests, weights, batch_size, progress, runtime, engine,
                                                 None if extractors is None else extractors.setdefault(
-                                                    backbone, Extractors(backbone, weights, batch_size, runtime)))
+                                                    backbone, Extractors(backbone, weights, batch_size, runtime)),
+                                                on_batch)
         in_order = len(order) == len(unique_digests)  # no duplicate files: rows are already in order
         features[backbone] = by_view if in_order else {view: block[order] for view, block in by_view.items()}
         per_backbone.append(info)
@@ -321,18 +352,19 @@ def extract_views(image_paths, backbone_views: dict[str, list[View]], weights: s
 
 def extract_features(image_paths, params: FeaturesParams, progress: bool = True,
                      recipes: list[Recipe] | None = None, engine: Engine = Engine(),
-                     extractors: dict | None = None, digests: list[str] | None = None) -> tuple[np.ndarray, dict]:
+                     extractors: dict | None = None, digests: list[str] | None = None,
+                     on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, dict]:
     """Features of ``image_paths`` (float32, one row per path, backbones concatenated in order).
 
     ``recipes`` default to :func:`fixed_recipes` of ``params`` (predict passes the ones a
-    meta.json records); ``engine``, ``extractors`` and ``digests`` as :func:`extract_views`.
+    meta.json records); ``engine``, ``extractors``, ``digests`` and ``on_batch`` as :func:`extract_views`.
     Stats as :func:`extract_views`, plus ``dims`` and ``input_sizes`` (one list of sizes per
     backbone).
     """
     recipes = recipes if recipes is not None else fixed_recipes(params)
     view_features, stats = extract_views(image_paths, {r.backbone: r.views() for r in recipes},
                                          params.weights, params.batch_size, progress, resolve_runtime(params),
-                                         engine, extractors, digests)
+                                         engine, extractors, digests, on_batch)
     blocks = [combine_views(recipe, view_features[recipe.backbone]) for recipe in recipes]
     stats.update(dims=[int(b.shape[1]) for b in blocks], input_sizes=[list(r.sizes) for r in recipes])
     features = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 
 from fewlabel.features.engine import Engine, resolve_engine
-from fewlabel.features.extract import extract_features, extract_views, resolve_runtime
+from fewlabel.features.extract import extract_features, extract_views, resolve_runtime, view_caches
 from fewlabel.features.recipes import Recipe, assemble, candidate_recipes, fixed_recipes
+from fewlabel.features.screening import screen_images
 from fewlabel.io import training_targets
 from fewlabel.params import FeaturesParams, SvmParams, TuneParams
 
@@ -38,17 +39,22 @@ def score_candidates(candidates: list[list[Recipe]], view_features: dict, target
     return pd.DataFrame(rows)
 
 
+def candidate_views(params: FeaturesParams) -> dict[str, list]:
+    """Per backbone, every view some candidate of ``image_size: auto`` uses."""
+    backbone_views: dict[str, set] = {}
+    for candidate in candidate_recipes(params):
+        for recipe in candidate:
+            backbone_views.setdefault(recipe.backbone, set()).update(recipe.views())
+    return {backbone: sorted(views) for backbone, views in backbone_views.items()}
+
+
 def choose_recipes(train_paths: list[str], train_targets: np.ndarray, params: FeaturesParams, classes,
                    progress: bool = True, engine: Engine = Engine()) -> tuple[list[Recipe], pd.DataFrame, dict]:
     """``image_size: auto``: the candidate with the best cross-validated mAP on the training
     images (the cheaper one on a tie). Only training images and their labels are read.
     Returns (chosen recipes, the scored candidates, extraction stats)."""
     candidates = candidate_recipes(params)
-    backbone_views: dict[str, set] = {}
-    for candidate in candidates:
-        for recipe in candidate:
-            backbone_views.setdefault(recipe.backbone, set()).update(recipe.views())
-    view_features, stats = extract_views(train_paths, {b: sorted(v) for b, v in backbone_views.items()},
+    view_features, stats = extract_views(train_paths, candidate_views(params),
                                          params.weights, params.batch_size, progress, resolve_runtime(params),
                                          engine)
     table = score_candidates(candidates, view_features, train_targets, classes, params.select_folds)
@@ -76,6 +82,9 @@ def featurize_subsets(train_paths: list[str], train_labels: np.ndarray, eval_pat
     engine = resolve_engine(params.engine, params.workers)
     selection = None
     if params.image_size == "auto":
+        # every image checked at once, before the views are chosen on the training images
+        screen_images(list(train_paths) + list(eval_paths),
+                      view_caches(candidate_views(params), params.weights, resolve_runtime(params)))
         recipes, selection, _ = choose_recipes(train_paths, training_targets(train_labels), params, classes,
                                                progress, engine)
     else:

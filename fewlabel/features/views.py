@@ -183,12 +183,8 @@ def tf_reason(error: Exception) -> str:
 
 
 def find_bad_image(paths: list[str], error: Exception) -> PipelineError:
-    """A batch failed somewhere in ``paths``: decode them one by one to name the file."""
-    for path in paths:
-        try:
-            decode_image(path)
-        except tf.errors.OpError as cause:
-            return PipelineError(f"{path}: cannot decode the image ({tf_reason(cause)}); the file is corrupt "
-                                 f"or truncated: replace it (for VOC: dvc repro download) and rerun "
-                                 f"(features extracted so far are cached)")
-    return PipelineError(f"reading the images failed: {tf_reason(error)}")
+    """A batch failed somewhere in ``paths``: decode them one by one to name every bad file."""
+    from fewlabel.features.screening import undecodable, unreadable_images_error
+
+    bad = undecodable(paths)
+    return unreadable_images_error(bad) if bad else PipelineError(f"reading the images failed: {tf_reason(error)}")
