@@ -10,7 +10,7 @@ import pytest
 
 from fewlabel.data import voc as prepare
 from stages import prepare as prepare_stage
-from fewlabel.errors import PipelineError
+from fewlabel.errors import MAX_REPORTED, PipelineError
 from fewlabel.params import VOC_CLASSES
 from tests.exports import as_voc_folder, cvat_file_names, write_cvat_export, write_label_studio_export
 from tests.vocgen import label_table, make_tarballs, make_voc, md5s, voc_spec
@@ -283,9 +283,9 @@ def test_every_bad_annotation_is_reported_at_once(dvc_project, tmp_path):
 
 def test_the_list_of_bad_annotations_is_capped(tmp_path, params_file):
     voc = make_voc(tmp_path, 2007) / "VOC2007"
-    for path in sorted((voc / "Annotations").glob("*.xml"))[:prepare.MAX_REPORTED + 5]:
+    for path in sorted((voc / "Annotations").glob("*.xml"))[:MAX_REPORTED + 5]:
         path.write_text("not xml")
-    with pytest.raises(PipelineError, match=rf"{prepare.MAX_REPORTED + 5} annotation problem\(s\)(.|\n)*"
+    with pytest.raises(PipelineError, match=rf"{MAX_REPORTED + 5} annotation problem\(s\)(.|\n)*"
                                             rf"\.\.\. and 5 more"):
         run_stage(params_file, voc, tmp_path / "labels.csv")
     assert not (tmp_path / "labels.csv").exists()

@@ -13,7 +13,7 @@ from typing import Iterable, NamedTuple
 
 import pandas as pd
 
-from fewlabel.errors import MAX_REPORTED, PipelineError, capped_list
+X
 
 UNUSED = "unused"
 PRESENT, DIFFICULT_ONLY, ABSENT = 1, 0, -1
