@@ -13,7 +13,7 @@ from typing import Iterable, NamedTuple
 
 import pandas as pd
 
-X
+from fewlabel.errors import PipelineError, capped_list
 
 UNUSED = "unused"
 PRESENT, DIFFICULT_ONLY, ABSENT = 1, 0, -1
