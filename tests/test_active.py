@@ -205,3 +205,14 @@ def test_repeated_out_of_fold_averages_the_train_stage_oof(data):
     svm = for_training_set(DEFAULT_SVM, len(targets))
     runs = [out_of_fold_probabilities(features, targets, svm, multilabel_kfold(targets, 3, seed=s)) for s in (4, 5)]
     np.testing.assert_allclose(repeated_out_of_fold(features, targets, DEFAULT_SVM, 3, 2, seed=4), np.mean(runs, axis=0))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("pool_size", [0, 1])
+def test_an_empty_or_one_image_pool_is_ranked_without_error(strategy, pool_size):
+    """No pool configured (0 images) or a single image left: every strategy still answers."""
+    rng = np.random.default_rng(0)
+    train_features, train_targets = rng.normal(size=(12, 6)), rng.integers(0, 2, size=(12, 3))
+    ranking = rank_pool(strategy, rng.uniform(size=(pool_size, 3)), rng.normal(size=(pool_size, 6)),
+                        train_features, train_targets, n=5, seed=0)
+    assert list(ranking.indices) == list(range(pool_size)) and len(ranking.why) == pool_size

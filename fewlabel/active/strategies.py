@@ -173,8 +173,8 @@ def _rare_margin(n, p, rng, train_targets, similarity=None, max_similarity=None,
 def _margin_diverse(n, p, rng, train_targets, pool_features, diversity_quantile=0.99, **_):
     z = embed(pool_features)
     sample = z[rng.permutation(len(z))[:1000]]
-    cosines = sample @ sample.T
-    threshold = float(np.quantile(cosines[np.triu_indices_from(cosines, k=1)], diversity_quantile))
+    pairs = (sample @ sample.T)[np.triu_indices(len(sample), k=1)]
+    threshold = float(np.quantile(pairs, diversity_quantile)) if len(pairs) else np.inf  # one image: no pair
 
     def similarity(row, chosen):
         return float((z[chosen] @ z[row]).max())
@@ -265,6 +265,8 @@ def rank_pool(strategy: str, pool_probabilities: np.ndarray, pool_features: np.n
     p = np.asarray(pool_probabilities, dtype=float)
     if p.ndim != 2 or len(p) != len(pool_features):
         raise ValueError(f"pool_probabilities {p.shape} and pool_features {np.shape(pool_features)} disagree")
+    if len(p) == 0 or n <= 0:  # nothing to rank (no pool configured, or all of it labelled)
+        return Ranking(strategy, np.zeros(0, dtype=int), np.zeros(0), [], np.zeros(len(p)))
     rng = np.random.default_rng(seed)
     result = _IMPLEMENTATIONS[strategy](int(n), p, rng, pool_features=np.asarray(pool_features),
                                         train_features=np.asarray(train_features),
