@@ -13,13 +13,14 @@ cross-validated mAP on the training images only, then refits the best.
 Past ``svm.max_exact_kernel`` training images (or with ``svm.approximation: nystroem``) the
 kernel is approximated (:mod:`fewlabel.model.svm`: Nystroem landmarks + a linear classifier with
 sigmoid probabilities), so memory grows as n x m instead of n x n; the choice is printed and
-recorded in ``metrics/tune.json`` (``kernel``). Calibrate and evaluate read probabilities
+recorded in ``reports/tune.json`` (``kernel``). Calibrate and evaluate read probabilities
 either way.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from fewlabel.errors import run_main
 from fewlabel.io import (
@@ -64,9 +65,19 @@ def main() -> None:
         tune_record["best"]["cv_map"] = float(best_row["map_mean"])
         tune_record["grid"] = result.grid.to_dict(orient="records")
     write_json(args.tune_out, tune_record)
-    write_figure(args.tune_heatmap, tune_heatmap(result.grid, result.svm))
+    write_tune_heatmap(Path(args.tune_heatmap), result.grid)
     print(f"train: {len(ids)} images, {len(classes)} classes, C={result.svm.C:g}, gamma={result.svm.gamma}, "
           f"scaler={result.svm.scaler}, kernel {result.kernel['method']} ({seconds:.1f} s)")
+
+
+def write_tune_heatmap(path: Path, grid) -> None:
+    """The grid's heatmap when tuning ran; else no file (its folder, a DVC output, stays empty:
+    no placeholder picture on the results page)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if grid is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_figure(path, tune_heatmap(grid))
 
 
 if __name__ == "__main__":

@@ -92,19 +92,9 @@ def oof_table(ids: np.ndarray, folds: np.ndarray, targets: np.ndarray, oof: np.n
     return table
 
 
-def tune_heatmap(grid: pd.DataFrame | None, svm: SvmParams):
-    """Cross-validated mAP over gamma (rows) x C (columns), one panel per scaler.
-
-    Without tuning the figure says which single setting was trained, so the plot (a
-    declared DVC output) always exists and is never stale.
-    """
+def tune_heatmap(grid: pd.DataFrame):
+    """Cross-validated mAP over gamma (rows) x C (columns), one panel per scaler."""
     plt = pyplot()
-    if grid is None:
-        figure, axis = plt.subplots(figsize=(5, 1.5))
-        axis.axis("off")
-        axis.text(0.5, 0.5, f"tune.enabled is false: trained with C={svm.C:g}, gamma={svm.gamma}, "
-                            f"scaler={svm.scaler}", ha="center", va="center")
-        return figure
     scalers = list(dict.fromkeys(grid["scaler"]))
     figure, axes = plt.subplots(1, len(scalers), figsize=(1.2 * grid["C"].nunique() * len(scalers) + 2, 4),
                                 squeeze=False)
