@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from fewlabel.errors import run_main
 from fewlabel.io import (
@@ -33,14 +32,13 @@ from fewlabel.io import (
     write_json,
 )
 from fewlabel.model.svm import describe_kernel_method, save_model
-from fewlabel.model.train import kernel_summary, oof_table, train, tune_heatmap
+from fewlabel.model.train import kernel_summary, oof_table, train, tune_table
 from fewlabel.params import load_params
-from fewlabel.plots import write_figure
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    for flag in ("--features", "--meta", "--labels", "--model-out", "--oof-out", "--tune-out", "--tune-heatmap"):
+    for flag in ("--features", "--meta", "--labels", "--model-out", "--oof-out", "--tune-out", "--tune-grid"):
         parser.add_argument(flag, required=True)
     args = parser.parse_args()
 
@@ -65,19 +63,9 @@ def main() -> None:
         tune_record["best"]["cv_map"] = float(best_row["map_mean"])
         tune_record["grid"] = result.grid.to_dict(orient="records")
     write_json(args.tune_out, tune_record)
-    write_tune_heatmap(Path(args.tune_heatmap), result.grid)
+    write_csv(args.tune_grid, tune_table(result.grid))
     print(f"train: {len(ids)} images, {len(classes)} classes, C={result.svm.C:g}, gamma={result.svm.gamma}, "
           f"scaler={result.svm.scaler}, kernel {result.kernel['method']} ({seconds:.1f} s)")
-
-
-def write_tune_heatmap(path: Path, grid) -> None:
-    """The grid's heatmap when tuning ran; else no file (its folder, a DVC output, stays empty:
-    no placeholder picture on the results page)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if grid is None:
-        path.unlink(missing_ok=True)
-    else:
-        write_figure(path, tune_heatmap(grid))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["stages.train", "--features", "data/features/train.npz", "--meta", "data/features/meta.json",
          "--labels", "data/subset/train.csv", "--model-out", "models/model.joblib",
          "--oof-out", "models/oof_probabilities.csv", "--tune-out", "reports/tune.json",
-         "--tune-heatmap", "plots/tune/heatmap.png"]
+         "--tune-grid", "plots/tune.csv"]
 CALIBRATE = ["stages.calibrate", "--oof", "models/oof_probabilities.csv", "--model", "models/model.joblib",
              "--out", "models/thresholds.json",
              "--plots", "plots/thresholds", "--figure", "plots/thresholds.png"]
