@@ -15,6 +15,7 @@ def test_repository_params_are_the_methods_defaults():
     assert params.data.classes == VOC_CLASSES and params.data.year == 2007
     assert params.subset.n_images == 750 and params.subset.min_per_class == 10
     assert params.features.backbones == ("EfficientNetB6",) and params.features.weights == "imagenet"
+    assert params.features.runtime == "auto"  # OpenVINO bf16 where it pays (README, "Measured speed"), else Keras
     # chosen by measurement on real photos (README, "Quality on real photos")
     assert (params.features.image_size, params.features.select_scales, params.features.flip_tta) == \
         ("auto", ((1.0,), (1.5,)), True)
