@@ -15,32 +15,33 @@ setup-fast: $(VENV)/.installed-fast
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --upgrade pip
+	$(VENV)/bin/pip install -r requirements.txt
 	# the fewlabel package, editable: `import fewlabel` and the `fewlabel` command use this checkout
-	$(VENV)/bin/pip install --quiet --no-deps -e .
+	$(VENV)/bin/pip install --no-deps -e .
 	touch $@
 
 $(VENV)/.installed-fast: requirements-fast.txt $(VENV)/.installed
-	$(VENV)/bin/pip install --quiet -r requirements-fast.txt
+	$(VENV)/bin/pip install -r requirements-fast.txt
 	touch $@
 
 ## The optional distributed engine (Ray Data), on top of setup.
 setup-engine: $(VENV)/.installed-engine
 
 $(VENV)/.installed-engine: $(VENV)/.installed requirements-engine.txt
-	$(VENV)/bin/pip install --quiet -r requirements.txt -r requirements-engine.txt
+	$(VENV)/bin/pip install -r requirements.txt -r requirements-engine.txt
 	touch $@
 
 ## Test-only tools (requirements-test.txt), on top of the engine.
 setup-test: $(VENV)/.installed-test
 
 $(VENV)/.installed-test: $(VENV)/.installed-engine requirements-test.txt
-	$(VENV)/bin/pip install --quiet -r requirements.txt -r requirements-engine.txt -r requirements-test.txt
+	$(VENV)/bin/pip install -r requirements.txt -r requirements-engine.txt -r requirements-test.txt
 	touch $@
 
-## Download PASCAL VOC, extract features, train, calibrate, evaluate (dvc repro).
-pipeline: setup
+## Download PASCAL VOC, extract features, train, calibrate, evaluate (dvc repro), with the
+## fast CPU runtime installed (features.runtime: auto uses it where the CPU has bfloat16).
+pipeline: setup-fast
 	dvc repro
 
 ## Run the test suite (pytest exits 5 when it collects no test: that is a failure too).

@@ -12,12 +12,12 @@ The metrics the pipeline reports are here too: :func:`mean_ap`, :func:`per_class
 """
 from __future__ import annotations
 
-import os
+
+from fewlabel import tf_logs
 
 # Before TensorFlow is first imported (by any module of the package): its C++ start-up lines
 # (oneDNN, CUDA probing on CPU machines) read as failures. FEWLABEL_TF_LOGS=1 keeps them.
-if os.environ.get("FEWLABEL_TF_LOGS") != "1":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+tf_logs.install()
 
 from fewlabel.errors import PipelineError  # noqa: E402
 from fewlabel.metrics import (average_precision, mean_ap, multilabel_scores, per_class_ap,  # noqa: E402

@@ -39,7 +39,7 @@ def rule_metrics(labels: np.ndarray, probabilities: np.ndarray, rule: DecisionRu
 
 def evaluate(labels: np.ndarray, probabilities: np.ndarray, rule: DecisionRule, classes,
              params: EvaluateParams) -> tuple[dict, pd.DataFrame]:
-    """The metrics.json content (without the counts) and the per-class table."""
+    """Every score (scores.json, without the counts) and the per-class table."""
     low, high = bootstrap_map_ci(labels, probabilities, params.bootstrap, params.seed)
     metrics = {
         "map": mean_ap(labels, probabilities),
@@ -70,6 +70,21 @@ def evaluate(labels: np.ndarray, probabilities: np.ndarray, rule: DecisionRule, 
         "tp": tp, "fp": fp, "fn": fn, "tn": tn,
     })
     return _rounded(metrics), per_class
+
+
+def headline(scores: dict) -> dict[str, float]:
+    """metrics.json: what a user compares first, from :func:`evaluate`'s scores: mAP and the
+    calibrated rule's micro-F1, Dice, Jaccard and precision@1, under short keys.
+
+    DVC's ``metrics show`` / ``exp show`` sort files by path and keys by name, so a small
+    metrics/metrics.json puts these five columns first; metrics/scores.json holds the rest.
+    """
+    calibrated = scores["calibrated"]
+    record = {"map": scores["map"], "f1": calibrated["f1_micro"], "dice": calibrated["dice"],
+              "jaccard": calibrated["jaccard"]}
+    if "precision_at_1" in calibrated:
+        record["p_at_1"] = calibrated["precision_at_1"]
+    return record
 
 
 def _rounded(value):

@@ -16,6 +16,7 @@ from fewlabel.evaluation import (
     confusion_grid_figure,
     confusion_records,
     evaluate,
+    headline,
     label_count_figure,
     label_count_table,
     pr_curves,
@@ -38,7 +39,7 @@ from fewlabel.plots import write_figure
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    for flag in ("--model", "--thresholds", "--features", "--meta", "--labels", "--metrics-out",
+    for flag in ("--model", "--thresholds", "--features", "--meta", "--labels", "--metrics-out", "--scores-out",
                  "--per-class-out", "--predictions-out", "--confusion-dir", "--pr-dir", "--confusion-png",
                  "--label-counts-out", "--label-counts-png"):
         parser.add_argument(flag, required=True)
@@ -64,7 +65,8 @@ def main() -> None:
     write_figure(args.confusion_png, confusion_grid_figure(per_class))
     write_csv(args.label_counts_out, label_counts)
     write_figure(args.label_counts_png, label_count_figure(label_counts))
-    write_json(args.metrics_out, metrics)
+    write_json(args.scores_out, metrics)
+    write_json(args.metrics_out, headline(metrics))
     print(f"evaluate: {len(ids)} images, mAP {metrics['map']}")
     for name in compared_rules(rule):
         scores = metrics[name]

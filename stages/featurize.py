@@ -2,7 +2,7 @@
 
     python -m stages.featurize --images data/raw/voc/JPEGImages \
         --train data/subset/train.csv --eval data/subset/eval.csv --out-dir data/features \
-        --stats-out metrics/featurize.json
+        --stats-out reports/featurize.json
 
 Writes ``<out-dir>/train.npz`` and ``eval.npz`` (``ids`` in the CSV's order, ``features``
 float32 n x d) and ``meta.json`` (what the features are: backbones, sizes, views, weights).

@@ -13,7 +13,7 @@ cross-validated mAP on the training images only, then refits the best.
 Past ``svm.max_exact_kernel`` training images (or with ``svm.approximation: nystroem``) the
 kernel is approximated (:mod:`fewlabel.model.svm`: Nystroem landmarks + a linear classifier with
 sigmoid probabilities), so memory grows as n x m instead of n x n; the choice is printed and
-recorded in ``metrics/tune.json`` (``kernel``). Calibrate and evaluate read probabilities
+recorded in ``reports/tune.json`` (``kernel``). Calibrate and evaluate read probabilities
 either way.
 """
 from __future__ import annotations
@@ -32,14 +32,13 @@ from fewlabel.io import (
     write_json,
 )
 from fewlabel.model.svm import describe_kernel_method, save_model
-from fewlabel.model.train import kernel_summary, oof_table, train, tune_heatmap
+from fewlabel.model.train import kernel_summary, oof_table, train, tune_table
 from fewlabel.params import load_params
-from fewlabel.plots import write_figure
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    for flag in ("--features", "--meta", "--labels", "--model-out", "--oof-out", "--tune-out", "--tune-heatmap"):
+    for flag in ("--features", "--meta", "--labels", "--model-out", "--oof-out", "--tune-out", "--tune-grid"):
         parser.add_argument(flag, required=True)
     args = parser.parse_args()
 
@@ -64,7 +63,7 @@ def main() -> None:
         tune_record["best"]["cv_map"] = float(best_row["map_mean"])
         tune_record["grid"] = result.grid.to_dict(orient="records")
     write_json(args.tune_out, tune_record)
-    write_figure(args.tune_heatmap, tune_heatmap(result.grid, result.svm))
+    write_csv(args.tune_grid, tune_table(result.grid))
     print(f"train: {len(ids)} images, {len(classes)} classes, C={result.svm.C:g}, gamma={result.svm.gamma}, "
           f"scaler={result.svm.scaler}, kernel {result.kernel['method']} ({seconds:.1f} s)")
 

@@ -386,6 +386,8 @@ class DvcProject:
                     "GIT_CONFIG_NOSYSTEM": "1",
                     "PYTHONDONTWRITEBYTECODE": "1"})
         env.pop("PYTHONPATH", None)
+        # as in a user's shell: not the level `import fewlabel` set in this test process
+        env.pop("TF_CPP_MIN_LOG_LEVEL", None)
         env.update(self.env)
         return env
 
@@ -418,7 +420,7 @@ def make_dvc_project(path: str | Path, files: Iterable[str] = PROJECT_FILES, ext
     """Create a :class:`DvcProject` at ``path`` from this repo's ``files`` plus ``extra`` paths.
 
     Runs ``git init`` (with a local user name and email), ``dvc init``, copies this repo's
-    ``.dvc/config`` if it has one, and (``commit=True``) commits everything.
+    ``.dvc/config`` and ``.dvc/plots/`` if it has them, and (``commit=True``) commits everything.
     """
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
@@ -442,6 +444,8 @@ def make_dvc_project(path: str | Path, files: Iterable[str] = PROJECT_FILES, ext
     project.dvc("init", "-q", check=True)
     if (REPO_ROOT / ".dvc" / "config").is_file():
         shutil.copy2(REPO_ROOT / ".dvc" / "config", root / ".dvc" / "config")
+    if (REPO_ROOT / ".dvc" / "plots").is_dir():  # the results page and the plot templates
+        shutil.copytree(REPO_ROOT / ".dvc" / "plots", root / ".dvc" / "plots", ignore=ignore, dirs_exist_ok=True)
     if commit:
         project.commit("initial pipeline")
     return project

@@ -23,14 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 TRAIN = ["stages.train", "--features", "data/features/train.npz", "--meta", "data/features/meta.json",
          "--labels", "data/subset/train.csv", "--model-out", "models/model.joblib",
-         "--oof-out", "models/oof_probabilities.csv", "--tune-out", "metrics/tune.json",
-         "--tune-heatmap", "plots/tune_heatmap.png"]
+         "--oof-out", "models/oof_probabilities.csv", "--tune-out", "reports/tune.json",
+         "--tune-grid", "plots/tune.csv"]
 CALIBRATE = ["stages.calibrate", "--oof", "models/oof_probabilities.csv", "--model", "models/model.joblib",
              "--out", "models/thresholds.json",
              "--plots", "plots/thresholds", "--figure", "plots/thresholds.png"]
 EVALUATE = ["stages.evaluate", "--model", "models/model.joblib", "--thresholds", "models/thresholds.json",
             "--features", "data/features/eval.npz", "--meta", "data/features/meta.json",
             "--labels", "data/subset/eval.csv", "--metrics-out", "metrics/metrics.json",
+            "--scores-out", "metrics/scores.json",
             "--per-class-out", "metrics/per_class.csv", "--predictions-out", "predictions/eval.csv",
             "--confusion-dir", "plots/confusion", "--pr-dir", "plots/pr",
             "--confusion-png", "plots/confusion_matrices.png", "--label-counts-out", "plots/label_counts.csv",
@@ -143,10 +144,14 @@ def test_stages_write_every_declared_output(synthetic_workdir):
     for args in (TRAIN, CALIBRATE, EVALUATE):
         completed = run_stage(synthetic_workdir, args)
         assert completed.returncode == 0, completed.stderr
-    metrics = json.loads((synthetic_workdir / "metrics/metrics.json").read_text())
+    metrics = json.loads((synthetic_workdir / "metrics/scores.json").read_text())
     assert metrics["n_train"] == 150 and metrics["n_eval"] == 200
     for name in RULES:
         assert set(metrics[name]) == SCORE_KEYS, name
+    headline = json.loads((synthetic_workdir / "metrics/metrics.json").read_text())
+    assert headline == {"map": metrics["map"], "f1": metrics["calibrated"]["f1_micro"],
+                        "dice": metrics["calibrated"]["dice"], "jaccard": metrics["calibrated"]["jaccard"],
+                        "p_at_1": metrics["calibrated"]["precision_at_1"]}
     predictions = pd.read_csv(synthetic_workdir / "predictions/eval.csv", dtype={"image_id": str})
     assert list(predictions.columns) == ["image_id"] + [f"p_{c}" for c in VOC_CLASSES] + [f"y_{c}" for c in VOC_CLASSES]
     record = json.loads((synthetic_workdir / "models/thresholds.json").read_text())
@@ -178,9 +183,9 @@ def test_past_max_exact_kernel_train_switches_to_nystroem_and_says_so(synthetic_
         logs.append(completed.stdout)
     assert "approximate: Nystroem with 64 landmarks" in logs[0]
     assert "150 training images > svm.max_exact_kernel (100)" in logs[0]
-    kernel = json.loads((synthetic_workdir / "metrics/tune.json").read_text())["kernel"]
+    kernel = json.loads((synthetic_workdir / "reports/tune.json").read_text())["kernel"]
     assert (kernel["method"], kernel["n_components"], kernel["n_train"]) == ("nystroem", 64, 150)
-    metrics = json.loads((synthetic_workdir / "metrics/metrics.json").read_text())
+    metrics = json.loads((synthetic_workdir / "metrics/scores.json").read_text())
     assert metrics["n_eval"] == 200 and 0 < metrics["calibrated"]["f1_micro"] <= 1
 
 
@@ -194,7 +199,7 @@ def test_evaluation_labels_never_reach_the_model_or_the_thresholds(synthetic_wor
         params["calibrate"].update(strategy="per_class", metric="dice", min_labels=1, max_labels=3)
     (synthetic_workdir / "params.yaml").write_text(yaml.safe_dump(params))
     outputs = ("models/model.joblib", "models/thresholds.json", "models/oof_probabilities.csv",
-               "metrics/tune.json")
+               "reports/tune.json")
     for args in (TRAIN, CALIBRATE):
         assert run_stage(synthetic_workdir, args).returncode == 0
     before = {name: (synthetic_workdir / name).read_bytes() for name in outputs}

@@ -347,7 +347,7 @@ def run_stage(project: Path, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "stages.featurize", "--images", "data/raw/voc/JPEGImages",
          "--train", "data/subset/train.csv", "--eval", "data/subset/eval.csv", "--out-dir", "data/features",
-         "--stats-out", "metrics/featurize.json"],
+         "--stats-out", "reports/featurize.json"],
         cwd=project, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -375,7 +375,7 @@ def test_stage_cli_writes_features_and_meta(tmp_path, isolated_cache):
                                        "resize": "bilinear", "combine": "mean", "weights": None,
                                        "flip_tta": False}
     assert meta["total_dim"] == 1280 and meta["keras_version"]
-    run = json.loads((project / "metrics/featurize.json").read_text())
+    run = json.loads((project / "reports/featurize.json").read_text())
     assert run["n_extracted"] == 7 and run["n_cached"] == 0 and run["images_per_second"] > 0
     assert "7 extracted" in result.stdout
 
@@ -414,7 +414,7 @@ def test_stage_chooses_views_from_training_labels_only(tmp_path, isolated_cache)
     result = run_stage(project, env)
     assert result.returncode == 0, result.stderr
     assert "chosen by cross-validation" in result.stdout
-    run = json.loads((project / "metrics/featurize.json").read_text())
+    run = json.loads((project / "reports/featurize.json").read_text())
     candidates = run["view_selection"]["candidates"]
     assert list(candidates) == ["EfficientNetB0@64 bilinear flip", "EfficientNetB0@128 bilinear flip"]
     assert sum(c["chosen"] for c in candidates.values()) == 1
@@ -432,4 +432,4 @@ def test_stage_chooses_views_from_training_labels_only(tmp_path, isolated_cache)
     assert result.returncode == 0, result.stderr
     for name in outputs:
         assert (project / name).read_bytes() == before[name], name
-    assert json.loads((project / "metrics/featurize.json").read_text())["view_selection"] == run["view_selection"]
+    assert json.loads((project / "reports/featurize.json").read_text())["view_selection"] == run["view_selection"]

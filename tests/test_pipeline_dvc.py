@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import make_dvc_project
+from tests.conftest import REPO_ROOT, make_dvc_project
 from tests.vocgen import make_voc
 
 FAST_PARAMS = {
@@ -23,6 +23,7 @@ FAST_PARAMS = {
     "features.select_scales": [0.125, 0.25],
     "features.select_folds": 2,
     "features.batch_size": 16,
+    "features.runtime": "keras",  # the reference (auto would convert the model for OpenVINO first)
     "subset.n_images": 40,
     "subset.min_per_class": 3,
     "calibrate.folds": 3,
@@ -47,6 +48,7 @@ def project(tmp_path_factory):
     project.set_params({**FAST_PARAMS, "data.source": str(devkit)})
     first = project.dvc("repro", check=True)
     project.first_repro_output = first.stdout
+    project.first_repro_stderr = first.stderr
     project.commit("baseline run")
     return project
 
@@ -54,14 +56,14 @@ def project(tmp_path_factory):
 def restore(project):
     """Back to the committed baseline: params, lock and outputs."""
     project.git("checkout", "--", ".", check=True)
-    project.git("clean", "-fdq", "metrics", "plots", check=True)
+    project.git("clean", "-fdq", "metrics", "plots", "reports", check=True)
     project.dvc("checkout", "--force", check=True)
 
 
 def test_repro_runs_every_stage_and_writes_the_declared_outputs(project):
     assert stages_run(project.first_repro_output) == {"check_params", "download", "prepare", "subset", "featurize",
                                                       "train", "calibrate", "evaluate", "featurize_pool", "suggest"}
-    metrics = json.loads(project.path("metrics/metrics.json").read_text())
+    metrics = json.loads(project.path("metrics/scores.json").read_text())
     assert metrics["n_train"] == 40 and metrics["n_eval"] == 40
     assert 0 <= metrics["map"] <= 1
     for rule in ("calibrated", "default_threshold", "default_threshold_top1"):  # what calibration buys
@@ -99,33 +101,84 @@ def test_exp_run_with_new_C_reruns_only_the_svm_stages_and_metrics_diff_shows_it
         diff = json.loads(project.dvc("metrics", "diff", "--json", check=True).stdout or "{}")
         changed = diff.get("metrics/metrics.json", {})
         assert changed, "dvc metrics diff read nothing from metrics/metrics.json"
-        assert any(key.startswith("calibrated.") or key == "map" for key in changed), changed
+        assert set(changed) <= {"map", "f1", "dice", "jaccard", "p_at_1"}, changed
+        assert any(key.startswith("calibrated.") for key in diff.get("metrics/scores.json", {})), diff
         shown = project.dvc("metrics", "show", "--json", check=True).stdout
         assert "f1_micro" in shown and "map_voc07" in shown and "map_ci95" in shown
     finally:
         restore(project)
 
 
+def declared_plots(project) -> tuple[list[str], list[str]]:
+    """The files dvc.yaml's ``plots:`` section declares, in the project as it is now:
+    (those DVC draws with vega, the images), a folder standing for the files in it."""
+    import yaml
+
+    entries = [next(iter(e)) if isinstance(e, dict) else e for e in yaml.safe_load(project.path("dvc.yaml").read_text())["plots"]]
+    files = []
+    for entry in entries:
+        path = project.path(entry)
+        files += sorted(str(f.relative_to(project.root)) for f in path.rglob("*") if f.is_file()) if path.is_dir() \
+            else [entry]
+    images = [f for f in files if f.endswith(".png")]
+    return [f for f in files if f not in images], images
+
+
 def test_plots_show_renders_every_declared_plot(project):
     result = project.dvc("plots", "show", "-o", "rendered", check=True)
     html = project.path("rendered", "index.html").read_text()
     assert "failed to load" not in result.stderr, result.stderr
+    vega, images = declared_plots(project)
     for plot in ("plots/confusion/cat.csv", "plots/pr/dog.csv", "plots/thresholds/person.csv",
-                 "plots/class_distribution.csv", "plots/confusion_matrices.png", "plots/class_distribution.png",
-                 "plots/thresholds.png", "plots/tune_heatmap.png", "plots/label_counts.csv",
-                 "plots/label_counts.png"):
+                 "plots/class_distribution.csv", "plots/confusion_matrices.png", "plots/thresholds.png",
+                 "plots/label_counts.csv"):
+        assert plot in vega + images
+    for plot in vega + images:
         plot_id = plot.replace("/", "_").replace(".", "_")  # how DVC names each plot in the page
         assert plot_id in html, (plot, result.stdout)
+    # no placeholder picture: tuning is off, so the grid has no rows and DVC no data to draw
+    assert project.path("plots/tune.csv").read_text().strip() == "scaler,gamma,C,map_mean,map_std"
+    assert re.search(r"var spec = \{\};\s*vegaEmbed\('#plots_tune_csv'", html)
+    assert not any("tune" in image for image in images)
 
 
-def test_tuning_through_dvc_records_the_grid(project):
+def test_results_page_draws_every_plot_offline_in_a_browser(project, tmp_path):
+    """dvc plots show's page, opened in headless Chromium with the network refused, draws
+    every declared plot: one vega view per data file, every image loaded, no script error."""
+    from tests.browser import page_report, require_chromium
+
+    require_chromium()
+    project.dvc("plots", "show", "-o", "page", check=True)
+    html = project.path("page", "index.html").read_text()
+    assert not re.search(r"<script[^>]*\bsrc=", html), "the page loads a script from elsewhere"
+    assert "cdn.jsdelivr" not in html and "vegaEmbed" in html
+    report = page_report(project.path("page", "index.html"), tmp_path / "chromium-profile")
+    assert report["vega_loaded"] and report["errors"] == [], report
+    vega, images = declared_plots(project)
+    drawn = {div for div, has_view in report["vega"].items() if has_view}
+    expected = {plot.replace("/", "_").replace(".", "_") for plot in vega}  # DVC's div per plot
+    assert drawn == expected, {"not drawn": sorted(expected - drawn), "unexpected": sorted(drawn - expected)}
+    assert len(report["images"]) == len(images) and all(image["width"] > 0 for image in report["images"]), report
+    # on screen the figures of all classes come first, then the interactive per-class plots
+    tops = report["tops"]
+    assert tops["plots_confusion_matrices_png"] < tops["plots_thresholds_png"] < min(tops[div] for div in expected)
+
+
+def test_tuning_through_dvc_records_the_grid(project, tmp_path):
     try:
         project.dvc("exp", "run", "-S", "tune.enabled=true", "-S", "tune.C=[0.5,50]", "-S", "tune.gamma=[scale]",
                     check=True)
-        tune = json.loads(project.path("metrics/tune.json").read_text())
+        tune = json.loads(project.path("reports/tune.json").read_text())
         assert tune["enabled"] is True and len(tune["grid"]) == 2
         assert tune["best"]["C"] in (0.5, 50) and tune["best"]["cv_map"] == max(r["map_mean"] for r in tune["grid"])
-        assert project.path("plots/tune_heatmap.png").stat().st_size > 1000
+        grid = pd.read_csv(project.path("plots/tune.csv"))
+        assert len(grid) == 2 and grid["map_mean"].max() == pytest.approx(tune["best"]["cv_map"], abs=1e-6)
+        from tests.browser import chromium, page_report
+        if chromium():
+            project.dvc("plots", "show", "-o", "tuned-page", check=True)
+            report = page_report(project.path("tuned-page", "index.html"), tmp_path / "profile")
+            assert report["vega"]["plots_tune_csv"] and report["errors"] == [], report["errors"]
+            assert "plots/tune.csv" in declared_plots(project)[0]  # a heatmap on the results page
     finally:
         restore(project)
 
@@ -136,17 +189,15 @@ def test_queued_sweep_reuses_the_cached_features(project):
     assert "Failed" not in status, status
     queued_names = set(re.findall(r"^\w+\s+([\w-]+)\s+.*Success", status, flags=re.M))
     assert len(queued_names) == 2, status
-    baseline_run = json.loads(project.path("metrics/featurize.json").read_text())
     shown = json.loads(project.dvc("exp", "show", "--json", check=True).stdout)
     runs = [run for entry in shown for exp in (entry.get("experiments") or []) for run in exp.get("revs", [])
             if run["name"] in queued_names]
     assert {run["data"]["params"]["params.yaml"]["data"]["svm"]["C"] for run in runs} == {0.5, 5}, shown
     for run in runs:
         data = run["data"]
-        metrics = data["metrics"]["metrics/metrics.json"]["data"]
-        assert "map" in metrics and "f1_micro" in metrics["calibrated"]
-        # featurize rewrites its run stats whenever it runs (then all from the cache): same = not rerun.
-        assert data["metrics"]["metrics/featurize.json"]["data"] == baseline_run
+        assert "map" in data["metrics"]["metrics/metrics.json"]["data"]
+        assert "f1_micro" in data["metrics"]["metrics/scores.json"]["data"]["calibrated"]
+        assert set(data["metrics"]) == {"metrics/metrics.json", "metrics/scores.json", "metrics/suggest.json"}
         logs = project.dvc("queue", "logs", run["name"], check=True).stdout
         assert "Stage 'featurize' didn't change, skipping" in logs and "Running stage 'train'" in logs, logs
     try:  # keep the best: apply it to the workspace
@@ -362,3 +413,94 @@ def test_fewlabel_console_script_is_the_predict_command(project, tmp_path):
     assert missing.returncode == 1 and "nothing.jpg: no such file or folder" in missing.stderr
     assert project.run(["fewlabel", "predict", image, "--top-k", "x"]).returncode == 2
     assert project.run(["fewlabel"]).returncode == 2
+
+
+# --------------------------------------------------------------------------- issue 21: the first hour
+
+SHORT_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+def _numeric_leaves(value, where: str):
+    """Yield (where, problem) for every leaf of a metrics JSON that is not a number under a short key."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not SHORT_KEY.fullmatch(str(key)):
+                yield f"{where}.{key}", "not a short key (a path, a class name with spaces, ...)"
+            yield from _numeric_leaves(item, f"{where}.{key}")
+    elif isinstance(value, bool) or not isinstance(value, (int, float, type(None))):
+        yield where, f"{value!r} is not a number"
+
+
+def test_declared_metrics_files_hold_numbers_only(project):
+    """dvc metrics show / exp show stay narrow: every metrics file holds numbers under short
+    keys; run details (views, runtimes, kernel reasons, grids) live in reports/, not metrics."""
+    import yaml
+
+    stages = yaml.safe_load(project.path("dvc.yaml").read_text())["stages"]
+    declared = [next(iter(m)) if isinstance(m, dict) else m for stage in stages.values()
+                for m in stage.get("metrics", [])]
+    assert declared == ["metrics/metrics.json", "metrics/scores.json"], declared
+    for path in declared:
+        problems = list(_numeric_leaves(json.loads(project.path(path).read_text()), path))
+        assert problems == [], problems
+    metrics = json.loads(project.path("metrics/metrics.json").read_text())
+    assert set(metrics) == {"map", "f1", "dice", "jaccard", "p_at_1"}  # what a user compares first ...
+    shown = project.dvc("metrics", "show", "metrics/metrics.json", check=True).stdout
+    assert shown.splitlines()[0].split() == ["Path", "dice", "f1", "jaccard", "map", "p_at_1"], shown
+    columns = project.dvc("exp", "show", "--csv", "--no-pager", check=True).stdout.splitlines()[0].split(",")
+    metric_columns = [c for c in columns if c.startswith("metrics/") or c in ("f1", "dice", "jaccard", "p_at_1")]
+    assert metric_columns[:5] == ["metrics/metrics.json:map", "f1", "dice", "jaccard", "p_at_1"], columns  # ... leads
+    for report in ("reports/featurize.json", "reports/tune.json"):  # the details are kept, as reports
+        assert json.loads(project.path(report).read_text()), report
+    assert "views" in json.loads(project.path("reports/featurize.json").read_text())
+
+
+TF_STARTUP = re.compile(r"failed call to cuInit|oneDNN custom operations|absl::InitializeLog|cuda drivers|"
+                        r"^[IWEF]\d{4} \d\d:\d\d:\d\d", flags=re.M)
+
+
+def test_a_default_cpu_run_prints_no_tensorflow_startup_lines(project, tmp_path):
+    """dvc repro of every stage, then predict: none of TensorFlow's C++ start-up lines."""
+    assert stages_run(project.first_repro_output) >= {"featurize", "train", "evaluate"}
+    output = project.first_repro_output + project.first_repro_stderr
+    assert not TF_STARTUP.search(output), TF_STARTUP.search(output).group(0)
+    image = str(next(project.path("data/raw/voc/JPEGImages").glob("*.jpg")))
+    predict = project.run(["python", "-m", "stages.predict", image, "--out", str(tmp_path / "p.csv")], check=True)
+    assert not TF_STARTUP.search(predict.stdout + predict.stderr), predict.stderr
+    # FEWLABEL_TF_LOGS=1 brings them back (so the test above can see them when they print)
+    loud = project.run(["python", "-c", "import fewlabel, tensorflow as tf; tf.config.list_physical_devices('GPU')"],
+                       env={"FEWLABEL_TF_LOGS": "1"}, check=True)
+    assert TF_STARTUP.search(loud.stderr), loud.stderr
+
+
+def readme_commands(section: str, blocks: int | None = None) -> list[str]:
+    """The command lines of the fenced bash blocks of a README section (the first ``blocks``)."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    body = readme.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    found = re.findall(r"```bash\n(.*?)```", body, flags=re.S)[:blocks]
+    return [line.split("  #")[0].strip() for block in found for line in block.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_readme_quickstart_and_everyday_use_work_as_written(project, tmp_path):
+    """A new user's first hour, in a fresh clone: Quickstart's commands, then Everyday use's
+    first block, in order, exactly as written (on generated data with fast params). Two are
+    stood in for: `make pipeline` is `dvc repro` once the venv exists (this one), and
+    `source .venv/bin/activate` is that venv on PATH."""
+    commands = readme_commands("Quickstart") + readme_commands("Everyday use", blocks=1)
+    assert commands[:3] == ["make pipeline", "source .venv/bin/activate",
+                            'git add dvc.lock metrics plots reports params.yaml && git commit -m "first run"']
+    assert "dvc exp run -S svm.C=10" in commands and "dvc exp show --only-changed" in commands
+    clone = make_dvc_project(tmp_path / "clone", extra=["bench", "tests/__init__.py"])
+    clone.env["FEWLABEL_CACHE_DIR"] = project.env["FEWLABEL_CACHE_DIR"]  # the features, from the user cache
+    clone.set_params({**FAST_PARAMS, "data.source": project.params()["data"]["source"]})
+    stand_in = {"make pipeline": "dvc repro", "source .venv/bin/activate": "true"}
+    outputs = {}
+    for command in commands:
+        result = clone.run(["bash", "-c", stand_in.get(command, command)])
+        assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+        outputs[command] = result.stdout
+    assert "metrics/metrics.json" in outputs["dvc metrics diff"] and "map" in outputs["dvc metrics diff"]
+    assert clone.path("dvc_plots", "index.html").is_file()
+    assert "svm.C" in outputs["dvc exp show --only-changed"]
+    assert "first run" in clone.git("log", "--format=%s", check=True).stdout

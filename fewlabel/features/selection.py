@@ -95,7 +95,7 @@ def featurize_subsets(train_paths: list[str], train_labels: np.ndarray, eval_pat
 
 
 def build_run_stats(params: FeaturesParams, result: Featurized) -> dict:
-    """metrics/featurize.json: how this run went (device, speed, cache use, the view choice)."""
+    """reports/featurize.json (not a DVC metric: it holds text): how this run went (device, speed, cache use, the view choice)."""
     stats = result.stats
     record = {
         "device": stats["device"],

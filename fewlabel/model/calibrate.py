@@ -181,11 +181,12 @@ def calibrate(targets: np.ndarray, probabilities: np.ndarray, folds: np.ndarray,
 
 def threshold_curves(targets: np.ndarray, probabilities: np.ndarray, rule: DecisionRule, classes,
                      metric: str) -> dict:
-    """Per class, ``metric`` of the whole rule against that class's threshold (for plots)."""
+    """Per class, ``metric`` of the whole rule against that class's threshold (for plots);
+    column ``chosen`` repeats the class's threshold in ``rule`` (the page marks it)."""
     curves = {}
     for c, name in enumerate(classes):
         thresholds, scores = class_threshold_curve(targets, probabilities, rule, c, metric)
-        curves[name] = pd.DataFrame({"threshold": thresholds, "score": scores})
+        curves[name] = pd.DataFrame({"threshold": thresholds, "score": scores, "chosen": rule.thresholds[c]})
     return curves
 
 

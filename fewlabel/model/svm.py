@@ -141,7 +141,7 @@ def for_training_set(svm: SvmParams, n_images: int) -> SvmParams:
 
 
 def describe_kernel_method(svm: SvmParams, n_images: int) -> dict:
-    """What :func:`kernel_method` chose and why, for logs and ``metrics/tune.json``."""
+    """What :func:`kernel_method` chose and why, for logs and ``reports/tune.json``."""
     method = kernel_method(svm, n_images)
     if svm.approximation != "auto":
         reason = f"svm.approximation is {svm.approximation}"

@@ -13,7 +13,6 @@ from sklearn.pipeline import Pipeline
 
 from fewlabel.errors import PipelineError
 from fewlabel.io import (training_targets)
-from fewlabel.plots import pyplot
 from fewlabel.model.svm import (RANDOM_STATE, build_model, describe_kernel_method, for_training_set,
                           positive_probabilities, tune_grid)
 from fewlabel.params import SvmParams, TuneParams
@@ -92,36 +91,14 @@ def oof_table(ids: np.ndarray, folds: np.ndarray, targets: np.ndarray, oof: np.n
     return table
 
 
-def tune_heatmap(grid: pd.DataFrame | None, svm: SvmParams):
-    """Cross-validated mAP over gamma (rows) x C (columns), one panel per scaler.
+#: plots/tune.csv's columns: the grid search's cross-validated mAP per setting
+GRID_COLUMNS = ["scaler", "gamma", "C", "map_mean", "map_std"]
 
-    Without tuning the figure says which single setting was trained, so the plot (a
-    declared DVC output) always exists and is never stale.
-    """
-    plt = pyplot()
-    if grid is None:
-        figure, axis = plt.subplots(figsize=(5, 1.5))
-        axis.axis("off")
-        axis.text(0.5, 0.5, f"tune.enabled is false: trained with C={svm.C:g}, gamma={svm.gamma}, "
-                            f"scaler={svm.scaler}", ha="center", va="center")
-        return figure
-    scalers = list(dict.fromkeys(grid["scaler"]))
-    figure, axes = plt.subplots(1, len(scalers), figsize=(1.2 * grid["C"].nunique() * len(scalers) + 2, 4),
-                                squeeze=False)
-    for axis, scaler in zip(axes[0], scalers):
-        table = grid[grid["scaler"] == scaler].pivot(index="gamma", columns="C", values="map_mean")
-        table = table.reindex(list(dict.fromkeys(grid["gamma"])))
-        image = axis.imshow(table.to_numpy(), cmap="viridis", aspect="auto")
-        axis.set_xticks(range(table.shape[1]), [f"{c:g}" for c in table.columns])
-        axis.set_yticks(range(table.shape[0]), table.index)
-        axis.set_xlabel("C")
-        axis.set_ylabel("gamma")
-        axis.set_title(f"CV mAP, scaler={scaler}")
-        for (row, column), value in np.ndenumerate(table.to_numpy()):
-            axis.text(column, row, f"{value:.3f}", ha="center", va="center", color="white", fontsize=8)
-        figure.colorbar(image, ax=axis)
-    figure.tight_layout()
-    return figure
+
+def tune_table(grid: pd.DataFrame | None) -> pd.DataFrame:
+    """The grid search's table for the results page's heatmap; no rows when tuning is off
+    (the page then draws nothing for it: no placeholder)."""
+    return pd.DataFrame(columns=GRID_COLUMNS) if grid is None else grid[GRID_COLUMNS]
 
 
 def kernel_summary(kernel: dict) -> str:
