@@ -144,13 +144,31 @@ def cell(summary: dict, key: str) -> str:
     return f"{summary[key]['mean'] * 100:.1f} ± {summary[key]['sd'] * 100:.1f}"
 
 
-def markdown(summaries: list[dict]) -> str:
-    lines = ["| config | dims | mAP | VOC07 mAP | P@1 | extraction img/s | train s |", "|---|---|---|---|---|---|---|"]
+def paired(summary: dict, reference: dict | None) -> str:
+    """mAP minus the reference's, per draw (same draws): mean ± sd of the differences."""
+    if reference is None:
+        return "–"
+    deltas = np.subtract(summary["map"]["per_draw"], reference["map"]["per_draw"]) * 100
+    return f"{deltas.mean():+.2f} ± {deltas.std(ddof=1):.2f}"
+
+
+def markdown(summaries: list[dict], reference: dict | None = None) -> str:
+    lines = ["| config | dims | mAP | Δ mAP vs ref (paired) | VOC07 mAP | P@1 | extraction img/s | train s |",
+             "|---|---|---|---|---|---|---|---|"]
     for s in summaries:
-        lines.append(f"| `{s['config']}` | {s['dims']} | {cell(s, 'map')} | {cell(s, 'map_voc07')} | "
-                     f"{cell(s, 'p_at_1')} | {s['images_per_second']:.1f} | "
+        lines.append(f"| `{s['config']}` | {s['dims']} | {cell(s, 'map')} | {paired(s, reference)} | "
+                     f"{cell(s, 'map_voc07')} | {cell(s, 'p_at_1')} | {s['images_per_second']:.1f} | "
                      f"{s['train_seconds']['mean']:.1f} |")
     return "\n".join(lines)
+
+
+def save_run(config: str, draw: int, result: dict) -> None:
+    """Merge one (config, draw) result into RUNS (another evaluate may have written meanwhile)."""
+    runs = json.loads(RUNS.read_text()) if RUNS.exists() else {}
+    runs.setdefault(config, {})[str(draw)] = result
+    tmp = RUNS.with_suffix(".tmp")
+    tmp.write_text(json.dumps(runs, indent=1))
+    tmp.replace(RUNS)
 
 
 def main(argv=None) -> None:
@@ -159,6 +177,8 @@ def main(argv=None) -> None:
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--check-kmean", metavar="SPEC", help="compare the kernel-mean path with the product's "
                         "model on one block, e.g. lite0@352:avg, then exit")
+    parser.add_argument("--reference", default="lite0@352:avg", help="the config Δ mAP is paired against "
+                        "(today's defaults)")
     parser.add_argument("--json", help="write the summaries and the markdown table here")
     args = parser.parse_args(argv)
     data = Data(args.draws)
@@ -177,14 +197,16 @@ def main(argv=None) -> None:
         for draw in range(args.draws):
             if str(draw) not in per_draw:
                 per_draw[str(draw)] = score(data, config, draw)
-                RUNS.write_text(json.dumps(runs, indent=1))
+                save_run(config, draw, per_draw[str(draw)])
         summary = summarise(data, config, [per_draw[str(d)] for d in range(args.draws)])
         summaries.append(summary)
         print(f"{config}: mAP {cell(summary, 'map')}, VOC07 {cell(summary, 'map_voc07')}, "
               f"P@1 {cell(summary, 'p_at_1')}", file=sys.stderr, flush=True)
-    table = markdown(summaries)
+    reference = [s for s in summaries if s["config"] == args.reference]
+    table = markdown(summaries, reference[0] if reference else None)
     print(table)
     if args.json:
         from pathlib import Path
-        Path(args.json).write_text(json.dumps({"draws": args.draws, "n_train": N_TRAIN, "summaries": summaries,
+        Path(args.json).write_text(json.dumps({"draws": args.draws, "n_train": N_TRAIN, "reference": args.reference,
+                                               "summaries": summaries,
                                                "markdown": table}, indent=1))
