@@ -16,7 +16,7 @@ Poolings (F: the h x w x c map; regions: the 2x2 grid of overlapping halves
 ``[0, ceil(h/2))`` and ``[floor(h/2), h)``, so that the grid is mirror-symmetric):
 - ``avg``: mean_hw F (the product today)
 - ``max``: max_hw F
-- ``gem3`` (also gem2, gem4): (mean_hw max(F, 1e-6)^p)^(1/p)
+- ``gem3`` (also gem05 (p = 0.5), gem2, gem4): (mean_hw max(F, 1e-6)^p)^(1/p)
 - ``avgmax_cat``: [avg, max]; ``avgmax_sum``: avg + max
 - ``reg_mean``: (avg + sum of the 4 region averages) / 5; ``reg_cat``: [avg, r1, r2, r3, r4]
 
@@ -54,7 +54,7 @@ WEIGHTS = {f"lite{i}": DEVDATA / "weights" / f"efficientnet_lite{i}_imagenet.ker
 RESULTS = REPO_ROOT / "bench" / "results"
 CACHE = RESULTS / "pooling_cache"
 GEM_EPS = 1e-6
-POOLINGS = ("avg", "max", "gem2", "gem3", "gem4", "avgmax_cat", "avgmax_sum", "reg_mean", "reg_cat")
+POOLINGS = ("avg", "max", "gem05", "gem2", "gem3", "gem4", "avgmax_cat", "avgmax_sum", "reg_mean", "reg_cat")
 
 
 # --------------------------------------------------------------------------- pooling
@@ -70,8 +70,9 @@ def pool_maps(maps: np.ndarray) -> dict[str, np.ndarray]:
     b, h, w, c = maps.shape
     clamped = np.maximum(maps, GEM_EPS).astype(np.float64)
     out = {"avg": maps.mean(axis=(1, 2)), "max": maps.max(axis=(1, 2))}
-    for p in (2, 3, 4):
-        out[f"gem{p}"] = (np.mean(clamped ** p, axis=(1, 2)) ** (1.0 / p)).astype(np.float32)
+    for p in (0.5, 2, 3, 4):
+        name = "gem05" if p == 0.5 else f"gem{p}"
+        out[name] = (np.mean(clamped ** p, axis=(1, 2)) ** (1.0 / p)).astype(np.float32)
     out["regions"] = np.stack([maps[:, rows, cols].mean(axis=(1, 2)) for rows in halves(h) for cols in halves(w)],
                               axis=1)
     return out
@@ -79,7 +80,9 @@ def pool_maps(maps: np.ndarray) -> dict[str, np.ndarray]:
 
 def pooled(stored: dict[str, np.ndarray], name: str) -> np.ndarray:
     """A pooling's (n, d) features from the stored (flip-averaged) poolings."""
-    if name in ("avg", "max", "gem2", "gem3", "gem4"):
+    if name in ("avg", "max", "gem05", "gem2", "gem3", "gem4"):
+        if name not in stored:
+            raise SystemExit(f"pooling {name}: not in this cache (extracted before it was added); extract again")
         return stored[name]
     if name == "avgmax_cat":
         return np.concatenate([stored["avg"], stored["max"]], axis=1)
@@ -193,6 +196,7 @@ def main(argv=None) -> None:
     p_extract = sub.add_parser("extract", help="feature maps -> pooled vectors, cached per job")
     p_extract.add_argument("--jobs", nargs="+", required=True, help="backbone@size, e.g. lite0@352")
     p_extract.add_argument("--batch-size", type=int, default=8)
+    p_extract.add_argument("--force", action="store_true", help="extract again even when cached")
     p_extract.add_argument("--limit", type=int, help="first N images only (smoke test; not cached)")
     p_check = sub.add_parser("check", help="bench avg pooling == the product's feature")
     p_check.add_argument("--job", default="lite0@352")
@@ -206,7 +210,7 @@ def main(argv=None) -> None:
             if args.limit:
                 CACHE = RESULTS / "pooling_cache_smoke"
                 extract(job, paths[:args.limit], ids[:args.limit], args.batch_size)
-            elif job_path(job).exists():
+            elif job_path(job).exists() and not args.force:
                 print(f"{job}: cached", file=sys.stderr)
             else:
                 extract(job, paths, ids, args.batch_size)

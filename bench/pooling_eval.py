@@ -3,7 +3,8 @@
     python bench/pooling.py evaluate --configs 'lite0@352:avg' 'lite0@352:gem3+lite2@384:gem3|kmean' --draws 5
     python bench/pooling.py evaluate --set pooling --draws 5     # a named set (SETS below)
 
-A config is blocks joined by '+', each ``backbone@size:pooling`` (poolings: bench/pooling.py),
+A config is blocks joined by '+', each ``backbone@size:pooling`` (poolings: bench/pooling.py;
+``backbone@size&size:pooling``: the mean of the sizes' vectors, as the product's ``combine: mean``),
 then optionally ``|method`` for several blocks: ``concat`` (default: plain concatenation, then
 the product's model), ``l2cat`` (each block signed-sqrt then L2-normalised, concatenated, then
 the product's model with ``svm.scaler: none`` so the square root is not taken twice) or
@@ -47,8 +48,17 @@ class Data:
         return self.jobs[job]
 
     def block(self, spec: str) -> np.ndarray:
-        job, pooling = spec.split(":")
-        return np.ascontiguousarray(pooled(self.job(job)[0], pooling), dtype=np.float32)
+        """``lite2@384:avg``; ``lite2@260&384:avg``: the mean of the sizes' vectors (the product's
+        multi-size ``combine: mean``)."""
+        jobs, pooling = spec.split(":")
+        blocks = [pooled(self.job(job)[0], pooling).astype(np.float64) for job in expand(jobs)]
+        return np.ascontiguousarray(np.mean(blocks, axis=0), dtype=np.float32)
+
+
+def expand(jobs: str) -> list[str]:
+    """'lite2@260&384' -> ['lite2@260', 'lite2@384']."""
+    backbone, _, sizes = jobs.partition("@")
+    return [f"{backbone}@{size}" for size in sizes.split("&")]
 
 
 def parse(config: str) -> tuple[list[str], str]:
@@ -126,7 +136,7 @@ def check_kmean(data: Data, spec: str, draw: int = 0) -> float:
 
 def images_per_second(data: Data, config: str) -> float:
     """Extraction speed of the config's (backbone, size) jobs, run one after the other: 1 / sum(1/rate)."""
-    jobs = dict.fromkeys(spec.split(":")[0] for spec in parse(config)[0])
+    jobs = dict.fromkeys(job for spec in parse(config)[0] for job in expand(spec.split(":")[0]))
     return 1.0 / sum(1.0 / data.job(job)[1]["steady_images_per_second"] for job in jobs)
 
 
@@ -188,8 +198,8 @@ def main(argv=None) -> None:
     runs = json.loads(RUNS.read_text()) if RUNS.exists() else {}
     summaries = []
     for config in args.configs:
-        missing = [spec.split(":")[0] for spec in parse(config)[0]
-                   if not (CACHE / f"{spec.split(':')[0]}.npz").exists()]
+        missing = [job for spec in parse(config)[0] for job in expand(spec.split(":")[0])
+                   if not (CACHE / f"{job}.npz").exists()]
         if missing:
             print(f"{config}: skipped, not extracted yet: {', '.join(missing)}", file=sys.stderr)
             continue
