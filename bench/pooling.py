@@ -2,6 +2,7 @@
 
     python bench/pooling.py extract --jobs lite0@352 lite2@384 ...   # feature maps -> pooled npz cache
     python bench/pooling.py check --job lite0@352                       # bench avg == product feature
+    python bench/pooling.py speed --jobs lite0@352 lite2@384 --images 48   # product's extraction img/s
     python bench/pooling.py evaluate --draws 5                          # table + bench/results/pooling.json
 
 Extraction. Per (backbone, size) each image's 1280-channel feature map is computed ONCE for the
@@ -159,6 +160,37 @@ def extract(job: str, paths: list[str], ids: np.ndarray, batch_size: int = 8) ->
     return info
 
 
+def speed(jobs: list[str], n_images: int, batch_size: int = 8) -> dict:
+    """Images/s of the product's own extraction (``extract_features``: decode, the view and its
+    mirror, global average pooling; empty feature cache) per job, on ``n_images`` photos spread
+    over the pool, after an 8-image warm-up; the jobs run back to back, so they share the
+    machine's load. Merged into bench/results/pooling_speed.json."""
+    import tempfile
+    from stages.common import CACHE_ENV
+    from stages.featurize import extract_features
+    ids, _, paths = load_devdata_pool()
+    step = max(1, len(paths) // (n_images + 8))
+    sample = paths[::step][:n_images + 8]
+    out_path = RESULTS / "pooling_speed.json"
+    results = json.loads(out_path.read_text()) if out_path.exists() else {}
+    for job in jobs:
+        backbone, size = job.split("@")
+        features = replace(default_params().features, backbones=(str(WEIGHTS[backbone]),), image_size=int(size),
+                           flip_tta=True, runtime="keras", batch_size=batch_size, engine="single")
+        with tempfile.TemporaryDirectory() as empty:
+            os.environ[CACHE_ENV] = empty
+            extract_features(sample[:8], features, progress=False)
+            started = time.perf_counter()
+            extract_features(sample[8:], features, progress=False)
+            seconds = time.perf_counter() - started
+        results[job] = {"images_per_second": len(sample[8:]) / seconds, "n_images": len(sample[8:]),
+                        "load_average": os.getloadavg()[0], "flip": True, "cpu_count": os.cpu_count()}
+        print(f"{job}: {results[job]['images_per_second']:.2f} img/s (load {results[job]['load_average']:.1f})",
+              file=sys.stderr, flush=True)
+        out_path.write_text(json.dumps(results, indent=1))
+    return results
+
+
 def load_job(job: str, ids: np.ndarray) -> tuple[dict, dict]:
     with np.load(job_path(job), allow_pickle=False) as archive:
         if not np.array_equal(archive["ids"].astype(str), np.asarray(ids, dtype=str)):
@@ -201,6 +233,9 @@ def main(argv=None) -> None:
     p_check = sub.add_parser("check", help="bench avg pooling == the product's feature")
     p_check.add_argument("--job", default="lite0@352")
     p_check.add_argument("--images", type=int, default=3)
+    p_speed = sub.add_parser("speed", help="images/s of the product's extraction per job")
+    p_speed.add_argument("--jobs", nargs="+", required=True)
+    p_speed.add_argument("--images", type=int, default=48)
     sub.add_parser("evaluate", help="the tables (options: bench/pooling_eval.py)")
     args = parser.parse_args(argv)
     global CACHE
@@ -214,6 +249,8 @@ def main(argv=None) -> None:
                 print(f"{job}: cached", file=sys.stderr)
             else:
                 extract(job, paths, ids, args.batch_size)
+    elif args.command == "speed":
+        speed(args.jobs, args.images)
     elif args.command == "check":
         check(args.job, args.images)
 

@@ -1,7 +1,7 @@
 """Scores of pooled-feature configurations over draws (issue 22 phase 1; see bench/pooling.py).
 
     python bench/pooling.py evaluate --configs 'lite0@352:avg' 'lite0@352:gem3+lite2@384:gem3|kmean' --draws 5
-    python bench/pooling.py evaluate --set pooling --draws 5     # a named set (SETS below)
+    python bench/pooling.py evaluate --draws 5 --configs '# Poolings' lite0@352:avg lite0@352:max ...
 
 A config is blocks joined by '+', each ``backbone@size:pooling`` (poolings: bench/pooling.py;
 ``backbone@size&size:pooling``: the mean of the sizes' vectors, as the product's ``combine: mean``),
@@ -11,7 +11,7 @@ the product's model with ``svm.scaler: none`` so the square root is not taken tw
 ``kmean`` (the mean of the per-block kernels: each block through the product's scaler and
 KernelMap with its own median gamma, then the product's per-class SVC(kernel='precomputed')).
 Per (config, draw) results are kept in bench/results/pooling_runs.json, so reruns only
-compute what is new. ``--json`` writes the summary of the configs asked for.
+compute what is new. An argument '# title' starts a table of its own. ``--json`` writes the summary of the configs asked for.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import numpy as np
 from pooling import CACHE, POOLINGS, RESULTS, default_params, load_devdata_pool, load_job, pooled
 
 RUNS = RESULTS / "pooling_runs.json"
+SPEED = RESULTS / "pooling_speed.json"
 N_TRAIN = 750
 
 
@@ -135,9 +136,12 @@ def check_kmean(data: Data, spec: str, draw: int = 0) -> float:
 
 
 def images_per_second(data: Data, config: str) -> float:
-    """Extraction speed of the config's (backbone, size) jobs, run one after the other: 1 / sum(1/rate)."""
+    """Extraction speed of the config's (backbone, size) jobs, run one after the other: 1 / sum(1/rate);
+    each job's rate from ``bench/pooling.py speed`` (SPEED) where measured, else from its extraction."""
+    speeds = json.loads(SPEED.read_text()) if SPEED.exists() else {}
     jobs = dict.fromkeys(job for spec in parse(config)[0] for job in expand(spec.split(":")[0]))
-    return 1.0 / sum(1.0 / data.job(job)[1]["steady_images_per_second"] for job in jobs)
+    return 1.0 / sum(1.0 / (speeds[job]["images_per_second"] if job in speeds
+                            else data.job(job)[1]["steady_images_per_second"]) for job in jobs)
 
 
 def summarise(data: Data, config: str, runs: list[dict]) -> dict:
@@ -166,7 +170,8 @@ def markdown(summaries: list[dict], reference: dict | None = None) -> str:
     lines = ["| config | dims | mAP | Δ mAP vs ref (paired) | VOC07 mAP | P@1 | extraction img/s | train s |",
              "|---|---|---|---|---|---|---|---|"]
     for s in summaries:
-        lines.append(f"| `{s['config']}` | {s['dims']} | {cell(s, 'map')} | {paired(s, reference)} | "
+        config = s["config"].replace("|", "\\|")
+        lines.append(f"| `{config}` | {s['dims']} | {cell(s, 'map')} | {paired(s, reference)} | "
                      f"{cell(s, 'map_voc07')} | {cell(s, 'p_at_1')} | {s['images_per_second']:.1f} | "
                      f"{s['train_seconds']['mean']:.1f} |")
     return "\n".join(lines)
@@ -196,8 +201,11 @@ def main(argv=None) -> None:
         check_kmean(data, args.check_kmean)
         return
     runs = json.loads(RUNS.read_text()) if RUNS.exists() else {}
-    summaries = []
+    summaries, sections = [], []
     for config in args.configs:
+        if config.startswith("#"):  # '# title': the following configs form a table of their own
+            sections.append((config.lstrip("# ").strip(), len(summaries)))
+            continue
         missing = [job for spec in parse(config)[0] for job in expand(spec.split(":")[0])
                    if not (CACHE / f"{job}.npz").exists()]
         if missing:
@@ -213,7 +221,13 @@ def main(argv=None) -> None:
         print(f"{config}: mAP {cell(summary, 'map')}, VOC07 {cell(summary, 'map_voc07')}, "
               f"P@1 {cell(summary, 'p_at_1')}", file=sys.stderr, flush=True)
     reference = [s for s in summaries if s["config"] == args.reference]
-    table = markdown(summaries, reference[0] if reference else None)
+    reference = reference[0] if reference else None
+    sections = sections or [("", 0)]
+    if sections[0][1] > 0:
+        sections.insert(0, ("", 0))
+    bounds = [start for _, start in sections] + [len(summaries)]
+    table = "\n\n".join((f"**{title}**\n\n" if title else "") + markdown(summaries[a:b], reference)
+                         for (title, _), a, b in zip(sections, bounds, bounds[1:]) if b > a)
     print(table)
     if args.json:
         from pathlib import Path
