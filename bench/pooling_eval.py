@@ -10,6 +10,7 @@ the product's model), ``l2cat`` (each block signed-sqrt then L2-normalised, conc
 the product's model with ``svm.scaler: none`` so the square root is not taken twice) or
 ``kmean`` (the mean of the per-block kernels: each block through the product's scaler and
 KernelMap with its own median gamma, then the product's per-class SVC(kernel='precomputed')).
+A suffix ``;C=10`` (after the method) changes svm.C (a side study; the default is params.yaml's).
 Per (config, draw) results are kept in bench/results/pooling_runs.json, so reruns only
 compute what is new. An argument '# title' starts a table of its own. ``--json`` writes the summary of the configs asked for.
 """
@@ -64,6 +65,7 @@ def expand(jobs: str) -> list[str]:
 
 def parse(config: str) -> tuple[list[str], str]:
     blocks, _, method = config.partition("|")
+    method = method.split(";")[0]
     blocks = blocks.split("+")
     for spec in blocks:
         job, _, pooling = spec.partition(":")
@@ -73,6 +75,16 @@ def parse(config: str) -> tuple[list[str], str]:
     if method not in ("concat", "l2cat", "kmean"):
         raise SystemExit(f"{config}: method '{method}' is not concat, l2cat or kmean")
     return blocks, method
+
+
+def svm_overrides(config: str) -> dict:
+    """'...|kmean;C=10' -> {'C': 10.0}: svm.* settings other than params.yaml's (a side study)."""
+    _, _, method = config.partition("|")
+    out = {}
+    for item in method.split(";")[1:]:
+        key, _, value = item.partition("=")
+        out[key] = float(value) if key == "C" else value
+    return out
 
 
 def l2_blocks(blocks: list[np.ndarray]) -> np.ndarray:
@@ -112,7 +124,7 @@ def score(data: Data, config: str, draw: int) -> dict:
     blocks, method = parse(config)
     features = [data.block(spec) for spec in blocks]
     train, test = data.splits[draw]
-    svm = for_training_set(data.params.svm, len(train))
+    svm = for_training_set(replace(data.params.svm, **svm_overrides(config)), len(train))
     started = time.perf_counter()
     probs = probabilities(features, method, train, test, data.targets, svm)
     labels = data.labels[test]
