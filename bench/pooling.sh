@@ -33,7 +33,7 @@ C+=("# 4. Native sizes and multi-size (a&b: the mean of the sizes' vectors, the 
 C+=("lite0@352:avg" "lite1@240:avg" "lite1@352:avg" "lite1@360:avg" "lite1@384:avg" "lite2@260:avg" "lite2@352:avg" "lite2@384:avg" "lite2@448:avg")
 C+=("lite0@352&448:avg" "lite1@240&352:avg" "lite2@260&384:avg" "lite2@384&448:avg")
 C+=("lite1@352:avg+lite2@260&384:avg|kmean" "lite0@352:avg+lite1@352:avg+lite2@260&384:avg|kmean")
-C+=("lite1@352:avg+lite2@448:avg|kmean" "lite1@352:avg+lite2@384&448:avg|kmean" "lite0@352:avg+lite1@352:avg+lite2@384&448:avg|kmean")
+C+=("lite1@352:avg+lite2@448:avg|concat" "lite1@352:avg+lite2@448:avg|kmean" "lite1@352:avg+lite2@384&448:avg|kmean" "lite0@352:avg+lite1@352:avg+lite2@384&448:avg|kmean")
 C+=("# Side study: svm.C on the best pair (the default is C 1)")
 C+=("lite1@352:avg+lite2@384:avg|kmean" "lite1@352:avg+lite2@384:avg|kmean;C=0.3" "lite1@352:avg+lite2@384:avg|kmean;C=3" "lite1@352:avg+lite2@384:avg|kmean;C=10")
 $PY bench/pooling.py evaluate --draws 5 --json bench/results/pooling.json --configs "${C[@]}" | tee bench/results/pooling.md
