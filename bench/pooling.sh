@@ -10,7 +10,7 @@ JOBS="lite0@352 lite2@384 lite1@352 lite2@352 lite1@384 lite2@260 lite1@240 lite
 $PY bench/pooling.py extract --jobs $JOBS
 $PY bench/pooling.py check --job lite0@352 --images 8
 $PY bench/pooling.py evaluate --check-kmean lite0@352:avg
-[ -f bench/results/pooling_speed.json ] || $PY bench/pooling.py speed --jobs $JOBS --images 48  # only where no speed file yet
+[ -f bench/results/pooling_speed.json ] || $PY bench/pooling.py speed --jobs lite0@352 lite1@352 lite2@384 lite2@448 --images 40  # only where no speed file yet
 
 POOLS="avg max gem2 gem3 gem4 avgmax_cat avgmax_sum reg_mean reg_cat"
 C=("# 1. Each Lite alone: average pooling, flip (Lite0 352 is today's default)")

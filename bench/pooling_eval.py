@@ -148,12 +148,11 @@ def check_kmean(data: Data, spec: str, draw: int = 0) -> float:
 
 
 def images_per_second(data: Data, config: str) -> float:
-    """Extraction speed of the config's (backbone, size) jobs, run one after the other: 1 / sum(1/rate);
-    each job's rate from ``bench/pooling.py speed`` (SPEED) where measured, else from its extraction."""
-    speeds = json.loads(SPEED.read_text()) if SPEED.exists() else {}
+    """Extraction speed of the config's (backbone, size) jobs, run one after the other: 1 / sum(1/rate),
+    each job's rate that of its full extraction (2,334 photos, image + mirror, on a shared CPU: the
+    load differed between jobs; ``bench/pooling.py speed`` times some back to back)."""
     jobs = dict.fromkeys(job for spec in parse(config)[0] for job in expand(spec.split(":")[0]))
-    return 1.0 / sum(1.0 / (speeds[job]["images_per_second"] if job in speeds
-                            else data.job(job)[1]["steady_images_per_second"]) for job in jobs)
+    return 1.0 / sum(1.0 / data.job(job)[1]["steady_images_per_second"] for job in jobs)
 
 
 def summarise(data: Data, config: str, runs: list[dict]) -> dict:
@@ -245,5 +244,7 @@ def main(argv=None) -> None:
     if args.json:
         from pathlib import Path
         Path(args.json).write_text(json.dumps({"draws": args.draws, "n_train": N_TRAIN, "reference": args.reference,
+                                               "speed": json.loads(SPEED.read_text()) if SPEED.exists() else {},
+                                               "extraction": {job: info for job, (_, info) in data.jobs.items()},
                                                "summaries": summaries,
                                                "markdown": table}, indent=1))
