@@ -6,7 +6,7 @@
     python bench/pooling.py evaluate --draws 5                          # table + bench/results/pooling.json
 
 Extraction. Per (backbone, size) each image's 1280-channel feature map is computed ONCE for the
-image and once for its mirror, through the product's own pixel path (``stages.views.ViewRunner``:
+image and once for its mirror, through the product's own pixel path (``fewlabel.features.views.ViewRunner``:
 ``decode_image`` + ``resize_image``, bilinear, the mirror reversed along the width), with the
 devdata ``.keras`` model's feature-map output (the product global-average-pools that same
 output). Every pooling is computed from that map; the image's and the mirror's pooled vectors
@@ -24,8 +24,8 @@ Poolings (F: the h x w x c map; regions: the 2x2 grid of overlapping halves
 Evaluation follows bench/quality.py: the pool is devdata's train.txt (2,334 photos); draw d
 (0..k-1) takes 750 training images with the product's stratified draw (subset.seed = d) and
 scores the other 1,584 with the default classifier of params.yaml built by
-``stages.model.build_model`` (signed sqrt, RBF with median gamma, C 1, libsvm probabilities);
-mAP / VOC07 mAP / P@1 by ``stages.metrics``.
+``fewlabel.model.svm.build_model`` (signed sqrt, RBF with median gamma, C 1, libsvm probabilities);
+mAP / VOC07 mAP / P@1 by ``fewlabel.metrics``.
 Ensembles of backbones: ``concat`` (plain concatenation, one model), ``l2cat`` (per block
 signed sqrt then L2 normalised, concatenated; then the model as usual, whose sqrt scaler is
 then applied a second time -- see ``--help``), ``kmean`` (the mean of the per-block RBF kernels, each
@@ -107,14 +107,14 @@ def load_devdata_pool():
 
 def default_params():
     import yaml
-    from stages.params import _Yaml12FloatLoader, parse_params
+    from fewlabel.params import _Yaml12FloatLoader, parse_params
     return parse_params(yaml.load((REPO_ROOT / "params.yaml").read_text(), Loader=_Yaml12FloatLoader))
 
 
 def feature_map_model(backbone: str, size: int):
     """The devdata model's feature-map output at input ``size`` (what the product GAP-pools)."""
     import keras
-    from stages.backbones import _load_model_file
+    from fewlabel.features.backbones import _load_model_file
     base = _load_model_file(str(WEIGHTS[backbone]))
     inputs = keras.Input((size, size, 3), name="rgb_0_255")
     model = keras.Model(inputs, base(inputs), name=f"fmap_{backbone}_{size}")
@@ -128,7 +128,7 @@ def job_path(job: str) -> Path:
 
 def extract(job: str, paths: list[str], ids: np.ndarray, batch_size: int = 8) -> dict:
     """Pooled, flip-averaged vectors of ``paths`` for ``job`` ('lite1@384'), written to the cache."""
-    from stages.views import View, ViewRunner
+    from fewlabel.features.views import View, ViewRunner
     backbone, size = job.split("@")
     size = int(size)
     model = feature_map_model(backbone, size)
@@ -166,8 +166,8 @@ def speed(jobs: list[str], n_images: int, batch_size: int = 8) -> dict:
     over the pool, after an 8-image warm-up; the jobs run back to back, so they share the
     machine's load. Merged into bench/results/pooling_speed.json."""
     import tempfile
-    from stages.common import CACHE_ENV
-    from stages.featurize import extract_features
+    from fewlabel.io import CACHE_ENV
+    from fewlabel.features.extract import extract_features
     ids, _, paths = load_devdata_pool()
     step = max(1, len(paths) // (n_images + 8))
     sample = paths[::step][:n_images + 8]
@@ -203,8 +203,8 @@ def check(job: str, n_images: int = 3) -> float:
     """Max abs difference between this bench's avg pooling and the product's feature (flip on,
     the same size) for the first ``n_images`` photos of the pool (empty product cache)."""
     import tempfile
-    from stages.common import CACHE_ENV
-    from stages.featurize import extract_features
+    from fewlabel.io import CACHE_ENV
+    from fewlabel.features.extract import extract_features
     ids, _, paths = load_devdata_pool()
     stored, _ = load_job(job, ids)
     backbone, size = job.split("@")

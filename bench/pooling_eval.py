@@ -36,7 +36,7 @@ class Data:
 
     def __init__(self, draws: int):
         from quality import draw_split
-        from stages.common import training_targets
+        from fewlabel.io import training_targets
         self.params = default_params()
         self.ids, self.labels, _ = load_devdata_pool()
         self.targets = training_targets(self.labels)
@@ -88,7 +88,7 @@ def svm_overrides(config: str) -> dict:
 
 
 def l2_blocks(blocks: list[np.ndarray]) -> np.ndarray:
-    from stages.model import signed_sqrt
+    from fewlabel.model.svm import signed_sqrt
     out = []
     for block in blocks:
         rooted = signed_sqrt(block.astype(np.float64))
@@ -99,7 +99,7 @@ def l2_blocks(blocks: list[np.ndarray]) -> np.ndarray:
 def probabilities(blocks: list[np.ndarray], method: str, train: np.ndarray, test: np.ndarray,
                   targets: np.ndarray, svm) -> np.ndarray:
     """(len(test), C) positive-class probabilities of the model trained on ``train`` rows."""
-    from stages.model import build_model, positive_probabilities
+    from fewlabel.model.svm import build_model, positive_probabilities
     if method == "kmean":
         train_kernel, test_kernel = 0.0, 0.0
         for block in blocks:
@@ -119,8 +119,8 @@ def probabilities(blocks: list[np.ndarray], method: str, train: np.ndarray, test
 
 
 def score(data: Data, config: str, draw: int) -> dict:
-    from stages.metrics import mean_ap, precision_at_k
-    from stages.model import for_training_set
+    from fewlabel.metrics import mean_ap, precision_at_k
+    from fewlabel.model.svm import for_training_set
     blocks, method = parse(config)
     features = [data.block(spec) for spec in blocks]
     train, test = data.splits[draw]
@@ -136,7 +136,7 @@ def score(data: Data, config: str, draw: int) -> dict:
 def check_kmean(data: Data, spec: str, draw: int = 0) -> float:
     """Max abs difference of the probabilities of the kernel-mean path on one block and the
     product's model (build_model on the features) for draw ``draw``."""
-    from stages.model import for_training_set
+    from fewlabel.model.svm import for_training_set
     block = data.block(spec)
     train, test = data.splits[draw]
     svm = for_training_set(data.params.svm, len(train))
