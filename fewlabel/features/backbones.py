@@ -75,14 +75,16 @@ def check_backbone_name(name: str) -> None:
         f"or a path to a saved model ending in {KERAS_SUFFIX}")
 
 
-def native_input_size(name_or_path: str) -> int:
-    """The size a backbone was trained at: a fixed-input ``.keras`` model's own size, a
-    ``keras.applications`` family's listed size, or 224 for a model file that takes any size."""
+def native_input_size(name_or_path: str, stated: int | None = None) -> int:
+    """The size a backbone was trained at: a fixed-input ``.keras`` model's own size; else
+    ``stated`` (``features.native_sizes``) when given; else a ``keras.applications`` family's
+    listed size, or 224 for a model file that takes any size (a ``.keras`` file records no
+    native size: its input shape is all it keeps)."""
     if is_model_file(name_or_path):
         fixed = _model_file_fixed_size(_load_model_file(name_or_path), name_or_path)
-        return fixed or DEFAULT_NATIVE_SIZE
+        return fixed or stated or DEFAULT_NATIVE_SIZE
     check_backbone_name(name_or_path)
-    return default_input_size(name_or_path)
+    return stated or default_input_size(name_or_path)
 
 
 def fixed_input_size(name_or_path: str) -> int | None:
