@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 
 from fewlabel.errors import PipelineError
+from fewlabel.features import hub
 
 KERAS_SUFFIX = ".keras"
 
@@ -62,6 +63,9 @@ def check_backbone_name(name: str) -> None:
     """Raise a PipelineError listing close matches when ``name`` is no keras.applications model."""
     if is_model_file(name):
         return
+    if hub.is_hub_backbone(name):
+        hub.preset_of(name)
+        return
     known = application_names()
     if name in known:
         return
@@ -72,7 +76,7 @@ def check_backbone_name(name: str) -> None:
     raise PipelineError(
         f"features.backbones: unknown backbone '{name}'; {hint}"
         f"use a keras.applications model name ({', '.join(known)}) "
-        f"or a path to a saved model ending in {KERAS_SUFFIX}")
+        f"or a path to a saved model ending in {KERAS_SUFFIX}, or {hub.PREFIX}<preset> (keras-hub)")
 
 
 def native_input_size(name_or_path: str, stated: int | None = None) -> int:
@@ -83,6 +87,8 @@ def native_input_size(name_or_path: str, stated: int | None = None) -> int:
     if is_model_file(name_or_path):
         fixed = _model_file_fixed_size(_load_model_file(name_or_path), name_or_path)
         return fixed or stated or DEFAULT_NATIVE_SIZE
+    if hub.is_hub_backbone(name_or_path):
+        return hub.fixed_size(name_or_path) or stated or hub.native_size(name_or_path)
     check_backbone_name(name_or_path)
     return stated or default_input_size(name_or_path)
 
@@ -91,6 +97,8 @@ def fixed_input_size(name_or_path: str) -> int | None:
     """The only size a backbone can run at (a ``.keras`` model with a fixed input), else None."""
     if is_model_file(name_or_path):
         return _model_file_fixed_size(_load_model_file(name_or_path), name_or_path)
+    if hub.is_hub_backbone(name_or_path):
+        return hub.fixed_size(name_or_path)
     check_backbone_name(name_or_path)
     return None
 
@@ -120,6 +128,13 @@ def build_extractor(name_or_path: str, weights: str | None, image_size: int | No
         inputs = keras.Input((size, size, 3), name="rgb_0_255")
         features = _pool(base(inputs), name_or_path)
         label = Path(name_or_path).stem
+    elif hub.is_hub_backbone(name_or_path):  # see fewlabel.features.hub
+        encoder, base = hub.build_hub_extractor(name_or_path, weights, size)
+        if weights_file is not None:
+            _load_weights(base, weights_file, name_or_path)
+        inputs = keras.Input((size, size, 3), name="rgb_0_255")
+        features = _pool(encoder(inputs), name_or_path)
+        label = Path(hub.preset_of(name_or_path)).name
     else:
         check_backbone_name(name_or_path)
         constructor = getattr(keras.applications, name_or_path)

@@ -14,6 +14,7 @@ import functools
 import gc
 import hashlib
 import inspect
+import re
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 
 from fewlabel.features import views as views_module
 from fewlabel.features.backbones import build_extractor, is_model_file
+from fewlabel.features.hub import cache_key as hub_cache_key, is_hub_backbone, preset_of
 from fewlabel.errors import PipelineError
 from fewlabel.progress import ProgressBar
 from fewlabel.io import file_md5
@@ -51,9 +53,9 @@ def _feature_code_hash() -> str:
 
     Part of the cache key, so editing that code cannot silently serve features of the old code.
     """
-    from fewlabel.features import backbones
+    from fewlabel.features import backbones, hub
     parts = (views_module.decode_image, views_module.resize_image, views_module._all_resizes,
-             views_module.ViewRunner, backbones.build_extractor, backbones._Preprocess, backbones._pool)
+             views_module.ViewRunner, backbones.build_extractor, backbones._Preprocess, backbones._pool, hub)
     source = "".join(inspect.getsource(part) for part in parts) + repr(views_module.RESIZE_METHODS)
     return hashlib.sha1(source.encode()).hexdigest()[:16]
 
@@ -71,6 +73,8 @@ def extractor_key(backbone: str, weights: str | None) -> dict:
     if is_model_file(backbone):
         backbone_key = {"keras_file_md5": file_md5(backbone)}
         weights_key = weights_key if isinstance(weights_key, dict) else "stored"
+    elif is_hub_backbone(backbone):
+        backbone_key = hub_cache_key(backbone)
     else:
         backbone_key = backbone
     return {"cache_format": CACHE_FORMAT, "backbone": backbone_key, "weights": weights_key,
@@ -78,6 +82,8 @@ def extractor_key(backbone: str, weights: str | None) -> dict:
 
 
 def _backbone_label(backbone: str) -> str:
+    if is_hub_backbone(backbone):
+        return "hub-" + re.sub(r"[^\w.-]", "_", Path(preset_of(backbone)).name)
     return Path(backbone).stem if is_model_file(backbone) else backbone
 
 
