@@ -74,9 +74,10 @@ def test_dinov2_features_are_class_token_and_patch_mean_at_each_size(images, tmp
     import keras
 
     name = dinov2_preset(tmp_path / "dino")
-    # native size: the preset's image converter (32); auto scales from it; DINOv2 interpolates
+    # native size: the preset's image converter (32); auto scales from it, rounding to the patch
+    # size (8: 1.5 x 32 = 48, where 32 would round to 64); DINOv2 interpolates to any size
     assert [[r.sizes for r in c] for c in candidate_recipes(params([name], image_size="auto",
-                                                                   select_scales=((1.0,), (2.0,))))] == [[(32,)], [(64,)]]
+                                                                   select_scales=((1.0,), (1.5,))))] == [[(32,)], [(48,)]]
     features, stats = extract_features(images, params([name]), progress=False)
     assert features.shape == (4, 32) and stats["input_sizes"] == [[32]]  # [class token 16, patch mean 16]
     # the same numbers as the backbone called by hand: pixels / 255, tokens [cls, 2 registers, 16 patches]
@@ -88,8 +89,8 @@ def test_dinov2_features_are_class_token_and_patch_mean_at_each_size(images, tmp
     assert tokens.shape == (4, 1 + 2 + 16, 16)
     expected = np.concatenate([tokens[:, 0], tokens[:, 3:].mean(axis=1)], axis=1)
     np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
-    at_64, stats = extract_features(images, params([name], image_size=64), progress=False)
-    assert at_64.shape == (4, 32) and stats["n_extracted"] == 4 and not np.allclose(at_64, features)
+    at_48, stats = extract_features(images, params([name], image_size=48), progress=False)
+    assert at_48.shape == (4, 32) and stats["n_extracted"] == 4 and not np.allclose(at_48, features)
 
 
 def test_vit_runs_at_its_fixed_size_with_its_class_token(images, tmp_path):

@@ -93,6 +93,12 @@ def native_input_size(name_or_path: str, stated: int | None = None) -> int:
     return stated or default_input_size(name_or_path)
 
 
+def size_multiple(name_or_path: str) -> int:
+    """What ``select_scales`` rounds a scaled size to: 32 (a CNN's five stride-2 halvings),
+    or a keras-hub patch encoder's patch size."""
+    return hub.size_multiple(name_or_path) if hub.is_hub_backbone(name_or_path) else 32
+
+
 def fixed_input_size(name_or_path: str) -> int | None:
     """The only size a backbone can run at (a ``.keras`` model with a fixed input), else None."""
     if is_model_file(name_or_path):

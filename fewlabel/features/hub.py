@@ -77,7 +77,8 @@ def preset_config(name: str) -> tuple[dict, dict | None]:
 
 
 def _interpolates(config: dict) -> bool:
-    return "position_embedding_shape" in config.get("config", {})
+    """Runs at any size: interpolated position embeddings (DINOv2) or rotary ones (DINOv3)."""
+    return bool({"position_embedding_shape", "rope_theta"} & set(config.get("config", {})))
 
 
 def _image_shape(config: dict) -> tuple | None:
@@ -93,6 +94,13 @@ def native_size(name: str) -> int:
         return int(size[0])
     shape = _image_shape(config)
     return int(shape[0]) if shape and shape[0] else 224
+
+
+def size_multiple(name: str) -> int:
+    """What view sizes are rounded to: the patch size of a patch encoder, else 32."""
+    config, _ = preset_config(name)
+    patch = config.get("config", {}).get("patch_size") or 32
+    return int(patch[0] if isinstance(patch, (list, tuple)) else patch)  # ViT: (8, 8)
 
 
 def fixed_size(name: str) -> int | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fewlabel.errors import PipelineError
-from fewlabel.features.backbones import check_backbone_name, fixed_input_size, native_input_size
+from fewlabel.features.backbones import check_backbone_name, fixed_input_size, native_input_size, size_multiple
 from fewlabel.features.runtimes import RuntimeChoice
 from fewlabel.features.views import View
 from fewlabel.io import feature_signature
@@ -43,15 +43,17 @@ class Recipe:
                 + (" flip" if self.flip else ""))
 
 
-def scaled_size(native: int, scale: float) -> int:
-    """``native * scale`` rounded (half up) to a multiple of 32, at least 32; scale 1 is ``native``.
+def scaled_size(native: int, scale: float, multiple: int = 32) -> int:
+    """``native * scale`` rounded (half up) to a multiple of ``multiple``, at least one; scale 1
+    is ``native``.
 
     EfficientNets halve their feature map five times: at a multiple of 32 no stride-2 layer
-    pads unevenly (on devdata, Lite0 at 336 scored 0.4 mAP below 352).
+    pads unevenly (on devdata, Lite0 at 336 scored 0.4 mAP below 352). A patch encoder
+    (keras-hub) rounds to its patch size instead.
     """
     if scale == 1:
         return int(native)
-    return max(32, int(native * scale / 32 + 0.5) * 32)
+    return max(multiple, int(native * scale / multiple + 0.5) * multiple)
 
 
 def _recipe(params: FeaturesParams, backbone: str, sizes) -> Recipe:
@@ -77,7 +79,7 @@ def candidate_recipes(params: FeaturesParams) -> list[list[Recipe]]:
     candidates = []
     natives = native_sizes(params)
     for scales in params.select_scales:
-        candidate = [_recipe(params, b, [scaled_size(native, s) for s in scales])
+        candidate = [_recipe(params, b, [scaled_size(native, s, size_multiple(b)) for s in scales])
                      for b, native in zip(_backbones(params), natives)]
         if candidate not in candidates:  # e.g. a fixed-size model makes every scale the same
             candidates.append(candidate)
