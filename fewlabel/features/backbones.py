@@ -134,13 +134,6 @@ def build_extractor(name_or_path: str, weights: str | None, image_size: int | No
         inputs = keras.Input((size, size, 3), name="rgb_0_255")
         features = _pool(base(inputs), name_or_path)
         label = Path(name_or_path).stem
-    elif hub.is_hub_backbone(name_or_path):  # see fewlabel.features.hub
-        encoder, base = hub.build_hub_extractor(name_or_path, weights, size)
-        if weights_file is not None:
-            _load_weights(base, weights_file, name_or_path)
-        inputs = keras.Input((size, size, 3), name="rgb_0_255")
-        features = _pool(encoder(inputs), name_or_path)
-        label = Path(hub.preset_of(name_or_path)).name
     else:
         check_backbone_name(name_or_path)
         constructor = getattr(keras.applications, name_or_path)
@@ -153,6 +146,24 @@ def build_extractor(name_or_path: str, weights: str | None, image_size: int | No
         label = name_or_path
     base.trainable = False
     model = keras.Model(inputs, features, name=re.sub(r"\W", "_", f"features_{label}_{size}"))
+    model.trainable = False
+    return model, size
+
+
+def build_hub_extractor(name: str, weights: str | None, image_size: int | None) -> tuple[keras.Model, int]:
+    """:func:`build_extractor` for a ``keras_hub:<preset>`` backbone (see
+    :mod:`fewlabel.features.hub`): the same input (RGB 0..255 at ``(size, size, 3)``) and output
+    (one vector per image). Kept apart so that the feature cache keys of the other backbones,
+    which hash :func:`build_extractor`'s code, did not change when keras-hub came."""
+    weights_file = _weights_file(weights)
+    size = int(image_size) if image_size else native_input_size(name)
+    encoder, base = hub.build_hub_extractor(name, weights, size)
+    if weights_file is not None:
+        _load_weights(base, weights_file, name)
+    inputs = keras.Input((size, size, 3), name="rgb_0_255")
+    model = keras.Model(inputs, _pool(encoder(inputs), name),
+                        name=re.sub(r"\W", "_", f"features_{Path(hub.preset_of(name)).name}_{size}"))
+    base.trainable = False
     model.trainable = False
     return model, size
 
