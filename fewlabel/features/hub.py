@@ -119,12 +119,22 @@ def cache_key(name: str) -> dict:
     preset = preset_of(name)
     folder = Path(preset)
     if folder.is_dir():
-        digest = hashlib.sha1()
-        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-            digest.update(str(file.relative_to(folder)).encode())
-            digest.update(file.read_bytes())
-        preset = {"preset_folder_sha1": digest.hexdigest()}
+        files = tuple((str(p.relative_to(folder)), p.stat().st_mtime_ns, p.stat().st_size)
+                      for p in sorted(folder.rglob("*")) if p.is_file())
+        preset = {"preset_folder_sha1": _folder_sha1(str(folder.resolve()), files)}
     return {"keras_hub": preset, "keras_hub_version": keras_hub.__version__}
+
+
+@functools.lru_cache(maxsize=8)
+def _folder_sha1(folder: str, files: tuple) -> str:
+    """The content hash of a preset folder's files, once per process while they are unchanged."""
+    digest = hashlib.sha1()
+    for relative, _, _ in files:
+        digest.update(relative.encode())
+        with open(Path(folder, relative), "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def build_hub_extractor(name: str, weights: str | None, size: int) -> tuple[keras.Model, keras.Model]:
