@@ -142,3 +142,15 @@ def test_featurize_stage_and_predicts_reading_of_its_meta(tmp_path, isolated_cac
                                     progress=False, recipes=recipes)
     assert stats["n_extracted"] == 0
     np.testing.assert_array_equal(again, train)
+
+
+def test_a_relative_local_preset_is_found_from_any_working_directory(tmp_path):
+    from fewlabel.api import _rooted
+    from fewlabel.features.recipes import Recipe
+
+    (tmp_path / "presets/dino").mkdir(parents=True)
+    names = ("keras_hub:presets/dino", "keras_hub:dinov2_small")
+    features, recipes = _rooted(params(names), [Recipe(name, (32,)) for name in names], tmp_path)
+    assert features.backbones == (f"keras_hub:{tmp_path / 'presets/dino'}", "keras_hub:dinov2_small")
+    assert [r.backbone for r in recipes] == list(features.backbones)
+
