@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: pipeline test setup setup-fast setup-engine setup-test bench scale quality clean-venv
+.PHONY: pipeline test setup setup-fast setup-engine setup-test setup-hub bench scale quality clean-venv
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,14 @@ setup-engine: $(VENV)/.installed-engine
 
 $(VENV)/.installed-engine: $(VENV)/.installed requirements-engine.txt
 	$(VENV)/bin/pip install -r requirements.txt -r requirements-engine.txt
+	touch $@
+
+## The optional keras-hub backbones (features.backbones: [keras_hub:<preset>]); not part of
+## `make test` (compiled dependencies): their tests skip without it.
+setup-hub: $(VENV)/.installed-hub
+
+$(VENV)/.installed-hub: $(VENV)/.installed requirements-hub.txt
+	$(VENV)/bin/pip install --quiet -r requirements.txt -r requirements-hub.txt
 	touch $@
 
 ## Test-only tools (requirements-test.txt), on top of the engine.

@@ -23,7 +23,9 @@ import numpy as np
 import pandas as pd
 
 from fewlabel.errors import PipelineError
+from fewlabel.features import hub
 from fewlabel.features.engine import Engine, map_chunks
+from fewlabel.features.hub import is_hub_backbone, preset_of
 from fewlabel.features.recipes import Recipe, recipes_from_meta
 from fewlabel.io import feature_signature, read_json
 from fewlabel.model.rules import DecisionRule, load_rule
@@ -131,6 +133,8 @@ def _rooted(params: FeaturesParams, recipes: list[Recipe], run_dir: Path) -> tup
     def rooted(name):
         if name is None or name == "imagenet":
             return name
+        if is_hub_backbone(name):  # keras_hub:<local preset folder>
+            return hub.PREFIX + rooted(preset_of(name))
         candidate = run_dir / name
         return str(candidate.resolve()) if not os.path.isabs(name) and candidate.exists() else name
 

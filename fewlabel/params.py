@@ -151,11 +151,16 @@ class FeaturesParams:
     ``image_size``: None (each backbone's native size), ``"auto"`` (chosen among
     ``select_scales`` by cross-validated mAP on the training images), a size in pixels, or
     a tuple of sizes (multi-scale, joined by ``combine``). ``select_scales``: the candidates
-    for ``auto``, each a tuple of multiples of the native size. ``runtime`` and ``precision``:
+    for ``auto``, each a tuple of multiples of the native size. ``native_sizes``: None, or one
+    native size (or None: the backbone's default) per backbone; what the features are depends
+    on it only through the sizes it gives. ``runtime`` and ``precision``:
     what runs the extractors (see stages/runtimes.py).
     """
     backbones: tuple = ("EfficientNetB6",)
     weights: str | None = "imagenet"
+    # each backbone's native input size, parallel to backbones; None (all, or one) = its known
+    # default (keras.applications: the family's listed size; a .keras file: its fixed size, or 224)
+    native_sizes: tuple | None = None
     image_size: object = None
     select_scales: tuple = ((1.0,),)
     select_folds: int = 3
@@ -299,8 +304,10 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
     weights = r.get("weights", "imagenet")
     if weights is not None and (not isinstance(weights, str) or not weights):
         raise r.fail("weights", "imagenet, null or a path to a weights file", weights)
-    features = FeaturesParams(backbones=tuple(r.string_list("backbones", ["EfficientNetB6"])),
+    backbones = tuple(r.string_list("backbones", ["EfficientNetB6"]))
+    features = FeaturesParams(backbones=backbones,
                               weights=weights,
+                              native_sizes=_native_sizes(r, backbones),
                               image_size=_image_size(r),
                               select_scales=_select_scales(r),
                               select_folds=r.integer("select_folds", 3, minimum=2),
@@ -403,6 +410,20 @@ def _image_size(reader: _Reader):
         raise reader.fail("image_size", "null (native size), auto, a size in pixels >= 32, or a list of "
                                         "different sizes (multi-scale)", value)
     return int(sizes[0]) if not isinstance(value, list) else tuple(int(v) for v in sizes)
+
+
+def _native_sizes(reader: _Reader, backbones: tuple) -> tuple | None:
+    """features.native_sizes: null, or a list parallel to features.backbones of sizes >= 32 or
+    nulls (null: that backbone's known default)."""
+    value = reader.get("native_sizes", None)
+    if value is None:
+        return None
+    expected = (f"null or a list of {len(backbones)} native size(s) in pixels >= 32 or null, one per "
+                f"features.backbones entry ({', '.join(backbones)})")
+    if not isinstance(value, list) or len(value) != len(backbones) or not all(
+            v is None or (isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 32) for v in value):
+        raise reader.fail("native_sizes", expected, value)
+    return tuple(None if v is None else int(v) for v in value)
 
 
 def _select_scales(reader: _Reader) -> tuple:

@@ -311,6 +311,56 @@ def test_any_size_model_file_runs_at_native_224_and_auto_scales_from_it(images, 
     assert [c[0].sizes for c in candidates] == [(224,), (352,), (224, 448)]
 
 
+def any_size_model_file(path: Path) -> str:
+    """A tiny .keras model that takes any input size (as the devdata EfficientNet-Lite files)."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((None, None, 3))
+    feature_map = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+    keras.Model(inputs, feature_map).save(path)
+    return str(path)
+
+
+def test_native_sizes_set_the_null_size_and_the_auto_candidates(images, tmp_path):
+    path = any_size_model_file(tmp_path / "lite.keras")
+    scales = ((1.0,), (1.5,), (1.0, 2.0))
+    # a stated native size replaces the .keras file's 224 (Lite2: 260) and keeps B0's own 224
+    stated = params(backbones=(path, "EfficientNetB0"), native_sizes=(260, None), image_size="auto",
+                    select_scales=scales)
+    assert [[r.sizes for r in c] for c in candidate_recipes(stated)] == \
+        [[(260,), (224,)], [(384,), (352,)], [(260, 512), (224, 448)]]
+    # a keras.applications name's stated size replaces its listed one too
+    renamed = params(backbones="EfficientNetB0", native_sizes=(240,), image_size="auto", select_scales=scales)
+    assert [c[0].sizes for c in candidate_recipes(renamed)] == [(240,), (352,), (240, 480)]
+    _, stats = extract_features(images[:2], params(backbones=path, native_sizes=(96,), image_size=None),
+                                progress=False)
+    assert stats["input_sizes"] == [[96]]
+
+
+def test_a_native_size_enters_the_features_only_through_the_sizes_it_gives(images, tmp_path):
+    from fewlabel.features.extract import resolve_runtime
+    from fewlabel.features.recipes import build_meta, fixed_recipes
+
+    path = any_size_model_file(tmp_path / "lite.keras")
+    default, stated = (params(backbones=path, image_size="auto", select_scales=((1.0,), (1.5,)), native_sizes=n)
+                       for n in (None, (224,)))
+    assert candidate_recipes(default) == candidate_recipes(stated)
+    default, stated = (params(backbones=path, image_size=None, native_sizes=n) for n in (None, (224,)))
+    assert fixed_recipes(default) == fixed_recipes(stated)
+    first, stats = extract_features(images[:3], default, progress=False)
+    again, stats_again = extract_features(images[:3], stated, progress=False)
+    assert stats["n_extracted"] == 3 and stats_again["n_extracted"] == 0  # the same per-image cache
+    np.testing.assert_array_equal(first, again)
+    runtime = resolve_runtime(default)
+    assert build_meta(default, fixed_recipes(default), [4], runtime) == \
+        build_meta(stated, fixed_recipes(stated), [4], runtime)
+    # another native size gives other sizes, so other features
+    _, other = extract_features(images[:3], params(backbones=path, image_size=None, native_sizes=(96,)),
+                                progress=False)
+    assert other["n_extracted"] == 3 and other["input_sizes"] == [[96]]
+
+
 def labelled_images(folder: Path, n: int = 24) -> tuple[list[str], np.ndarray]:
     """``n`` small JPEGs and 0/1 targets of two classes (bright images, wide images)."""
     rng = np.random.default_rng(5)

@@ -16,6 +16,7 @@ def test_repository_params_are_the_methods_defaults():
     assert params.subset.n_images == 750 and params.subset.min_per_class == 10
     assert params.features.backbones == ("EfficientNetB6",) and params.features.weights == "imagenet"
     assert params.features.runtime == "auto"  # OpenVINO bf16 where it pays (README, "Measured speed"), else Keras
+    assert params.features.native_sizes is None
     # chosen by measurement on real photos (README, "Quality on real photos")
     assert (params.features.image_size, params.features.select_scales, params.features.flip_tta) == \
         ("auto", ((1.0,), (1.5,)), True)
@@ -34,6 +35,12 @@ def test_repository_params_are_the_methods_defaults():
     ({"svm": {"scaler": "minmax"}}, r"svm\.scaler must be one of none, standard, l2, sqrt"),
     ({"features": {"image_size": [224, 224]}}, r"features\.image_size must be null \(native size\), auto"),
     ({"features": {"select_scales": [1.0, [0.05]]}}, r"features\.select_scales must be a list of candidates"),
+    ({"features": {"backbones": ["EfficientNetB0", "EfficientNetB1"], "native_sizes": [240]}},
+     r"features\.native_sizes must be null or a list of 2 native size\(s\) .*EfficientNetB0, EfficientNetB1"),
+    ({"features": {"native_sizes": [16]}}, r"features\.native_sizes must be null or a list of 1 native size"),
+    ({"features": {"native_sizes": 260}}, r"features\.native_sizes must be null or a list"),
+    ({"features": {"native_sizes": [True]}}, r"features\.native_sizes must be null or a list"),
+    ({"features": {"native_size": [260]}}, r"features\.native_size \(did you mean features\.native_sizes\?\)"),
     ({"features": {"resize": "lanczos"}}, r"features\.resize must be one of bilinear, bilinear_antialias"),
     ({"subset": {"n_images": "many"}}, r"subset\.n_images must be an integer"),
     ({"subset": {"class_quota": {"unicorn": 3}}}, r"subset\.class_quota names 'unicorn'"),
@@ -56,6 +63,12 @@ def test_repository_params_are_the_methods_defaults():
 def test_bad_values_name_the_key(raw, message):
     with pytest.raises(PipelineError, match=message):
         parse_params(raw)
+
+
+def test_native_sizes_parse_parallel_to_the_backbones():
+    features = parse_params({"features": {"backbones": ["a.keras", "b.keras"], "native_sizes": [260, None]}}).features
+    assert features.native_sizes == (260, None)
+    assert parse_params({"features": {"native_sizes": None}}).features.native_sizes is None
 
 
 def test_gamma_words_and_numbers(tmp_path):

@@ -124,6 +124,19 @@ def declared_plots(project) -> tuple[list[str], list[str]]:
     return [f for f in files if f not in images], images
 
 
+def test_a_native_size_giving_the_same_sizes_retrains_nothing(project):
+    try:
+        # EfficientNetB0's own native size, stated: the same views, so featurize reruns (its params
+        # changed) from its cache and writes the same features and meta.json: nothing after it runs
+        run = project.dvc("exp", "run", "-S", "features.native_sizes=[224]", check=True)
+        assert stages_run(run.stdout) == {"check_params", "featurize"}, run.stdout
+        # 128: select_scales 0.125 and 0.25 both give 32, not the baseline's 64: other features
+        run = project.dvc("exp", "run", "-S", "features.native_sizes=[128]", check=True)
+        assert {"featurize", "train", "calibrate", "evaluate"} <= stages_run(run.stdout), run.stdout
+    finally:
+        restore(project)
+
+
 def test_plots_show_renders_every_declared_plot(project):
     result = project.dvc("plots", "show", "-o", "rendered", check=True)
     html = project.path("rendered", "index.html").read_text()

@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 
 from fewlabel.errors import PipelineError
+from fewlabel.features import hub
 
 KERAS_SUFFIX = ".keras"
 
@@ -62,6 +63,9 @@ def check_backbone_name(name: str) -> None:
     """Raise a PipelineError listing close matches when ``name`` is no keras.applications model."""
     if is_model_file(name):
         return
+    if hub.is_hub_backbone(name):
+        hub.preset_of(name)
+        return
     known = application_names()
     if name in known:
         return
@@ -72,23 +76,35 @@ def check_backbone_name(name: str) -> None:
     raise PipelineError(
         f"features.backbones: unknown backbone '{name}'; {hint}"
         f"use a keras.applications model name ({', '.join(known)}) "
-        f"or a path to a saved model ending in {KERAS_SUFFIX}")
+        f"or a path to a saved model ending in {KERAS_SUFFIX}, or {hub.PREFIX}<preset> (keras-hub)")
 
 
-def native_input_size(name_or_path: str) -> int:
-    """The size a backbone was trained at: a fixed-input ``.keras`` model's own size, a
-    ``keras.applications`` family's listed size, or 224 for a model file that takes any size."""
+def native_input_size(name_or_path: str, stated: int | None = None) -> int:
+    """The size a backbone was trained at: a fixed-input ``.keras`` model's own size; else
+    ``stated`` (``features.native_sizes``) when given; else a ``keras.applications`` family's
+    listed size, or 224 for a model file that takes any size (a ``.keras`` file records no
+    native size: its input shape is all it keeps)."""
     if is_model_file(name_or_path):
         fixed = _model_file_fixed_size(_load_model_file(name_or_path), name_or_path)
-        return fixed or DEFAULT_NATIVE_SIZE
+        return fixed or stated or DEFAULT_NATIVE_SIZE
+    if hub.is_hub_backbone(name_or_path):
+        return hub.fixed_size(name_or_path) or stated or hub.native_size(name_or_path)
     check_backbone_name(name_or_path)
-    return default_input_size(name_or_path)
+    return stated or default_input_size(name_or_path)
+
+
+def size_multiple(name_or_path: str) -> int:
+    """What ``select_scales`` rounds a scaled size to: 32 (a CNN's five stride-2 halvings),
+    or a keras-hub patch encoder's patch size."""
+    return hub.size_multiple(name_or_path) if hub.is_hub_backbone(name_or_path) else 32
 
 
 def fixed_input_size(name_or_path: str) -> int | None:
     """The only size a backbone can run at (a ``.keras`` model with a fixed input), else None."""
     if is_model_file(name_or_path):
         return _model_file_fixed_size(_load_model_file(name_or_path), name_or_path)
+    if hub.is_hub_backbone(name_or_path):
+        return hub.fixed_size(name_or_path)
     check_backbone_name(name_or_path)
     return None
 
@@ -130,6 +146,24 @@ def build_extractor(name_or_path: str, weights: str | None, image_size: int | No
         label = name_or_path
     base.trainable = False
     model = keras.Model(inputs, features, name=re.sub(r"\W", "_", f"features_{label}_{size}"))
+    model.trainable = False
+    return model, size
+
+
+def build_hub_extractor(name: str, weights: str | None, image_size: int | None) -> tuple[keras.Model, int]:
+    """:func:`build_extractor` for a ``keras_hub:<preset>`` backbone (see
+    :mod:`fewlabel.features.hub`): the same input (RGB 0..255 at ``(size, size, 3)``) and output
+    (one vector per image). Kept apart so that the feature cache keys of the other backbones,
+    which hash :func:`build_extractor`'s code, did not change when keras-hub came."""
+    weights_file = _weights_file(weights)
+    size = int(image_size) if image_size else native_input_size(name)
+    encoder, base = hub.build_hub_extractor(name, weights, size)
+    if weights_file is not None:
+        _load_weights(base, weights_file, name)
+    inputs = keras.Input((size, size, 3), name="rgb_0_255")
+    model = keras.Model(inputs, _pool(encoder(inputs), name),
+                        name=re.sub(r"\W", "_", f"features_{Path(hub.preset_of(name)).name}_{size}"))
+    base.trainable = False
     model.trainable = False
     return model, size
 

@@ -14,6 +14,7 @@ import functools
 import gc
 import hashlib
 import inspect
+import re
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Callable
 import numpy as np
 
 from fewlabel.features import views as views_module
-from fewlabel.features.backbones import build_extractor, is_model_file
+from fewlabel.features.backbones import build_extractor, build_hub_extractor, is_model_file
+from fewlabel.features.hub import cache_key as hub_cache_key, is_hub_backbone, preset_of
 from fewlabel.errors import PipelineError
 from fewlabel.progress import ProgressBar
 from fewlabel.io import file_md5
@@ -48,14 +50,16 @@ ENGINE_CHUNK_IMAGES = 256
 
 # ----------------------------------------------------------------------------- extraction
 
-def _feature_code_hash() -> str:
-    """Hash of the code that turns an image file into features (decode, resize, views, model).
+def _feature_code_hash(hub_backbone: bool = False) -> str:
+    """Hash of the code that turns an image file into features (decode, resize, views, model;
+    for a keras-hub backbone, its builder too).
 
     Part of the cache key, so editing that code cannot silently serve features of the old code.
     """
-    from fewlabel.features import backbones
+    from fewlabel.features import backbones, hub
     parts = (views_module.decode_image, views_module.resize_image, views_module._all_resizes,
              views_module.ViewRunner, backbones.build_extractor, backbones._Preprocess, backbones._pool)
+    parts += (backbones.build_hub_extractor, hub) if hub_backbone else ()
     source = "".join(inspect.getsource(part) for part in parts) + repr(views_module.RESIZE_METHODS)
     return hashlib.sha1(source.encode()).hexdigest()[:16]
 
@@ -73,13 +77,18 @@ def extractor_key(backbone: str, weights: str | None) -> dict:
     if is_model_file(backbone):
         backbone_key = {"keras_file_md5": file_md5(backbone)}
         weights_key = weights_key if isinstance(weights_key, dict) else "stored"
+    elif is_hub_backbone(backbone):
+        backbone_key = hub_cache_key(backbone)
     else:
         backbone_key = backbone
     return {"cache_format": CACHE_FORMAT, "backbone": backbone_key, "weights": weights_key,
-            "keras": keras.__version__, "tensorflow": tf.__version__, "code": _feature_code_hash()}
+            "keras": keras.__version__, "tensorflow": tf.__version__,
+            "code": _feature_code_hash(is_hub_backbone(backbone))}
 
 
 def _backbone_label(backbone: str) -> str:
+    if is_hub_backbone(backbone):
+        return "hub-" + re.sub(r"[^\w.-]", "_", Path(preset_of(backbone)).name)
     return Path(backbone).stem if is_model_file(backbone) else backbone
 
 
@@ -99,7 +108,7 @@ def build_size_extractor(backbone: str, weights: str | None, size: int, runtime:
     ``batch_size`` (the Keras model is built only when the runtime's converted model is not
     cached yet)."""
     def build_keras():
-        model, built = build_extractor(backbone, weights, size)
+        model, built = (build_hub_extractor if is_hub_backbone(backbone) else build_extractor)(backbone, weights, size)
         if built != size:
             raise PipelineError(f"{backbone}: built at input size {built}, expected {size}")
         return model

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fewlabel.errors import PipelineError
-from fewlabel.features.backbones import check_backbone_name, fixed_input_size, native_input_size
+from fewlabel.features.backbones import check_backbone_name, fixed_input_size, native_input_size, size_multiple
 from fewlabel.features.runtimes import RuntimeChoice
 from fewlabel.features.views import View
 from fewlabel.io import feature_signature
@@ -43,15 +43,17 @@ class Recipe:
                 + (" flip" if self.flip else ""))
 
 
-def scaled_size(native: int, scale: float) -> int:
-    """``native * scale`` rounded (half up) to a multiple of 32, at least 32; scale 1 is ``native``.
+def scaled_size(native: int, scale: float, multiple: int = 32) -> int:
+    """``native * scale`` rounded (half up) to a multiple of ``multiple``, at least one; scale 1
+    is ``native``.
 
     EfficientNets halve their feature map five times: at a multiple of 32 no stride-2 layer
-    pads unevenly (on devdata, Lite0 at 336 scored 0.4 mAP below 352).
+    pads unevenly (on devdata, Lite0 at 336 scored 0.4 mAP below 352). A patch encoder
+    (keras-hub) rounds to its patch size instead.
     """
     if scale == 1:
         return int(native)
-    return max(32, int(native * scale / 32 + 0.5) * 32)
+    return max(multiple, int(native * scale / multiple + 0.5) * multiple)
 
 
 def _recipe(params: FeaturesParams, backbone: str, sizes) -> Recipe:
@@ -65,9 +67,9 @@ def fixed_recipes(params: FeaturesParams) -> list[Recipe]:
     if params.image_size == "auto":
         raise ValueError("image_size 'auto' is resolved by choose_recipes")
     recipes = []
-    for backbone in _backbones(params):
+    for backbone, native in zip(_backbones(params), native_sizes(params)):
         size = params.image_size
-        sizes = (native_input_size(backbone),) if size is None else (size if isinstance(size, tuple) else (size,))
+        sizes = (native,) if size is None else (size if isinstance(size, tuple) else (size,))
         recipes.append(_recipe(params, backbone, sizes))
     return recipes
 
@@ -75,12 +77,24 @@ def fixed_recipes(params: FeaturesParams) -> list[Recipe]:
 def candidate_recipes(params: FeaturesParams) -> list[list[Recipe]]:
     """For ``image_size: auto``: one list of recipes (one per backbone) per distinct candidate."""
     candidates = []
+    natives = native_sizes(params)
     for scales in params.select_scales:
-        candidate = [_recipe(params, b, [scaled_size(native_input_size(b), s) for s in scales])
-                     for b in _backbones(params)]
+        candidate = [_recipe(params, b, [scaled_size(native, s, size_multiple(b)) for s in scales])
+                     for b, native in zip(_backbones(params), natives)]
         if candidate not in candidates:  # e.g. a fixed-size model makes every scale the same
             candidates.append(candidate)
     return candidates
+
+
+def native_sizes(params: FeaturesParams) -> list[int]:
+    """Each backbone's native size: ``features.native_sizes`` where it states one, else the
+    backbone's known default (a fixed-input model file's own size always wins). Not part of any
+    cache key or meta.json: the features depend on it only through the sizes it gives."""
+    stated = params.native_sizes or (None,) * len(params.backbones)
+    if len(stated) != len(params.backbones):
+        raise PipelineError(f"features.native_sizes: {len(stated)} size(s) for {len(params.backbones)} "
+                            f"backbone(s); give one per features.backbones entry (null: its default)")
+    return [native_input_size(b, n) for b, n in zip(_backbones(params), stated)]
 
 
 def _backbones(params: FeaturesParams) -> tuple:
