@@ -163,6 +163,7 @@ class FeaturesParams:
     native_sizes: tuple | None = None
     image_size: object = None
     select_scales: tuple = ((1.0,),)
+    select_max_size: int | None = None  # auto: candidates with a view above this size are not tried
     select_folds: int = 3
     combine: str = "mean"
     resize: str = "bilinear"
@@ -310,6 +311,7 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
                               native_sizes=_native_sizes(r, backbones),
                               image_size=_image_size(r),
                               select_scales=_select_scales(r),
+                              select_max_size=r.integer("select_max_size", None, minimum=32, allow_none=True),
                               select_folds=r.integer("select_folds", 3, minimum=2),
                               combine=r.choice("combine", "mean", COMBINE_METHODS),
                               resize=r.choice("resize", "bilinear", RESIZE_METHODS),

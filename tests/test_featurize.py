@@ -338,6 +338,22 @@ def test_native_sizes_set_the_null_size_and_the_auto_candidates(images, tmp_path
     assert stats["input_sizes"] == [[96]]
 
 
+def test_select_max_size_skips_candidates_with_larger_views():
+    """B6 (native 528): the 1.5x candidate (800) is not tried under a 640 cap, nor a multi-scale one
+    holding it; with no candidate under the cap, the smallest is kept; no cap tries them all."""
+    scales = ((1.0,), (1.5,), (1.0, 1.5))
+    capped = params(backbones="EfficientNetB6", image_size="auto", select_scales=scales, select_max_size=640)
+    assert [[r.sizes for r in c] for c in candidate_recipes(capped)] == [[(528,)]]
+    uncapped = params(backbones="EfficientNetB6", image_size="auto", select_scales=scales)
+    assert [[r.sizes for r in c] for c in candidate_recipes(uncapped)] == [[(528,)], [(800,)], [(528, 800)]]
+    tiny = params(backbones="EfficientNetB6", image_size="auto", select_scales=((1.5,), (1.0,)), select_max_size=64)
+    assert [[r.sizes for r in c] for c in candidate_recipes(tiny)] == [[(528,)]]
+    # two backbones: a candidate counts by its largest view (Lite0-like 224 -> 352 stays under 640)
+    pair = params(backbones=("EfficientNetB0", "EfficientNetB6"), image_size="auto", select_scales=scales,
+                  select_max_size=640)
+    assert [[r.sizes for r in c] for c in candidate_recipes(pair)] == [[(224,), (528,)]]
+
+
 def test_a_native_size_enters_the_features_only_through_the_sizes_it_gives(images, tmp_path):
     from fewlabel.features.extract import resolve_runtime
     from fewlabel.features.recipes import build_meta, fixed_recipes

@@ -17,6 +17,7 @@ def test_repository_params_are_the_methods_defaults():
     assert params.features.backbones == ("EfficientNetB6",) and params.features.weights == "imagenet"
     assert params.features.runtime == "auto"  # OpenVINO bf16 where it pays (README, "Measured speed"), else Keras
     assert params.features.native_sizes is None
+    assert params.features.select_max_size == 640  # B6's 800 px candidate is not tried on a CPU
     # chosen by measurement on real photos (README, "Quality on real photos")
     assert (params.features.image_size, params.features.select_scales, params.features.flip_tta) == \
         ("auto", ((1.0,), (1.5,)), True)
@@ -35,6 +36,7 @@ def test_repository_params_are_the_methods_defaults():
     ({"svm": {"scaler": "minmax"}}, r"svm\.scaler must be one of none, standard, l2, sqrt"),
     ({"features": {"image_size": [224, 224]}}, r"features\.image_size must be null \(native size\), auto"),
     ({"features": {"select_scales": [1.0, [0.05]]}}, r"features\.select_scales must be a list of candidates"),
+    ({"features": {"select_max_size": 16}}, r"features\.select_max_size must be an integer >= 32"),
     ({"features": {"backbones": ["EfficientNetB0", "EfficientNetB1"], "native_sizes": [240]}},
      r"features\.native_sizes must be null or a list of 2 native size\(s\) .*EfficientNetB0, EfficientNetB1"),
     ({"features": {"native_sizes": [16]}}, r"features\.native_sizes must be null or a list of 1 native size"),
