@@ -93,7 +93,9 @@ def test_gamma_words_and_numbers(tmp_path):
 # _update_params -> dvc.utils.hydra.apply_overrides) before it runs the pipeline.
 @pytest.mark.parametrize("override", ["svm.C=10", "calibrate.max_labels=2", "data.source=/data/VOCdevkit",
                                       "evaluate.bootstrap=20", "tune.enabled=true", "features.runtime=openvino",
-                                      "features.select_scales=[1.0]", "tune.gamma=[scale,0.0005,0.002]"])
+                                      "features.select_scales=[1.0]", "tune.gamma=[scale,0.0005,0.002]",
+                                      "features.select_max_size=800", "data.pool_split=unlabelled",
+                                      "suggest.strategy=uncertainty", "suggest.n=50"])
 def test_dvc_set_param_changes_one_line_of_params_yaml(tmp_path, override):
     """DVC rewrites the whole file when it sets one value: in the style params.yaml is
     written in, only the value's own line (or list) changes, and every comment stays."""
