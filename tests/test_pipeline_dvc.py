@@ -452,7 +452,7 @@ def test_declared_metrics_files_hold_numbers_only(project):
     stages = yaml.safe_load(project.path("dvc.yaml").read_text())["stages"]
     declared = [next(iter(m)) if isinstance(m, dict) else m for stage in stages.values()
                 for m in stage.get("metrics", [])]
-    assert declared == ["metrics/metrics.json", "metrics/scores.json"], declared
+    assert declared == ["metrics/metrics.json", "metrics/scores.json", "metrics/suggest.json"], declared
     for path in declared:
         problems = list(_numeric_leaves(json.loads(project.path(path).read_text()), path))
         assert problems == [], problems

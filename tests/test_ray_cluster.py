@@ -94,7 +94,8 @@ def test_RAY_ADDRESS_sends_predict_to_the_cluster_and_a_missing_token_is_explain
     assert on_cluster.returncode == 0, on_cluster.stderr[-3000:]
     assert f"predict (ray ({address}, auto workers))" in on_cluster.stderr
     # the workers, started by the head, use the driver's cache: empty, so nothing is served from it ...
-    assert "wrote cluster.csv (24 images; 0 served from the feature cache)" in on_cluster.stdout
+    assert ("wrote cluster.csv (24 images labelled, 0 skipped; 0 served from the feature cache)"
+            in on_cluster.stdout)
     assert list((tmp_path / "cache").rglob("*.npy"))  # ... and they filled it
 
     expected, actual = pd.read_csv(project / "single.csv"), pd.read_csv(project / "cluster.csv")

@@ -156,7 +156,7 @@ def test_train_refuses_a_features_file_with_nan_rows(tmp_path):
     (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
     result = run_module("stages.train", "--features", "train.npz", "--meta", "meta.json", "--labels", "train.csv",
                         "--model-out", "m.joblib", "--oof-out", "oof.csv", "--tune-out", "t.json",
-                        "--tune-heatmap", "t.png", cwd=tmp_path)
+                        "--tune-grid", "t.csv", cwd=tmp_path)
     assert result.returncode == 1
     assert ("error: train.npz: 1 feature row(s) hold NaN or inf (image(s) 000003); the file is damaged or was not "
             "written by this featurize: rerun it (dvc repro -f featurize)") in result.stderr, result.stderr
