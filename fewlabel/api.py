@@ -88,7 +88,9 @@ class Classifier:
         for item, problem in problems:
             warnings.warn(f"{item}: {problem}", stacklevel=2)
         if not tables:
-            return label_images(np.zeros((0, len(self.classes))), self.rule, self.classes, top_k).assign(path=[])
+            empty = label_images(np.zeros((0, len(self.classes))), self.rule, self.classes, top_k)
+            empty.insert(0, "path", pd.Series(dtype=str))  # the columns of a labelled table, path first
+            return empty
         return pd.concat(tables, ignore_index=True)
 
     def labelled_chunks(self, paths: list[str], top_k: int, chunk_size: int = CHUNK_IMAGES,

@@ -19,25 +19,21 @@ import pandas as pd
 
 from fewlabel.errors import PipelineError
 from fewlabel.features.screening import describe_unreadable, undecodable
-from fewlabel.io import atomic_path
+from fewlabel.data.voc import IMAGE_EXTENSIONS
+from fewlabel.io import atomic_path, read_lines
 from fewlabel.model.rules import DecisionRule, apply_rule
 from fewlabel.model.svm import positive_probabilities
 from fewlabel.params import FeaturesParams
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+IMAGE_SUFFIXES = set(IMAGE_EXTENSIONS)  # the files prepare and the pool read too
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 CHUNK_IMAGES = 512
 
 
 def read_file_list(path: str) -> list[str]:
-    """The paths listed in a text file, one per line (blank lines and ``#`` comments skipped)."""
-    try:
-        with open(path, encoding="utf-8-sig") as handle:  # -sig: a byte order mark is not part of a path
-            lines = [line.strip() for line in handle]
-    except OSError as error:
-        raise PipelineError(f"{path}: cannot read the file list ({error.strerror or error}); "
-                            f"give a text file with one image path per line") from error
-    return [line for line in lines if line and not line.startswith("#")]
+    """The paths listed in a text file, one per line (blank lines and ``#`` comments skipped;
+    a byte order mark is not part of a path)."""
+    return read_lines(path, "the file list of image paths")
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
