@@ -51,7 +51,7 @@ TABLE_BUDGETS = (250, 350, 450, 550, 650, 750, 1000)
 
 
 def load(args):
-    from fewlabel.io import training_targets
+    from fewlabel.artifacts import training_targets
     path = features_file(args.backbone, args.size, not args.no_flip, args.runtime)
     if not path.is_file():
         build_features(Path(args.voc), args.split, args.backbone, args.size, not args.no_flip, args.runtime)

@@ -106,7 +106,7 @@ def load_pool(voc: Path, split: str, classes) -> tuple[np.ndarray, np.ndarray, l
 def draw_split(labels: np.ndarray, params, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, eval rows): the subset stage's stratified draw of ``subset.n_images`` with
     ``seed``; the rest of the pool is the eval set."""
-    from fewlabel.io import training_targets
+    from fewlabel.artifacts import training_targets
     from fewlabel.data.stratify import stratified_subset
     classes = params.data.classes
     quotas = {classes.index(name): target for name, target in params.subset.class_quota.items()}
@@ -130,8 +130,8 @@ def decision_rules(params, probabilities_oof, targets, folds, labels_eval, proba
 
 def run_config(params, pool, train_rows, eval_rows, model_cache: dict, model_key: str) -> dict:
     """Featurize (cached), train (shared across calibrate-only variants), calibrate, evaluate."""
-    from fewlabel.io import training_targets
-    from fewlabel.features.selection import featurize_subsets
+    from fewlabel.artifacts import training_targets
+    from fewlabel.features.featurize import featurize_subsets
     from fewlabel.model.svm import positive_probabilities
     from fewlabel.model.train import train
     ids, labels, paths = pool

@@ -90,7 +90,7 @@ def measure_train(n: int, method: str) -> dict:
     from dataclasses import replace
 
     from bench.synthetic import synthetic_split
-    from fewlabel.io import training_targets
+    from fewlabel.artifacts import training_targets
     from fewlabel.metrics import mean_ap
     from fewlabel.params import VOC_CLASSES, TuneParams, load_params
     from fewlabel.model.train import train

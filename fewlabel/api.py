@@ -27,7 +27,8 @@ from fewlabel.features import hub
 from fewlabel.features.engine import Engine, map_chunks
 from fewlabel.features.hub import is_hub_backbone, preset_of
 from fewlabel.features.recipes import Recipe, recipes_from_meta
-from fewlabel.io import feature_signature, read_json
+from fewlabel.artifacts import feature_signature
+from fewlabel.io import read_json
 from fewlabel.model.rules import DecisionRule, load_rule
 from fewlabel.model.svm import load_model, positive_probabilities
 from fewlabel.params import FeaturesParams, load_params

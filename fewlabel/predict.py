@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from fewlabel.artifacts import PROBABILITY, class_values, probability_table
 from fewlabel.errors import PipelineError
 from fewlabel.features.screening import describe_unreadable, undecodable
 from fewlabel.data.voc import IMAGE_EXTENSIONS
@@ -74,15 +75,10 @@ def label_images(probabilities: np.ndarray, rule: DecisionRule, classes, top_k: 
     classes = list(classes)
     predicted = apply_rule(probabilities, rule).astype(bool)
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
-    table = pd.DataFrame({
+    return probability_table({
         "labels": [" ".join(c for c, on in zip(classes, row) if on) for row in predicted],
         f"top_{top_k}": [" ".join(classes[i] for i in row) for row in order],
-    })
-    for c, name in enumerate(classes):
-        table[f"p_{name}"] = probabilities[:, c]
-    for c, name in enumerate(classes):
-        table[f"y_{name}"] = predicted[:, c].astype(int)
-    return table
+    }, classes, probabilities, decisions=predicted.astype(int))
 
 
 class ImageLabeller:
@@ -219,7 +215,7 @@ def label_stream(results, paths: list[str], rule: DecisionRule, classes, top_k: 
 
 def label_lines(table: pd.DataFrame, classes, top_k: int) -> list[str]:
     """One line per image: its labels and its top-k classes with their probabilities."""
-    probabilities = table[[f"p_{name}" for name in classes]].to_numpy()
+    probabilities = class_values(table, PROBABILITY, classes)
     lines = []
     for path, labels, row in zip(table["path"], table["labels"], probabilities):
         top = np.argsort(-row, kind="stable")[:top_k]

@@ -11,7 +11,7 @@ from fewlabel.errors import PipelineError
 from fewlabel.features.backbones import check_backbone_name, fixed_input_size, native_input_size, size_multiple
 from fewlabel.features.runtimes import RuntimeChoice
 from fewlabel.features.views import View
-from fewlabel.io import feature_signature
+from fewlabel.artifacts import feature_signature
 from fewlabel.params import FeaturesParams
 
 import keras
