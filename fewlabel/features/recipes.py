@@ -164,7 +164,7 @@ def recipes_from_meta(meta: dict) -> tuple[FeaturesParams, list[Recipe]]:
 
 
 def build_meta(params: FeaturesParams, recipes: list[Recipe], dims: list[int], runtime: RuntimeChoice) -> dict:
-    """meta.json: what the features are (the signature of :func:`fewlabel.io.feature_signature`
+    """meta.json: what the features are (the signature of :func:`fewlabel.artifacts.feature_signature`
     plus the runtime and precision that computed them, and versions), and nothing about this
     run, so an identical rerun leaves it byte-identical and DVC does not retrain for nothing."""
     return {
