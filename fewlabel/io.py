@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pandas as pd
+import platformdirs
 
 from fewlabel.errors import PipelineError
 
@@ -87,12 +88,11 @@ def _rmtree(path: Path) -> None:
 def user_cache_dir(*parts: str) -> Path:
     """The per-user cache (downloads, extracted data, per-image features).
 
-    ``$FEWLABEL_CACHE_DIR`` overrides it; else ``$XDG_CACHE_HOME/fewlabel`` or ``~/.cache/fewlabel``.
+    ``$FEWLABEL_CACHE_DIR`` overrides it; else ``$XDG_CACHE_HOME/fewlabel`` or ``~/.cache/fewlabel`` on Linux
+    (platformdirs' user cache folder elsewhere).
     """
-    root = os.environ.get(CACHE_ENV)
-    if not root:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        root = os.path.join(base, "fewlabel")
+    # platformdirs: $XDG_CACHE_HOME/fewlabel or ~/.cache/fewlabel on Linux, each system's own elsewhere
+    root = os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("fewlabel", appauthor=False)
     path = Path(root, *parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
