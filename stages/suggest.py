@@ -21,7 +21,7 @@ import numpy as np
 
 from fewlabel.active.label_check import label_check
 from fewlabel.active.learning_curve import learning_curve
-from fewlabel.active.model import check_probabilities
+from fewlabel.active.fitting import check_probabilities
 from fewlabel.active.report import (check_table, label_studio_config, label_studio_json, learning_curve_figure,
                                     learning_curve_table, suggestion_table, thumbnails_figure)
 from fewlabel.active.strategies import rank_pool

@@ -290,7 +290,7 @@ def propose(features: np.ndarray, targets: np.ndarray, labelled: np.ndarray, n: 
     """One round: fit the product's model on the ``labelled`` rows (a boolean mask or indices) and
     rank the other rows by ``strategy``. ``targets`` of unlabelled rows are never read (they may
     hold anything). The returned ``indices`` are rows of ``features`` (not of the pool)."""
-    from fewlabel.active.model import DEFAULT_SVM, fit_predict
+    from fewlabel.active.fitting import DEFAULT_SVM, fit_predict
     mask = np.zeros(len(features), dtype=bool)
     mask[labelled] = True
     pool = np.flatnonzero(~mask)

@@ -1,4 +1,4 @@
-"""The product's classifier, fitted on any subset of labelled images (shared by the active modules).
+"""The product's classifier fitted on any subset of labelled images (shared by the active modules).
 
 Every model here is :func:`fewlabel.model.svm.build_model` with the given ``SvmParams`` (its
 ``approximation`` resolved for the training set by :func:`fewlabel.model.svm.for_training_set`), so
