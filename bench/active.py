@@ -51,7 +51,7 @@ TABLE_BUDGETS = (250, 350, 450, 550, 650, 750, 1000)
 
 
 def load(args):
-    from fewlabel.io import training_targets
+    from fewlabel.artifacts import training_targets
     path = features_file(args.backbone, args.size, not args.no_flip, args.runtime)
     if not path.is_file():
         build_features(Path(args.voc), args.split, args.backbone, args.size, not args.no_flip, args.runtime)
@@ -68,7 +68,7 @@ def svm_params():
 
 def score(features, targets, labels, train_rows, eval_rows, svm, also=()):
     """mAP on ``eval_rows`` of the product's model fitted on ``train_rows``; plus probabilities of ``also``."""
-    from fewlabel.active.model import fit_predict
+    from fewlabel.active.fitting import fit_predict
     from fewlabel.metrics import mean_ap
     outputs = fit_predict(features[train_rows], targets[train_rows], [features[eval_rows], features[also]], svm)
     return float(mean_ap(labels[eval_rows], outputs[0])), outputs[1]
@@ -220,7 +220,7 @@ def cmd_report(args) -> None:
 
 def cmd_label_check(args) -> None:
     from fewlabel.active.label_check import SCORES, corrupt_labels, found_in_top, label_check
-    from fewlabel.active.model import repeated_out_of_fold
+    from fewlabel.active.fitting import repeated_out_of_fold
     features, labels, targets = load(args)
     svm = svm_params()
     results = {}

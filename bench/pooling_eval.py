@@ -36,7 +36,7 @@ class Data:
 
     def __init__(self, draws: int):
         from quality import draw_split
-        from fewlabel.io import training_targets
+        from fewlabel.artifacts import training_targets
         self.params = default_params()
         self.ids, self.labels, _ = load_devdata_pool()
         self.targets = training_targets(self.labels)

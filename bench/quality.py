@@ -106,7 +106,7 @@ def load_pool(voc: Path, split: str, classes) -> tuple[np.ndarray, np.ndarray, l
 def draw_split(labels: np.ndarray, params, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, eval rows): the subset stage's stratified draw of ``subset.n_images`` with
     ``seed``; the rest of the pool is the eval set."""
-    from fewlabel.io import training_targets
+    from fewlabel.artifacts import training_targets
     from fewlabel.data.stratify import stratified_subset
     classes = params.data.classes
     quotas = {classes.index(name): target for name, target in params.subset.class_quota.items()}
@@ -118,22 +118,11 @@ def draw_split(labels: np.ndarray, params, seed: int) -> tuple[np.ndarray, np.nd
 
 # --------------------------------------------------------------------------- one config, one draw
 
-def decision_rules(params, probabilities_oof, targets, folds, labels_eval, probabilities_eval):
-    """Metrics of each decision rule on the eval images, via the calibrate and evaluate cores."""
-    from fewlabel.model.calibrate import calibrate
-    from fewlabel.evaluation import evaluate
-    calibration = calibrate(targets, probabilities_oof, folds, params.calibrate)
-    metrics, _ = evaluate(labels_eval, probabilities_eval, calibration.rule, params.data.classes,
-                          params.evaluate)
-    return metrics, calibration
-
-
 def run_config(params, pool, train_rows, eval_rows, model_cache: dict, model_key: str) -> dict:
-    """Featurize (cached), train (shared across calibrate-only variants), calibrate, evaluate."""
-    from fewlabel.io import training_targets
-    from fewlabel.features.selection import featurize_subsets
-    from fewlabel.model.svm import positive_probabilities
-    from fewlabel.model.train import train
+    """Featurize (cached), fit (the model shared across calibrate-only variants), evaluate:
+    :func:`fewlabel.fit.fit`, the pipeline's train, calibrate and evaluate in memory."""
+    from fewlabel.features.featurize import featurize_subsets
+    from fewlabel.fit import fit
     ids, labels, paths = pool
     classes = params.data.classes
     if model_key not in model_cache:
@@ -142,18 +131,16 @@ def run_config(params, pool, train_rows, eval_rows, model_cache: dict, model_key
                                        [paths[i] for i in eval_rows], params.features, classes, progress=False)
         featurize_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        result = train(featurized.train, labels[train_rows], classes, params.svm, params.calibrate.folds, params.tune)
+        fitted = fit(featurized.train, labels[train_rows], params)
         train_seconds = time.perf_counter() - started
-        model_cache[model_key] = {
-            "oof": result.oof_probabilities, "folds": result.folds,
-            "eval_probabilities": positive_probabilities(result.model, featurized.eval),
-            "views": " | ".join(r.label for r in featurized.recipes),
-            "featurize_seconds": featurize_seconds, "train_seconds": train_seconds, "svm": result.svm}
-    trained = model_cache[model_key]
-    metrics, calibration = decision_rules(params, trained["oof"], training_targets(labels[train_rows]),
-                                          trained["folds"], labels[eval_rows], trained["eval_probabilities"])
-    return {"metrics": metrics, "views": trained["views"], "train_seconds": trained["train_seconds"],
-            "featurize_seconds": trained["featurize_seconds"], "rule": _describe(calibration)}
+        model_cache[model_key] = {"fitted": fitted, "eval_features": featurized.eval,
+                                  "views": " | ".join(r.label for r in featurized.recipes),
+                                  "featurize_seconds": featurize_seconds, "train_seconds": train_seconds}
+    cached = model_cache[model_key]
+    fitted = fit(None, labels[train_rows], params, trained=cached["fitted"].trained)  # this variant's rule
+    metrics, _ = fitted.evaluate(cached["eval_features"], labels[eval_rows], params)
+    return {"metrics": metrics, "views": cached["views"], "train_seconds": cached["train_seconds"],
+            "featurize_seconds": cached["featurize_seconds"], "rule": _describe(fitted.calibration)}
 
 
 def _describe(calibration) -> str:

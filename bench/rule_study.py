@@ -47,8 +47,8 @@ def collect(draw: int, params, pool, cache: Path) -> dict:
     path = cache / f"draw{draw}.npz"
     if path.exists():
         return dict(np.load(path))
-    from fewlabel.io import training_targets
-    from fewlabel.features.selection import featurize_subsets
+    from fewlabel.artifacts import training_targets
+    from fewlabel.features.featurize import featurize_subsets
     from fewlabel.model.svm import RANDOM_STATE, build_model, for_training_set, positive_probabilities
     from fewlabel.data.stratify import multilabel_kfold
     _, labels, paths = pool

@@ -90,7 +90,7 @@ def measure_train(n: int, method: str) -> dict:
     from dataclasses import replace
 
     from bench.synthetic import synthetic_split
-    from fewlabel.io import training_targets
+    from fewlabel.artifacts import training_targets
     from fewlabel.metrics import mean_ap
     from fewlabel.params import VOC_CLASSES, TuneParams, load_params
     from fewlabel.model.train import train
@@ -114,7 +114,7 @@ def measure_train(n: int, method: str) -> dict:
 
 def measure_predict(project: Path, image_list: Path, n_images: int, engine: str, workers: int) -> dict:
     """``stages.predict`` over the images of ``image_list`` with ``engine``, in this process."""
-    from fewlabel.predict import main as predict_main
+    from stages.predict import main as predict_main
 
     os.chdir(project)
     os.environ["FEWLABEL_CACHE_DIR"] = tempfile.mkdtemp(prefix="scale-cache-")  # nothing cached

@@ -22,7 +22,7 @@ from sklearn.multioutput import MultiOutputClassifier  # noqa: E402
 from sklearn.svm import SVC  # noqa: E402
 
 from bench.synthetic import synthetic_split  # noqa: E402
-from fewlabel.io import training_targets  # noqa: E402
+from fewlabel.artifacts import training_targets  # noqa: E402
 from fewlabel.model.svm import build_model, positive_probabilities  # noqa: E402
 from fewlabel.params import SvmParams  # noqa: E402
 

@@ -76,7 +76,8 @@ def write_predict_project(root: Path, backbone: str = "EfficientNetB0", image_si
     (an SVM fitted to random labels of 30 generated images: for plumbing, not for labels) and
     ``models/thresholds.json`` (0.5 and at least one label). Uses the feature cache."""
     from fewlabel.model.rules import DecisionRule
-    from fewlabel.io import feature_signature, file_md5, write_json
+    from fewlabel.artifacts import feature_signature
+    from fewlabel.io import file_md5, write_json
     from fewlabel.features.recipes import Recipe, build_meta
     from fewlabel.features.extract import extract_features
     from fewlabel.model.svm import build_model, save_model

@@ -27,11 +27,13 @@ from fewlabel.features import hub
 from fewlabel.features.engine import Engine, map_chunks
 from fewlabel.features.hub import is_hub_backbone, preset_of
 from fewlabel.features.recipes import Recipe, recipes_from_meta
-from fewlabel.io import feature_signature, read_json
+from fewlabel.artifacts import feature_signature
+from fewlabel.io import read_json
 from fewlabel.model.rules import DecisionRule, load_rule
 from fewlabel.model.svm import load_model, positive_probabilities
 from fewlabel.params import FeaturesParams, load_params
-from fewlabel.predict import CHUNK_IMAGES, ImageLabeller, expand_inputs, label_images, label_stream
+from fewlabel.data.images import expand_inputs
+from fewlabel.predict import CHUNK_IMAGES, ImageLabeller, label_images, label_stream
 
 #: Where a run keeps what ``load`` reads, relative to the run's folder (as dvc.yaml writes them).
 MODEL_PATH = "models/model.joblib"

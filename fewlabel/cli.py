@@ -17,7 +17,9 @@ import sys
 from fewlabel.errors import PipelineError, run_main
 from fewlabel.features.engine import resolve_engine
 from fewlabel.params import ENGINES, load_params
-from fewlabel.predict import CHUNK_IMAGES, TableWriter, expand_inputs, label_lines, read_file_list
+from fewlabel.data.images import expand_inputs, read_file_list
+from fewlabel.predict import CHUNK_IMAGES, label_lines
+from fewlabel.tables import TableWriter
 from fewlabel.progress import ProgressBar
 
 PREDICT_HELP = "label new photos with the trained model and its calibrated decision rule"

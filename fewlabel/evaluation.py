@@ -98,16 +98,6 @@ def _rounded(value):
     return value
 
 
-def predictions_table(ids, probabilities: np.ndarray, predicted: np.ndarray, classes) -> pd.DataFrame:
-    """``image_id, p_<class>..., y_<class>...`` (y: 0/1 from the calibrated decision rule)."""
-    table = pd.DataFrame({"image_id": ids})
-    for c, name in enumerate(classes):
-        table[f"p_{name}"] = probabilities[:, c]
-    for c, name in enumerate(classes):
-        table[f"y_{name}"] = predicted[:, c]
-    return table
-
-
 def confusion_records(labels: np.ndarray, predicted: np.ndarray, classes) -> dict[str, pd.DataFrame]:
     """Per class, one record per scored image with ``actual``/``predicted`` (DVC confusion template)."""
     names = np.array(["absent", "present"])

@@ -1,4 +1,5 @@
-"""Files: atomic writes, the per-user cache folder, and reading what earlier stages wrote."""
+"""Files in general: atomic writes, the per-user cache folder, reading a CSV, JSON or list file
+with a clear error. The formats of the files passed between stages live in :mod:`fewlabel.artifacts`."""
 from __future__ import annotations
 
 import contextlib
@@ -9,8 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import pandas as pd
+import platformdirs
 
 from fewlabel.errors import PipelineError
 
@@ -87,12 +88,11 @@ def _rmtree(path: Path) -> None:
 def user_cache_dir(*parts: str) -> Path:
     """The per-user cache (downloads, extracted data, per-image features).
 
-    ``$FEWLABEL_CACHE_DIR`` overrides it; else ``$XDG_CACHE_HOME/fewlabel`` or ``~/.cache/fewlabel``.
+    ``$FEWLABEL_CACHE_DIR`` overrides it; else ``$XDG_CACHE_HOME/fewlabel`` or ``~/.cache/fewlabel`` on Linux
+    (platformdirs' user cache folder elsewhere).
     """
-    root = os.environ.get(CACHE_ENV)
-    if not root:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        root = os.path.join(base, "fewlabel")
+    # platformdirs: $XDG_CACHE_HOME/fewlabel or ~/.cache/fewlabel on Linux, each system's own elsewhere
+    root = os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("fewlabel", appauthor=False)
     path = Path(root, *parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -125,36 +125,6 @@ def read_lines(path: str | Path, what: str = "a list") -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def read_label_table(path: str | Path, classes: tuple[str, ...] | list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``image_id, split, <class>...`` and return (ids, labels) with VOC codes 1/0/-1."""
-    frame = read_csv(path, required=["image_id", *classes])
-    return frame["image_id"].to_numpy(dtype=str), frame[list(classes)].to_numpy(dtype=np.int8)
-
-
-def training_targets(labels: np.ndarray) -> np.ndarray:
-    """VOC codes to 0/1 training targets: difficult-only (0) counts as present."""
-    return (labels >= 0).astype(np.int8)
-
-
-def load_features(path: str | Path, expected_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``ids`` and ``features`` from a featurize .npz, checking the id order if given and
-    that every value is finite (NaN would reach scikit-learn as a raw ValueError)."""
-    path = Path(path)
-    if not path.exists():
-        raise PipelineError(f"{path}: not found; run the featurize stage first (dvc repro featurize)")
-    with np.load(path, allow_pickle=False) as archive:
-        ids, features = archive["ids"].astype(str), archive["features"]
-    if expected_ids is not None and not np.array_equal(ids, np.asarray(expected_ids, dtype=str)):
-        raise PipelineError(f"{path}: its image ids do not match the subset CSV; rerun featurize")
-    finite = np.isfinite(features).all(axis=tuple(range(1, features.ndim)))
-    if not finite.all():
-        bad = ids[~finite] if len(ids) == len(finite) else np.flatnonzero(~finite).astype(str)
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise PipelineError(f"{path}: {len(bad)} feature row(s) hold NaN or inf (image(s) {shown}); the file is "
-                            f"damaged or was not written by this featurize: rerun it (dvc repro -f featurize)")
-    return ids, features
-
-
 def read_json(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
@@ -163,17 +133,6 @@ def read_json(path: str | Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise PipelineError(f"{path}: is not valid JSON ({error}); rerun the stage that writes it") from error
-
-
-FEATURE_IDENTITY_KEYS = ("backbones", "dims", "input_sizes", "resize", "combine", "flip_tta", "weights")
-
-
-def feature_signature(meta: dict) -> dict:
-    """The fields of ``data/features/meta.json`` that identify the feature space.
-
-    A model is only ever applied to features with the same signature it was trained on.
-    """
-    return {key: meta.get(key) for key in FEATURE_IDENTITY_KEYS}
 
 
 def write_csv_dir(path: str | Path, frames: dict[str, pd.DataFrame]) -> None:

@@ -1,61 +1,25 @@
-"""Labelling new photos: expanding inputs (files, folders, globs, lists), telling unreadable
-files apart, the per-chunk worker that turns image paths into class probabilities (in this
-process or on the engine's workers), and writing the labelled table chunk by chunk.
+"""Labelling new photos: telling unreadable files apart, the per-chunk worker that turns image
+paths into class probabilities (in this process or on the engine's workers), and the labelled
+table (the rule's labels, the top-k classes, every probability) with its printed lines.
+Inputs are expanded by :mod:`fewlabel.data.images`; the table is written by :mod:`fewlabel.tables`.
 
 The command is ``fewlabel predict`` (:mod:`fewlabel.cli`); from Python, :func:`fewlabel.load`.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import glob
-import os
-import tempfile
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from fewlabel.errors import PipelineError
+from fewlabel.artifacts import PROBABILITY, class_values, probability_table
 from fewlabel.features.screening import describe_unreadable, undecodable
-from fewlabel.data.voc import IMAGE_EXTENSIONS
-from fewlabel.io import atomic_path, read_lines
 from fewlabel.model.rules import DecisionRule, apply_rule
 from fewlabel.model.svm import positive_probabilities
 from fewlabel.params import FeaturesParams
 
-IMAGE_SUFFIXES = set(IMAGE_EXTENSIONS)  # the files prepare and the pool read too
-OUTPUT_SUFFIXES = (".csv", ".parquet")
 CHUNK_IMAGES = 512
-
-
-def read_file_list(path: str) -> list[str]:
-    """The paths listed in a text file, one per line (blank lines and ``#`` comments skipped;
-    a byte order mark is not part of a path)."""
-    return read_lines(path, "the file list of image paths")
-
-
-def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Files, folders (their images, sorted) and globs, as (image paths, [(input, problem)])."""
-    paths, problems = [], []
-    for item in inputs:
-        if any(char in item for char in "*?["):
-            matches = sorted(glob.glob(item, recursive=True))
-            if not matches:
-                problems.append((item, "no file matches this pattern"))
-            paths.extend(m for m in matches if os.path.isfile(m))
-        elif os.path.isdir(item):
-            found = sorted(str(p) for p in Path(item).iterdir()
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                problems.append((item, f"folder holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})"))
-            paths.extend(found)
-        elif os.path.isfile(item):
-            paths.append(item)
-        else:
-            problems.append((item, "no such file or folder"))
-    return list(dict.fromkeys(paths)), problems
 
 
 def readable_images(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -74,15 +38,10 @@ def label_images(probabilities: np.ndarray, rule: DecisionRule, classes, top_k: 
     classes = list(classes)
     predicted = apply_rule(probabilities, rule).astype(bool)
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
-    table = pd.DataFrame({
+    return probability_table({
         "labels": [" ".join(c for c, on in zip(classes, row) if on) for row in predicted],
         f"top_{top_k}": [" ".join(classes[i] for i in row) for row in order],
-    })
-    for c, name in enumerate(classes):
-        table[f"p_{name}"] = probabilities[:, c]
-    for c, name in enumerate(classes):
-        table[f"y_{name}"] = predicted[:, c].astype(int)
-    return table
+    }, classes, probabilities, decisions=predicted.astype(int))
 
 
 class ImageLabeller:
@@ -134,77 +93,6 @@ class ImageLabeller:
                 "probability": probability, "from_cache": from_cache}
 
 
-def check_output_path(path: str) -> None:
-    """A PipelineError naming ``--out`` and what to do unless a table can be written to ``path``:
-    a CSV or Parquet name, not a folder, in a folder that exists (it is not created: a typo
-    in it would otherwise scatter outputs) and that this user can write to."""
-    target = Path(path)
-    if target.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise PipelineError(f"--out {path}: must end in {' or '.join(OUTPUT_SUFFIXES)} (CSV or Parquet)")
-    if target.is_dir():
-        raise PipelineError(f"--out {path}: is a folder; give a file name, e.g. --out {target / 'predictions'}"
-                            f"{target.suffix.lower()}")
-    folder = target.parent
-    if not folder.is_dir():
-        what = "is not a folder" if folder.exists() else "does not exist"
-        raise PipelineError(f"--out {path}: the folder {folder} {what}; create it first (mkdir -p {folder}) "
-                            f"or write the table elsewhere")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=f".{target.name}.", dir=folder)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        raise PipelineError(f"--out {path}: cannot write in {folder} ({error.strerror or error}); choose a "
-                            f"folder you can write to") from error
-
-
-class TableWriter:
-    """Appends tables to one CSV or Parquet file (by ``path``'s suffix), chunk after chunk.
-
-    Rows go to a temporary file beside ``path``, renamed onto it when the ``with`` block ends
-    without error; ``path`` None writes nothing. Made before any work: a path that cannot be
-    written (see :func:`check_output_path`) raises a PipelineError at once.
-    """
-
-    def __init__(self, path: str | None):
-        self.path, self.rows = path, 0
-        if path is not None:
-            check_output_path(path)
-        self.parquet = path is not None and Path(path).suffix.lower() == ".parquet"
-        if self.parquet:
-            try:
-                import pyarrow.parquet  # noqa: F401
-            except ImportError as error:
-                raise PipelineError(f"--out {path}: writing Parquet needs pyarrow, which requirements.txt "
-                                    f"installs (pip install -r requirements.txt); or write a .csv") from error
-
-    def __enter__(self):
-        self._atomic = atomic_path(self.path) if self.path is not None else contextlib.nullcontext()
-        self.tmp = self._atomic.__enter__()
-        self._parquet = None
-        return self
-
-    def write(self, table: pd.DataFrame) -> None:
-        if self.path is None or table.empty:
-            return
-        if self.parquet:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-            batch = pa.Table.from_pandas(table, preserve_index=False)
-            if self._parquet is None:
-                self._parquet = pq.ParquetWriter(self.tmp, batch.schema)
-            self._parquet.write_table(batch)
-        else:
-            table.to_csv(self.tmp, mode="a" if self.rows else "w", header=not self.rows, index=False,
-                         float_format="%.6g")
-        self.rows += len(table)
-
-    def __exit__(self, *exc):
-        if self._parquet is not None:
-            self._parquet.close()
-        return self._atomic.__exit__(*exc)
-
-
 def label_stream(results, paths: list[str], rule: DecisionRule, classes, top_k: int):
     """For each chunk result of :class:`ImageLabeller`: (the labelled table of its readable
     images, with ``path`` first; [(path, problem)] of the others; images served from the cache)."""
@@ -219,7 +107,7 @@ def label_stream(results, paths: list[str], rule: DecisionRule, classes, top_k: 
 
 def label_lines(table: pd.DataFrame, classes, top_k: int) -> list[str]:
     """One line per image: its labels and its top-k classes with their probabilities."""
-    probabilities = table[[f"p_{name}" for name in classes]].to_numpy()
+    probabilities = class_values(table, PROBABILITY, classes)
     lines = []
     for path, labels, row in zip(table["path"], table["labels"], probabilities):
         top = np.argsort(-row, kind="stable")[:top_k]

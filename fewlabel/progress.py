@@ -37,3 +37,10 @@ class ProgressBar:
     def __exit__(self, *exc):
         if self.bar is not None:
             self.bar.close()
+
+
+def bytes_bar(name: str, total: int | None, initial: int, enabled: bool):
+    """A tqdm bar in bytes (downloads, extraction) on stderr; disabled when not ``enabled``."""
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc=name, unit="B", unit_scale=True,
+                unit_divisor=1024, file=sys.stderr, disable=not enabled, leave=True)

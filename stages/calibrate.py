@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
-from fewlabel.errors import PipelineError, run_main
-from fewlabel.io import file_md5, read_csv, write_csv_dir, write_json
+from fewlabel.artifacts import read_oof
+from fewlabel.errors import run_main
+from fewlabel.io import file_md5, write_csv_dir, write_json
 from fewlabel.model.calibrate import calibrate, curves_figure, threshold_curves
 from fewlabel.params import load_params
 from fewlabel.plots import write_figure
@@ -37,15 +36,10 @@ def main() -> None:
 
     params = load_params()
     classes = params.data.classes
-    columns = [f"y_{c}" for c in classes] + [f"p_{c}" for c in classes]
-    oof = read_csv(args.oof, required=["image_id", "fold", *columns])
-    targets = oof[[f"y_{c}" for c in classes]].to_numpy(dtype=int)
-    probabilities = oof[[f"p_{c}" for c in classes]].to_numpy(dtype=float)
-    if not np.isfinite(probabilities).all():
-        raise PipelineError(f"{args.oof}: holds non-finite probabilities; rerun the train stage")
-
+    oof = read_oof(args.oof, classes)
+    targets, probabilities = oof.targets, oof.probabilities
     settings = params.calibrate
-    result = calibrate(targets, probabilities, oof["fold"].to_numpy(), settings)
+    result = calibrate(targets, probabilities, oof.folds, settings)
     write_json(args.out, {
         "model_md5": file_md5(args.model),
         "strategy": result.strategy,

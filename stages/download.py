@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fewlabel.data.download import link_dataset, obtain_voc
+from fewlabel.data.source import link_dataset, obtain_voc
 from fewlabel.errors import run_main
 from fewlabel.params import load_params
 

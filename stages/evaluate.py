@@ -20,17 +20,9 @@ from fewlabel.evaluation import (
     label_count_figure,
     label_count_table,
     pr_curves,
-    predictions_table,
 )
-from fewlabel.io import (
-    feature_signature,
-    load_features,
-    read_json,
-    read_label_table,
-    write_csv,
-    write_csv_dir,
-    write_json,
-)
+from fewlabel.artifacts import feature_signature, probability_table, read_features, read_label_table
+from fewlabel.io import read_json, write_csv, write_csv_dir, write_json
 from fewlabel.model.rules import apply_rule, load_rule
 from fewlabel.model.svm import load_model, positive_probabilities
 from fewlabel.params import load_params
@@ -50,7 +42,7 @@ def main() -> None:
     bundle = load_model(args.model, classes, feature_signature(read_json(args.meta)))
     rule = load_rule(args.thresholds, classes, model_path=args.model)
     ids, labels = read_label_table(args.labels, classes)
-    _, features = load_features(args.features, expected_ids=ids)
+    _, features = read_features(args.features, expected_ids=ids)
 
     probabilities = positive_probabilities(bundle["model"], features)
     metrics, per_class = evaluate(labels, probabilities, rule, classes, params.evaluate)
@@ -58,7 +50,7 @@ def main() -> None:
     predicted = apply_rule(probabilities, rule)
     label_counts = label_count_table(labels, predicted)
 
-    write_csv(args.predictions_out, predictions_table(ids, probabilities, predicted, classes))
+    write_csv(args.predictions_out, probability_table({"image_id": ids}, classes, probabilities, decisions=predicted))
     write_csv(args.per_class_out, per_class)
     write_csv_dir(args.confusion_dir, confusion_records(labels, predicted, classes))
     write_csv_dir(args.pr_dir, pr_curves(labels, probabilities, classes))

@@ -17,12 +17,13 @@ import sys
 
 import numpy as np
 
+from fewlabel.artifacts import write_pool
 from fewlabel.data.pool import pool_images
 from fewlabel.errors import PipelineError, run_main
 from fewlabel.features.engine import resolve_engine
 from fewlabel.features.extract import extract_features
 from fewlabel.features.recipes import recipes_from_meta
-from fewlabel.io import atomic_path, read_csv, read_json
+from fewlabel.io import read_csv, read_json
 from fewlabel.params import load_params
 from fewlabel.predict import readable_images
 
@@ -54,9 +55,7 @@ def main(argv: list[str] | None = None) -> None:
               f"from cache; {len(problems)} skipped)")
     else:
         print("featurize_pool: no pool (set data.pool_split or data.pool_images to rank images for labelling)")
-    with atomic_path(args.out) as tmp:
-        np.savez(tmp, ids=np.asarray(ids, dtype=str), paths=np.asarray(paths, dtype=str),
-                 features=np.asarray(features, dtype=np.float32))
+    write_pool(args.out, ids, paths, features)
 
 
 if __name__ == "__main__":

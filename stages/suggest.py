@@ -21,21 +21,19 @@ import numpy as np
 
 from fewlabel.active.label_check import label_check
 from fewlabel.active.learning_curve import learning_curve
-from fewlabel.active.model import repeated_out_of_fold
+from fewlabel.active.fitting import check_probabilities
 from fewlabel.active.report import (check_table, label_studio_config, label_studio_json, learning_curve_figure,
                                     learning_curve_table, suggestion_table, thumbnails_figure)
 from fewlabel.active.strategies import rank_pool
-from fewlabel.errors import PipelineError, run_main
-from fewlabel.io import (feature_signature, load_features, read_csv, read_json, read_label_table, training_targets,
-                         write_csv, write_json, write_text)
+from fewlabel.artifacts import (feature_signature, read_features, read_label_table, read_oof, read_pool,
+                                training_targets)
+from fewlabel.errors import run_main
+from fewlabel.io import read_json, write_csv, write_json, write_text
 from fewlabel.model.rules import load_rule
 from fewlabel.model.svm import load_model, positive_probabilities
 from fewlabel.params import load_params
 from fewlabel.plots import write_figure
 
-# Labels to check: train's out-of-fold probabilities averaged with those of this many - 1 other
-# fold assignments (less dependent on one split; measured in README, "Labelling more images").
-CHECK_REPEATS = 3
 OUTPUTS = ("--next", "--label-studio", "--label-studio-config", "--check", "--curve", "--curve-png",
            "--class-gains", "--thumbnails", "--metrics")
 
@@ -50,15 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     classes, settings = params.data.classes, params.suggest
     ids, labels = read_label_table(args.labels, classes)
     targets = training_targets(labels)
-    _, train_features = load_features(args.features, expected_ids=ids)
+    _, train_features = read_features(args.features, expected_ids=ids)
     model = load_model(args.model, classes, feature_signature(read_json(args.meta)))["model"]
     rule = load_rule(args.thresholds, classes, model_path=args.model)
 
-    with np.load(args.pool, allow_pickle=False) as pool:
-        pool_ids, pool_paths, pool_features = pool["ids"].astype(str), pool["paths"].astype(str), pool["features"]
-    if len(pool_ids) and pool_features.shape[1] != train_features.shape[1]:
-        raise PipelineError(f"{args.pool}: its features have {pool_features.shape[1]} dimensions, the training "
-                            f"features {train_features.shape[1]}; rerun featurize_pool (dvc repro)")
+    pool_ids, pool_paths, pool_features = read_pool(args.pool, dims=train_features.shape[1])
     probabilities = positive_probabilities(model, pool_features) if len(pool_ids) else np.zeros((0, len(classes)))
     ranking = rank_pool(settings.strategy, probabilities, pool_features, train_features, targets,
                         n=min(settings.n, len(pool_ids)), seed=settings.seed, classes=classes)
@@ -68,13 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     write_text(args.label_studio_config, label_studio_config(classes))
     write_figure(args.thumbnails, thumbnails_figure(table, settings.thumbnails))
 
-    oof = read_csv(args.oof, required=["image_id", *(f"p_{c}" for c in classes)])
-    if list(oof["image_id"].astype(str)) != list(ids):
-        raise PipelineError(f"{args.oof}: its images differ from {args.labels}; rerun train (dvc repro)")
-    others = repeated_out_of_fold(train_features, targets, params.svm, folds=params.calibrate.folds,
-                                  repeats=CHECK_REPEATS - 1, seed=1)
-    given = oof[[f"p_{c}" for c in classes]].to_numpy(float)
-    oof_probabilities = (given + (CHECK_REPEATS - 1) * others) / CHECK_REPEATS
+    oof = read_oof(args.oof, classes, expected_ids=ids, labels_path=args.labels)
+    oof_probabilities = check_probabilities(train_features, targets, oof.probabilities, params.svm,
+                                            folds=params.calibrate.folds)
     check = label_check(oof_probabilities, targets, settings.check_score, classes,
                         min_labels=params.calibrate.min_labels)
     write_csv(args.check, check_table(check, ids, targets, classes))

@@ -22,17 +22,10 @@ import argparse
 import time
 
 from fewlabel.errors import run_main
-from fewlabel.io import (
-    feature_signature,
-    load_features,
-    read_json,
-    read_label_table,
-    training_targets,
-    write_csv,
-    write_json,
-)
+from fewlabel.artifacts import feature_signature, oof_table, read_features, read_label_table, training_targets
+from fewlabel.io import read_json, write_csv, write_json
 from fewlabel.model.svm import describe_kernel_method, save_model
-from fewlabel.model.train import kernel_summary, oof_table, train, tune_table
+from fewlabel.model.train import kernel_summary, train, tune_table
 from fewlabel.params import load_params
 
 
@@ -45,7 +38,7 @@ def main() -> None:
     params = load_params()
     classes = params.data.classes
     ids, labels = read_label_table(args.labels, classes)
-    _, features = load_features(args.features, expected_ids=ids)
+    _, features = read_features(args.features, expected_ids=ids)
     meta = read_json(args.meta)
 
     print(f"train: kernel: {kernel_summary(describe_kernel_method(params.svm, len(ids)))}", flush=True)

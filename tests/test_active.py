@@ -6,7 +6,7 @@ import pytest
 
 from fewlabel.active.label_check import SCORES, corrupt_labels, found_in_top, label_check
 from fewlabel.active.learning_curve import fit_saturating, learning_curve, nested_subsets, saturating
-from fewlabel.active.model import DEFAULT_SVM, fit_predict, repeated_out_of_fold
+from fewlabel.active.fitting import DEFAULT_SVM, fit_predict, repeated_out_of_fold
 from fewlabel.active.strategies import STRATEGIES, propose, rank_pool
 from fewlabel.metrics import per_class_ap
 from fewlabel.model.svm import build_model, for_training_set, positive_probabilities

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fewlabel.data import download
+from fewlabel.data import archive, download
+from fewlabel.data import source as data_source
 from stages import download as download_stage
 from fewlabel.errors import PipelineError
 from tests.vocgen import TARBALLS, file_md5, make_tarballs, make_voc, md5s, voc_spec
@@ -109,17 +110,17 @@ def test_partial_download_from_an_earlier_run_is_resumed(http_server, tmp_path):
 
 def test_caches_mean_no_request_on_later_runs(http_server, tmp_path, isolated_cache):
     tarballs = make_tarballs(http_server.root, 2007)
-    first = download.obtain_voc(2007, http_server.url, md5s(tarballs), progress=False)
+    first = data_source.obtain_voc(2007, http_server.url, md5s(tarballs), progress=False)
     assert len(http_server.requests) == 2
 
     http_server.reset()
-    assert download.obtain_voc(2007, http_server.url, md5s(tarballs), progress=False) == first
+    assert data_source.obtain_voc(2007, http_server.url, md5s(tarballs), progress=False) == first
     assert http_server.requests == []  # already extracted
 
     # Without the extracted tree, the cached tarballs are checked and extracted again.
     import shutil
     shutil.rmtree(isolated_cache / "extracted")
-    again = download.obtain_voc(2007, http_server.url, md5s(tarballs), progress=False)
+    again = data_source.obtain_voc(2007, http_server.url, md5s(tarballs), progress=False)
     assert http_server.requests == [] and again == first
     assert_voc_tree(again, 2007)
 
@@ -128,20 +129,20 @@ def test_offline_error_names_every_url_and_data_source(unreachable_url, monkeypa
     mirror = unreachable_url.replace("127.0.0.1", "localhost")
     monkeypatch.setattr(download, "OFFICIAL_HOSTS", {2007: (unreachable_url, mirror)})
     with pytest.raises(PipelineError) as error:
-        download.obtain_voc(2007, None, progress=False)
+        data_source.obtain_voc(2007, None, progress=False)
     message = str(error.value)
     assert unreachable_url + TRAINVAL_2007 in message and mirror + TRAINVAL_2007 in message
     assert "data.source" in message and "VOCdevkit" in message and "tarballs" in message
 
     with pytest.raises(PipelineError) as error:  # a base URL as data.source: the same
-        download.obtain_voc(2007, unreachable_url, progress=False)
+        data_source.obtain_voc(2007, unreachable_url, progress=False)
     assert unreachable_url + TRAINVAL_2007 in str(error.value) and "data.source" in str(error.value)
 
 
 def test_falls_back_to_the_mirror(unreachable_url, http_server, monkeypatch):
     tarballs = make_tarballs(http_server.root, 2007)
     monkeypatch.setattr(download, "OFFICIAL_HOSTS", {2007: (unreachable_url, http_server.url)})
-    voc = download.obtain_voc(2007, None, md5s(tarballs), progress=False)
+    voc = data_source.obtain_voc(2007, None, md5s(tarballs), progress=False)
     assert_voc_tree(voc, 2007)
 
 
@@ -153,13 +154,13 @@ def test_a_host_serving_the_wrong_file_falls_back_to_the_mirror(http_server, tmp
         (http_server.root / "down" / name).write_text("<html>down for maintenance</html>")
     monkeypatch.setattr(download, "OFFICIAL_HOSTS",
                         {2007: (http_server.url + "down/", http_server.url + "mirror/")})
-    voc = download.obtain_voc(2007, None, md5s(tarballs), progress=False)
+    voc = data_source.obtain_voc(2007, None, md5s(tarballs), progress=False)
     assert_voc_tree(voc, 2007)
 
 
 def test_file_url_source(tmp_path):
     tarballs = make_tarballs(tmp_path / "served", 2007)
-    voc = download.obtain_voc(2007, (tmp_path / "served").as_uri(), md5s(tarballs), progress=False)
+    voc = data_source.obtain_voc(2007, (tmp_path / "served").as_uri(), md5s(tarballs), progress=False)
     assert_voc_tree(voc, 2007)
 
 
@@ -173,39 +174,39 @@ def test_local_vocdevkit_is_linked_not_copied(params_file, tmp_path, isolated_ca
         assert not (isolated_cache / sub).exists() or not any((isolated_cache / sub).iterdir())
 
     with pytest.raises(PipelineError, match="VOC2007 folder but data.year is 2012"):
-        download.obtain_voc(2012, str(devkit / "VOC2007"), progress=False)
+        data_source.obtain_voc(2012, str(devkit / "VOC2007"), progress=False)
     with pytest.raises(PipelineError, match="not VOC2012"):
-        download.obtain_voc(2012, str(devkit), progress=False)
+        data_source.obtain_voc(2012, str(devkit), progress=False)
 
 
 def test_folder_of_tarballs_is_checked_and_extracted(tmp_path, isolated_cache):
     tarballs = make_tarballs(tmp_path / "tars", 2012)
-    voc = download.obtain_voc(2012, str(tmp_path / "tars"), md5s(tarballs), progress=False)
+    voc = data_source.obtain_voc(2012, str(tmp_path / "tars"), md5s(tarballs), progress=False)
     assert (isolated_cache / "extracted") in voc.parents
     assert_voc_tree(voc, 2012)
 
     name = TARBALLS[2012][0]
     with pytest.raises(PipelineError) as error:  # without data.md5: the official md5 is expected
-        download.obtain_voc(2012, str(tmp_path / "tars"), progress=False)
+        data_source.obtain_voc(2012, str(tmp_path / "tars"), progress=False)
     assert str(tmp_path / "tars" / name) in str(error.value) and "data.md5" in str(error.value)
 
     make_tarballs(tmp_path / "half", 2007)
     (tmp_path / "half" / TEST_2007).unlink()
     with pytest.raises(PipelineError, match=f"not {TEST_2007}"):
-        download.obtain_voc(2007, str(tmp_path / "half"), progress=False)
+        data_source.obtain_voc(2007, str(tmp_path / "half"), progress=False)
 
 
 def test_bad_sources_say_what_was_expected(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(PipelineError, match="neither a VOC2007 folder .* nor a folder holding the tarballs"):
-        download.obtain_voc(2007, str(tmp_path / "empty"), progress=False)
+        data_source.obtain_voc(2007, str(tmp_path / "empty"), progress=False)
     with pytest.raises(PipelineError, match="does not exist"):
-        download.obtain_voc(2007, str(tmp_path / "missing"), progress=False)
+        data_source.obtain_voc(2007, str(tmp_path / "missing"), progress=False)
     with pytest.raises(PipelineError, match="unsupported scheme"):
-        download.obtain_voc(2007, "ftp://example.com/voc/", progress=False)
+        data_source.obtain_voc(2007, "ftp://example.com/voc/", progress=False)
     (tmp_path / "partial" / "VOC2007" / "Annotations").mkdir(parents=True)
     with pytest.raises(PipelineError, match="lacks JPEGImages/, ImageSets/Main/"):
-        download.obtain_voc(2007, str(tmp_path / "partial"), progress=False)
+        data_source.obtain_voc(2007, str(tmp_path / "partial"), progress=False)
 
 
 def test_extract_refuses_path_traversal(tmp_path):
@@ -216,7 +217,7 @@ def test_extract_refuses_path_traversal(tmp_path):
             info.size = 2
             tar.addfile(info, io.BytesIO(b"hi"))
     with pytest.raises(PipelineError, match=r"'\.\./escaped\.txt' points outside"):
-        download.extract([evil], tmp_path / "dest")
+        archive.extract([evil], tmp_path / "dest")
     assert not (tmp_path / "escaped.txt").exists()
 
     link = tmp_path / "link.tar"
@@ -225,39 +226,39 @@ def test_extract_refuses_path_traversal(tmp_path):
         info.type, info.linkname = tarfile.SYMTYPE, "/etc"
         tar.addfile(info)
     with pytest.raises(PipelineError, match="points outside"):
-        download.extract([link], tmp_path / "dest2")
+        archive.extract([link], tmp_path / "dest2")
 
 
 def test_interrupted_extraction_leaves_no_half_tree(http_server, monkeypatch, isolated_cache):
     tarballs = make_tarballs(http_server.root, 2007)
-    real_extract = download.extract
+    real_extract = archive.extract
 
     def extract_then_fail(paths, dest, progress=False):
         real_extract(paths[:1], dest, progress)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(download, "extract", extract_then_fail)
+    monkeypatch.setattr(archive, "extract", extract_then_fail)
     with pytest.raises(KeyboardInterrupt):
-        download.obtain_voc(2007, http_server.url, md5s(tarballs), progress=False)
+        data_source.obtain_voc(2007, http_server.url, md5s(tarballs), progress=False)
     assert list((isolated_cache / "extracted").iterdir()) == []
 
-    monkeypatch.setattr(download, "extract", real_extract)
-    assert_voc_tree(download.obtain_voc(2007, http_server.url, md5s(tarballs), progress=False), 2007)
+    monkeypatch.setattr(archive, "extract", real_extract)
+    assert_voc_tree(data_source.obtain_voc(2007, http_server.url, md5s(tarballs), progress=False), 2007)
 
 
 def test_link_is_replaced_atomically_but_real_folders_are_kept(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     out = tmp_path / "raw" / "voc"
-    download.link_dataset(a, out)
-    download.link_dataset(b, out)
+    data_source.link_dataset(a, out)
+    data_source.link_dataset(b, out)
     assert Path(os.readlink(out)) == b
     assert sorted(p.name for p in out.parent.iterdir()) == ["voc"]  # no temp link left
 
     real = tmp_path / "real"
     (real / "Annotations").mkdir(parents=True)
     with pytest.raises(PipelineError, match="real folder"):
-        download.link_dataset(a, real)
+        data_source.link_dataset(a, real)
     assert (real / "Annotations").is_dir()
 
 
@@ -290,13 +291,13 @@ def test_a_relative_source_is_read_from_the_repository_root(tmp_path):
     repo, copy = tmp_path / "repo", tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmp123"
     copy.mkdir(parents=True)
     (tmp_path / "mine").mkdir()
-    assert download.resolve_source_folder("../mine", copy, repo) == tmp_path / "mine"
+    assert data_source.resolve_source_folder("../mine", copy, repo) == tmp_path / "mine"
     (copy / "data").mkdir()
     (repo / "data").mkdir()
-    assert download.resolve_source_folder("data", copy, repo) == copy / "data"  # the run's own copy first
-    assert download.resolve_source_folder(str(tmp_path / "mine"), copy, repo) == tmp_path / "mine"
+    assert data_source.resolve_source_folder("data", copy, repo) == copy / "data"  # the run's own copy first
+    assert data_source.resolve_source_folder(str(tmp_path / "mine"), copy, repo) == tmp_path / "mine"
     with pytest.raises(PipelineError) as error:
-        download.resolve_source_folder("../missing", copy, repo)
+        data_source.resolve_source_folder("../missing", copy, repo)
     assert f"neither {copy.parent / 'missing'} nor {tmp_path / 'missing'} exists" in str(error.value)
     assert "data.source '../missing'" in str(error.value)
 

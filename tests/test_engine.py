@@ -135,7 +135,7 @@ def test_predict_streams_chunks_and_its_memory_stays_flat(predict_project, tmp_p
     """2,000 files in chunks of 200, each chunk's rows written as it is done: the Python heap's
     peak after the last chunk is the same as after the second (a run that kept every image's
     features or rows would hold 5x more by then)."""
-    from fewlabel.predict import TableWriter
+    from fewlabel.tables import TableWriter
     paths = write_images(tmp_path / "many", 2000, seed=4)
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join(paths) + "\n")

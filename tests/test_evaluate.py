@@ -169,6 +169,22 @@ def test_stages_write_every_declared_output(synthetic_workdir):
     assert len(list((synthetic_workdir / "plots/thresholds").glob("*.csv"))) == 20
     assert (synthetic_workdir / "plots/confusion_matrices.png").stat().st_size > 10_000
 
+    # the same method in memory (fewlabel.fit, what bench/quality.py runs) scores exactly as the stages
+    from fewlabel.artifacts import read_features, read_label_table
+    from fewlabel.fit import fit
+    from fewlabel.params import load_params
+    params = load_params(synthetic_workdir / "params.yaml")
+    train_ids, train_labels = read_label_table(synthetic_workdir / "data/subset/train.csv", VOC_CLASSES)
+    eval_ids, eval_labels = read_label_table(synthetic_workdir / "data/subset/eval.csv", VOC_CLASSES)
+    fitted = fit(read_features(synthetic_workdir / "data/features/train.npz", train_ids)[1], train_labels, params)
+    in_memory, _ = fitted.evaluate(read_features(synthetic_workdir / "data/features/eval.npz", eval_ids)[1],
+                                   eval_labels, params)
+    assert fitted.calibration.strategy == record["strategy"]
+    for key in ("map", "map_voc07"):
+        assert in_memory[key] == pytest.approx(metrics[key], abs=1e-6), key
+    for key in ("f1_micro", "jaccard", "dice"):
+        assert in_memory["calibrated"][key] == pytest.approx(metrics["calibrated"][key], abs=1e-6), key
+
 
 def test_past_max_exact_kernel_train_switches_to_nystroem_and_says_so(synthetic_workdir):
     """150 training images > svm.max_exact_kernel=100: the approximate kernel; calibrate and

@@ -19,7 +19,7 @@ from fewlabel.errors import PipelineError
 from fewlabel.features.extract import extract_features, view_cache
 from fewlabel.features.recipes import candidate_recipes, fixed_recipes, recipes_from_meta
 from fewlabel.features.views import View
-from fewlabel.io import load_features
+from fewlabel.artifacts import read_features as load_features
 from fewlabel.params import FeaturesParams
 from tests.test_featurize import write_jpeg
 

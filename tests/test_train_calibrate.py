@@ -12,7 +12,7 @@ from bench.synthetic import synthetic_split
 from fewlabel.model.rules import DecisionRule, apply_rule
 from fewlabel.model.calibrate import (best_global_threshold, calibrate, choose_rule, class_threshold_curve, global_threshold_curve, out_of_fold_strategy_scores, per_class_rule)
 from fewlabel.errors import PipelineError
-from fewlabel.io import training_targets
+from fewlabel.artifacts import training_targets
 from fewlabel.metrics import mean_ap, multilabel_scores, target_score
 from fewlabel.model.svm import NystroemMap, PlattLinearSVC, build_model, for_training_set, positive_probabilities, resolve_gamma
 from fewlabel.params import CalibrateParams, SvmParams, TuneParams, parse_params

@@ -97,7 +97,7 @@ def learning_curve(features: np.ndarray, targets: np.ndarray, classes=None, svm=
     ``labels`` (VOC codes, optional) score the test parts with difficult-only cells ignored;
     by default ``targets`` are scored. ``seed`` seeds the folds and chunks.
     """
-    from fewlabel.active.model import DEFAULT_SVM, fit_predict
+    from fewlabel.active.fitting import DEFAULT_SVM, fit_predict
     from fewlabel.metrics import per_class_ap
     from fewlabel.model.svm import for_training_set
     from fewlabel.data.stratify import multilabel_kfold

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from fewlabel.active.label_check import LabelCheck
+from fewlabel.artifacts import probability_table
 from fewlabel.active.learning_curve import LearningCurve
 from fewlabel.active.strategies import Ranking
 from fewlabel.model.rules import DecisionRule, apply_rule
@@ -30,12 +31,10 @@ def suggestion_table(ranking: Ranking, ids, paths, probabilities: np.ndarray, ru
     rows = ranking.indices
     chosen = probabilities[rows]
     predicted = apply_rule(chosen, rule) if len(rows) else np.zeros((0, len(classes)), dtype=int)
-    table = pd.DataFrame({"rank": np.arange(1, len(rows) + 1), "image_id": np.asarray(ids, dtype=str)[rows],
-                          "path": np.asarray(paths, dtype=str)[rows], "score": ranking.scores,
-                          "why": ranking.why, "labels": [_label_names(r, classes) for r in predicted]})
-    for c, name in enumerate(classes):
-        table[f"p_{name}"] = chosen[:, c]
-    return table
+    return probability_table({"rank": np.arange(1, len(rows) + 1), "image_id": np.asarray(ids, dtype=str)[rows],
+                              "path": np.asarray(paths, dtype=str)[rows], "score": ranking.scores,
+                              "why": ranking.why, "labels": [_label_names(r, classes) for r in predicted]},
+                             classes, chosen)
 
 
 def label_studio_config(classes) -> str:

@@ -49,6 +49,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fewlabel.model.svm import signed_sqrt
+
 STRATEGIES = ("random", "uncertainty", "weighted_uncertainty", "rare_margin", "margin_diverse", "diverse_uncertainty",
               "badge", "coreset")
 # Measured on devdata (bench/active.py; 250 stratified + rounds of 100): the best mean gain over
@@ -81,7 +83,7 @@ def binary_entropy(probabilities: np.ndarray) -> np.ndarray:
 def embed(features: np.ndarray) -> np.ndarray:
     """Features as the classifier sees them for similarity: signed square root (the ``sqrt``
     scaler), then unit L2 norm per row (so dot products are cosines)."""
-    x = np.sign(features) * np.sqrt(np.abs(np.asarray(features, dtype=np.float64)))
+    x = signed_sqrt(np.asarray(features, dtype=np.float64))
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), EPS)
 
 
@@ -288,7 +290,7 @@ def propose(features: np.ndarray, targets: np.ndarray, labelled: np.ndarray, n: 
     """One round: fit the product's model on the ``labelled`` rows (a boolean mask or indices) and
     rank the other rows by ``strategy``. ``targets`` of unlabelled rows are never read (they may
     hold anything). The returned ``indices`` are rows of ``features`` (not of the pool)."""
-    from fewlabel.active.model import DEFAULT_SVM, fit_predict
+    from fewlabel.active.fitting import DEFAULT_SVM, fit_predict
     mask = np.zeros(len(features), dtype=bool)
     mask[labelled] = True
     pool = np.flatnonzero(~mask)

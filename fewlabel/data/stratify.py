@@ -303,15 +303,21 @@ def multilabel_kfold(targets: np.ndarray, n_folds: int, seed: int = 0) -> np.nda
     return folds
 
 
+def lacking_kind(column: np.ndarray) -> str | None:
+    """``'positive'`` or ``'negative'`` when a class's 0/1 targets lack one (its SVM cannot be
+    fitted), else None: the one test behind every "cannot be learnt" check."""
+    positives = int(np.asarray(column, dtype=bool).sum())
+    return "positive" if positives == 0 else "negative" if positives == len(column) else None
+
+
 def check_folds(targets: np.ndarray, folds: np.ndarray, class_names=None, purpose: str = "cross-validation") -> None:
     """Every training part of every fold must hold a positive and a negative of each class."""
     targets = np.asarray(targets, dtype=bool)
     for fold in np.unique(folds):
         train_part = targets[folds != fold]
         for c in range(targets.shape[1]):
-            positives = int(train_part[:, c].sum())
-            if positives == 0 or positives == len(train_part):
-                kind = "positive" if positives == 0 else "negative"
+            kind = lacking_kind(train_part[:, c])
+            if kind:
                 raise PipelineError(
                     f"{purpose}: class '{_class_name(class_names, c)}' has no {kind} training image "
                     f"in fold {fold}; it has {int(targets[:, c].sum())} positives of {len(targets)} "

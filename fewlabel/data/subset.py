@@ -9,9 +9,9 @@ import pandas as pd
 
 from fewlabel.errors import PipelineError
 from fewlabel.plots import pyplot
-from fewlabel.io import training_targets
+from fewlabel.artifacts import training_targets
 from fewlabel.params import EvalSetParams, SubsetParams
-from fewlabel.data.stratify import stratified_subset
+from fewlabel.data.stratify import lacking_kind, stratified_subset
 
 
 def select_subsets(labels: pd.DataFrame, classes: tuple[str, ...], train_split: str, eval_split: str,
@@ -80,12 +80,12 @@ def check_every_class_learnable(targets: np.ndarray, chosen: np.ndarray, classes
     fail here, before featurize, naming the class and the setting to change."""
     drawn = targets[chosen]
     for index, name in enumerate(classes):
-        positives, in_pool = int(drawn[:, index].sum()), int(targets[:, index].sum())
-        if in_pool == 0:
+        kind = lacking_kind(drawn[:, index])
+        if not targets[:, index].any():
             raise PipelineError(f"data/labels.csv: no image of the '{train_split}' split has class '{name}', "
                                 f"so it cannot be learnt; add annotated images of it, or remove it from "
                                 f"data.classes in params.yaml")
-        if positives == 0:
+        if kind == "positive":
             if name in subset.class_quota:
                 fix = (f"subset.class_quota.{name}=0 asks for that; the classifier needs at least one: "
                        f"raise the quota, or remove '{name}' from data.classes")
@@ -93,7 +93,7 @@ def check_every_class_learnable(targets: np.ndarray, chosen: np.ndarray, classes
                 fix = f"raise subset.min_per_class (now {subset.min_per_class}) to at least 1"
             raise PipelineError(f"params.yaml: class '{name}' has no positive among the {len(chosen)} "
                                 f"training images, so it cannot be learnt; {fix}")
-        if positives == len(chosen):
+        if kind == "negative":
             raise PipelineError(f"params.yaml: every one of the {len(chosen)} training images has class "
                                 f"'{name}', so it cannot be learnt; raise subset.n_images or set "
                                 f"subset.class_quota.{name} below {len(chosen)}")

@@ -11,7 +11,7 @@ from fewlabel.errors import PipelineError
 from fewlabel.features.backbones import check_backbone_name, fixed_input_size, native_input_size, size_multiple
 from fewlabel.features.runtimes import RuntimeChoice
 from fewlabel.features.views import View
-from fewlabel.io import feature_signature
+from fewlabel.artifacts import feature_signature
 from fewlabel.params import FeaturesParams
 
 import keras
@@ -164,7 +164,7 @@ def recipes_from_meta(meta: dict) -> tuple[FeaturesParams, list[Recipe]]:
 
 
 def build_meta(params: FeaturesParams, recipes: list[Recipe], dims: list[int], runtime: RuntimeChoice) -> dict:
-    """meta.json: what the features are (the signature of :func:`fewlabel.io.feature_signature`
+    """meta.json: what the features are (the signature of :func:`fewlabel.artifacts.feature_signature`
     plus the runtime and precision that computed them, and versions), and nothing about this
     run, so an identical rerun leaves it byte-identical and DVC does not retrain for nothing."""
     return {

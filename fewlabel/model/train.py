@@ -12,20 +12,19 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from fewlabel.errors import PipelineError
-from fewlabel.io import (training_targets)
+from fewlabel.artifacts import training_targets
 from fewlabel.model.svm import (RANDOM_STATE, build_model, describe_kernel_method, for_training_set,
                           positive_probabilities, tune_grid)
 from fewlabel.params import SvmParams, TuneParams
-from fewlabel.data.stratify import check_folds, multilabel_kfold
+from fewlabel.data.stratify import check_folds, lacking_kind, multilabel_kfold
 
 
 
 def check_targets(targets: np.ndarray, classes) -> None:
     """Each class needs at least one positive and one negative training image."""
     for index, name in enumerate(classes):
-        positives = int(targets[:, index].sum())
-        if positives == 0 or positives == len(targets):
-            kind = "positive" if positives == 0 else "negative"
+        kind = lacking_kind(targets[:, index])
+        if kind:
             raise PipelineError(
                 f"class '{name}' has no {kind} training image among {len(targets)}: "
                 f"raise subset.min_per_class or subset.n_images, or drop it from data.classes")
@@ -79,16 +78,6 @@ def train(features: np.ndarray, labels: np.ndarray, classes, svm: SvmParams, cal
     oof = out_of_fold_probabilities(features, targets, svm, folds)
     model = build_model(svm).fit(features, targets)
     return TrainResult(model=model, svm=svm, oof_probabilities=oof, folds=folds, grid=grid, kernel=kernel)
-
-
-def oof_table(ids: np.ndarray, folds: np.ndarray, targets: np.ndarray, oof: np.ndarray, classes) -> pd.DataFrame:
-    """``image_id, fold, y_<class>..., p_<class>...`` (y: 0/1 training target)."""
-    table = pd.DataFrame({"image_id": ids, "fold": folds})
-    for index, name in enumerate(classes):
-        table[f"y_{name}"] = targets[:, index]
-    for index, name in enumerate(classes):
-        table[f"p_{name}"] = oof[:, index]
-    return table
 
 
 #: plots/tune.csv's columns: the grid search's cross-validated mAP per setting

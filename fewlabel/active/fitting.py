@@ -1,4 +1,4 @@
-"""The product's classifier, fitted on any subset of labelled images (shared by the active modules).
+"""The product's classifier fitted on any subset of labelled images (shared by the active modules).
 
 Every model here is :func:`fewlabel.model.svm.build_model` with the given ``SvmParams`` (its
 ``approximation`` resolved for the training set by :func:`fewlabel.model.svm.for_training_set`), so
@@ -45,3 +45,16 @@ def repeated_out_of_fold(features: np.ndarray, targets: np.ndarray, svm: SvmPara
     runs = [out_of_fold_probabilities(features, targets, svm, multilabel_kfold(targets, folds, seed=seed + r))
             for r in range(repeats)]
     return np.mean(runs, axis=0)
+
+
+#: Labels to check: train's out-of-fold probabilities averaged with those of this many - 1 other
+#: fold assignments (less dependent on one split; measured in docs/labelling.md).
+CHECK_REPEATS = 3
+
+
+def check_probabilities(features: np.ndarray, targets: np.ndarray, train_oof: np.ndarray, svm: SvmParams,
+                        folds: int, repeats: int = CHECK_REPEATS) -> np.ndarray:
+    """The out-of-fold probabilities the label check reads: the train stage's ``train_oof``
+    (fold assignment seed 0) averaged with ``repeats - 1`` more assignments (seeds 1, 2, ...)."""
+    others = repeated_out_of_fold(features, targets, svm, folds=folds, repeats=repeats - 1, seed=1)
+    return (train_oof + (repeats - 1) * others) / repeats
