@@ -8,7 +8,7 @@
   them as Label Studio tasks with those labels as pre-annotations, for the labelling config
   ``suggestions/label_studio_config.xml``; ``plots/suggestions.png`` shows the first ones.
 - **Labels to check** (``suggestions/check_labels.csv``): training images whose labels the
-  out-of-fold probabilities contradict most (``suggest.check_score``), with the classes in doubt.
+  train stage's out-of-fold probabilities contradict most (``suggest.check_score``), with the classes in doubt.
 - **Learning curve** (``plots/learning_curve.csv``/``.png``, ``metrics/suggest.json``):
   cross-validated mAP at nested fractions of the training set, extrapolated to 1.5x and 2x the
   labels; ``suggestions/class_gains.csv``: per class, AP gained per 10 more positives.
@@ -21,7 +21,6 @@ import numpy as np
 
 from fewlabel.active.label_check import label_check
 from fewlabel.active.learning_curve import learning_curve
-from fewlabel.active.model import repeated_out_of_fold
 from fewlabel.active.report import (check_table, label_studio_config, label_studio_json, learning_curve_figure,
                                     learning_curve_table, suggestion_table, thumbnails_figure)
 from fewlabel.active.strategies import rank_pool
@@ -33,10 +32,6 @@ from fewlabel.model.svm import load_model, positive_probabilities
 from fewlabel.params import load_params
 from fewlabel.plots import write_figure
 
-# Labels to check: train's out-of-fold probabilities averaged with those of this many - 1 other
-# fold assignments. 1: averaging 3 or 5 was within noise of train's own on held-out halves of the
-# development photos (docs/labelling.md, "Labels to check"), and fits nothing more.
-CHECK_REPEATS = 1
 OUTPUTS = ("--next", "--label-studio", "--label-studio-config", "--check", "--curve", "--curve-png",
            "--class-gains", "--thumbnails", "--metrics")
 
@@ -72,12 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     oof = read_csv(args.oof, required=["image_id", *(f"p_{c}" for c in classes)])
     if list(oof["image_id"].astype(str)) != list(ids):
         raise PipelineError(f"{args.oof}: its images differ from {args.labels}; rerun train (dvc repro)")
-    oof_probabilities = oof[[f"p_{c}" for c in classes]].to_numpy(float)
-    if CHECK_REPEATS > 1:
-        others = repeated_out_of_fold(train_features, targets, params.svm, folds=params.calibrate.folds,
-                                      repeats=CHECK_REPEATS - 1, seed=1)
-        oof_probabilities = (oof_probabilities + (CHECK_REPEATS - 1) * others) / CHECK_REPEATS
-    check = label_check(oof_probabilities, targets, settings.check_score, classes,
+    # train's own out-of-fold probabilities: averaging 3 or 5 fold assignments was within noise of
+    # them on held-out halves of the development photos (docs/labelling.md, "Labels to check")
+    check = label_check(oof[[f"p_{c}" for c in classes]].to_numpy(float), targets, settings.check_score, classes,
                         min_labels=params.calibrate.min_labels)
     write_csv(args.check, check_table(check, ids, targets, classes))
 
