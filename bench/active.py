@@ -313,6 +313,31 @@ def heldout_choice(results: dict[str, dict[str, list[float]]]) -> tuple[str, dic
     return within[0], summary
 
 
+def heldout_report(results, shipped, summary) -> tuple[str, str]:
+    """The markdown table of every candidate on both halves (with its paired difference from the
+    shipped one, draw by draw) and the lines on the choice."""
+    def se(values):
+        return 100 * np.std(values, ddof=1) / np.sqrt(len(values))
+    (a, on_a), (b, on_b) = results.items()
+    lines = [f"| score, OOF, min_labels | half {a}: mean ± sd (± se) | half {b}: mean ± sd (± se) "
+             f"| − shipped, paired: {a} / {b} (± se) |", "|---|---|---|---|"]
+    for key in sorted(on_a, key=simplicity):
+        cells = []
+        for name in (a, b):
+            mark = "**" if key == summary[name]["chosen"] else ""
+            cells.append(f"{mark}{mean_sd(results[name][key])} (± {se(results[name][key]):.1f}){mark}")
+        paired = [np.subtract(results[name][key], results[name][shipped]) for name in (a, b)]
+        cells.append("=" if key == shipped else " / ".join(f"{100 * np.mean(d):+.1f} (± {se(d):.1f})" for d in paired))
+        lines.append(f"| {key}{' (shipped)' if key == shipped else ''} | " + " | ".join(cells) + " |")
+    text = "\n".join(f"- chosen on half {s['chosen_on']}: {s['chosen']}; on half {held} (held out): "
+                     f"{100 * s['mean']:.1f} ± {100 * s['se']:.1f} (se)" for held, s in summary.items())
+    text += (f"\n- held-out figure of the choice (mean of both halves): "
+             f"{100 * np.mean([s['mean'] for s in summary.values()]):.1f}\n"
+             f"- shipped (the simplest within one se of the choice on both held-out halves): {shipped}, "
+             f"{100 * np.mean(results[a][shipped]):.1f} / {100 * np.mean(results[b][shipped]):.1f}")
+    return "\n".join(lines), text
+
+
 def cmd_label_check_heldout(args) -> None:
     """The ``label-check`` protocol within each of two fixed halves of the photos; every candidate's
     figure on both halves, the choice made on one half scored on the other, and the shipped one."""
@@ -325,26 +350,11 @@ def cmd_label_check_heldout(args) -> None:
             label_check_draw(features, targets, half[stratified_subset_all(targets[half], draw)], draw, args.folds,
                              args.repeats, svm, results[name], label=f"half {name} ({len(half)}), ")
     shipped, summary = heldout_choice(results)
-    (a, on_a), (b, on_b) = results.items()
-    lines = [f"| score, OOF, min_labels | half {a}: mean ± sd (± se) | half {b}: mean ± sd (± se) |", "|---|---|---|"]
-    for key in sorted(on_a, key=simplicity):
-        cells = []
-        for name in (a, b):
-            values = results[name][key]
-            mark = "**" if key == summary[name]["chosen"] else ""
-            cells.append(f"{mark}{mean_sd(values)} (± {100 * np.std(values, ddof=1) / np.sqrt(len(values)):.1f})"
-                         f"{mark}")
-        lines.append(f"| {key}{' (shipped)' if key == shipped else ''} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    choice = "\n".join(f"- chosen on half {s['chosen_on']}: {s['chosen']}; on half {held} (held out): "
-                       f"{100 * s['mean']:.1f} ± {100 * s['se']:.1f} (se)" for held, s in summary.items())
-    held_out = np.mean([s["mean"] for s in summary.values()])
-    print(f"\nlabel check held out, {args.backbone}@{args.size}: halves of {len(halves[a])} and {len(halves[b])} "
-          f"photos, in each {args.draws} draws of 750 stratified images, 5 % ({round(0.05 * 750)}) given a wrong "
-          f"label set; % of them in the top 10 % (bold: chosen on the other half)\n\n{table}\n\n{choice}\n"
-          f"- held-out figure of the choice (mean of both halves): {100 * held_out:.1f}\n"
-          f"- shipped (the simplest within one se of the choice on both held-out halves): {shipped}, "
-          f"{100 * np.mean(results[a][shipped]):.1f} / {100 * np.mean(results[b][shipped]):.1f}")
+    table, text = heldout_report(results, shipped, summary)
+    print(f"\nlabel check held out, {args.backbone}@{args.size}: halves of "
+          + " and ".join(str(len(half)) for half in halves.values())
+          + f" photos, in each {args.draws} draws of 750 stratified images, 5 % ({round(0.05 * 750)}) given a wrong "
+          f"label set; % of them in the top 10 % (bold: chosen on the other half)\n\n{table}\n\n{text}")
     if args.json:
         Path(args.json).write_text(json.dumps({"backbone": args.backbone, "draws": args.draws, "results": results,
                                                "summary": summary, "shipped": shipped, "markdown": table}, indent=1))
