@@ -3,6 +3,7 @@
     python bench/active.py features --backbone lite0 --size 352          # once: all 2,334 photos
     python bench/active.py strategies --seeds 5 --json bench/results/active_lite0.json
     python bench/active.py label-check --draws 5 --json bench/results/label_check_lite0.json
+    python bench/active.py label-check-heldout --draws 10 --repeats 1 3 5 --json bench/results/label_check_heldout_lite0.json
     python bench/active.py curve --json bench/results/curve_lite0.json
     python bench/active.py report bench/results/active_lite0.json bench/results/active_lite0_weighted.json
 
@@ -25,6 +26,12 @@ rounds. Output: a markdown table of mean ± sd mAP over seeds per budget, and JS
 them get a wrong label set (one present class dropped or one absent class added, 50/50, seeded);
 out-of-fold probabilities (``multilabel_kfold``, 5 or 10 folds) from the noisy labels; per score,
 the percentage of the corrupted images ranked in the top 10 %.
+
+``label-check-heldout``: the same protocol within each of two fixed halves of the photos (the
+product's stratified 2-fold split, seed 0: 1,167 + 1,167), draws of 750 within the half; the
+candidate (score, fold assignments, min_labels) best on one half is scored on the other, both ways,
+and the simplest candidate within noise (sd over draws / sqrt(draws)) of that choice on both
+held-out halves is named.
 
 ``curve``: the learning curve (:func:`fewlabel.active.learning_curve.learning_curve`) of a
 stratified 750 draw, checked against the mAP actually measured with more labels on the held-out set.
@@ -218,33 +225,48 @@ def cmd_report(args) -> None:
 
 # --------------------------------------------------------------------------- label check
 
-def cmd_label_check(args) -> None:
+def label_check_draw(features, targets, rows, draw, folds, repeats, svm, results, label="") -> None:
+    """One draw of the ``label-check`` protocol on the images ``rows``: 5 % of them given a wrong label
+    set (seed ``draw``), out-of-fold probabilities from the noisy labels, and per candidate (score,
+    folds, fold assignments, min_labels) the share of the corrupted images in the top 10 %, appended
+    to ``results[candidate]``."""
     from fewlabel.active.label_check import SCORES, corrupt_labels, found_in_top, label_check
+<<<<<<< HEAD
     from fewlabel.active.fitting import repeated_out_of_fold
+=======
+    from fewlabel.active.model import repeated_out_of_fold
+    noisy, corrupted, _ = corrupt_labels(targets[rows], 0.05, seed=draw)
+    for n_folds in folds:
+        began = time.perf_counter()
+        single = [repeated_out_of_fold(features[rows], noisy, svm, n_folds, 1, seed=r) for r in range(max(repeats))]
+        for n_repeats in repeats:
+            oof = np.mean(single[:n_repeats], axis=0)   # = repeated_out_of_fold(..., n_repeats, seed=0)
+            for score in SCORES:
+                for min_labels in (0, 1):
+                    found = found_in_top(label_check(oof, noisy, score, min_labels=min_labels).scores,
+                                         corrupted, 0.10)
+                    key = f"{score}, {n_folds} folds x {n_repeats}, min_labels {min_labels}"
+                    results.setdefault(key, []).append(found)
+            print(f"{label}draw {draw}, {n_folds} folds x {n_repeats} ({time.perf_counter() - began:.0f} s): " + ", ".join(
+                f"{k.split(',')[0]}/{k[-1]} {100 * v[-1]:.0f}" for k, v in results.items()
+                if f" {n_folds} folds x {n_repeats}," in k), file=sys.stderr, flush=True)
+
+
+def mean_sd(values) -> str:
+    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1) if len(values) > 1 else 0:.1f}"
+
+
+def cmd_label_check(args) -> None:
+>>>>>>> check28
     features, labels, targets = load(args)
     svm = svm_params()
     results = {}
     for draw in range(args.draws):
-        rows = stratified_subset_all(targets, draw)
-        noisy, corrupted, _ = corrupt_labels(targets[rows], 0.05, seed=draw)
-        for n_folds in args.folds:
-            began = time.perf_counter()
-            single = [repeated_out_of_fold(features[rows], noisy, svm, n_folds, 1, seed=r) for r in range(max(args.repeats))]
-            for repeats in args.repeats:
-                oof = np.mean(single[:repeats], axis=0)   # = repeated_out_of_fold(..., repeats, seed=0)
-                for score in SCORES:
-                    for min_labels in (0, 1):
-                        found = found_in_top(label_check(oof, noisy, score, min_labels=min_labels).scores,
-                                             corrupted, 0.10)
-                        key = f"{score}, {n_folds} folds x {repeats}, min_labels {min_labels}"
-                        results.setdefault(key, []).append(found)
-                print(f"draw {draw}, {n_folds} folds x {repeats} ({time.perf_counter() - began:.0f} s): " + ", ".join(
-                    f"{k.split(',')[0]}/{k[-1]} {100 * v[-1]:.0f}" for k, v in results.items()
-                    if f" {n_folds} folds x {repeats}," in k), file=sys.stderr, flush=True)
+        label_check_draw(features, targets, stratified_subset_all(targets, draw), draw, args.folds, args.repeats,
+                         svm, results)
     lines = ["| score, OOF, min_labels | corrupted images in the top 10 % (mean ± sd) | per draw |", "|---|---|---|"]
     for key, values in results.items():
-        lines.append(f"| {key} | {100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1):.1f} | "
-                     + " ".join(f"{100 * v:.0f}" for v in values) + " |")
+        lines.append(f"| {key} | {mean_sd(values)} | " + " ".join(f"{100 * v:.0f}" for v in values) + " |")
     table = "\n".join(lines)
     print(f"\nlabel check, {args.backbone}@{args.size}: 750 stratified images, 5 % ({round(0.05 * 750)}) given a "
           f"wrong label set, {args.draws} draws\n\n{table}")
@@ -254,9 +276,92 @@ def cmd_label_check(args) -> None:
 
 
 def stratified_subset_all(targets, draw):
-    """The 750 training images of draw ``draw``: the subset stage's stratified draw from all photos."""
+    """The 750 training images of draw ``draw``: the subset stage's stratified draw from the rows of ``targets``."""
     from fewlabel.data.stratify import stratified_subset
     return stratified_subset(targets, 750, 10, seed=draw)
+
+
+PRODUCT_MIN_LABELS = 1   # calibrate.min_labels, what the suggest stage passes to label_check
+
+
+def devdata_halves(targets) -> dict[str, np.ndarray]:
+    """Two fixed halves of the photos (A, B): the product's stratified 2-fold split, seed 0, so each
+    half has about half of every class."""
+    from fewlabel.data.stratify import multilabel_kfold
+    fold = multilabel_kfold(targets, 2, seed=0)
+    return {"A": np.flatnonzero(fold == 0), "B": np.flatnonzero(fold == 1)}
+
+
+def simplicity(key: str) -> tuple:
+    """Sort key of a candidate 'score, F folds x R, min_labels M': simpler score (``SCORES`` lists
+    them from the simplest to the most elaborate), fewer fits, the product's min_labels first."""
+    from fewlabel.active.label_check import SCORES
+    score, oof, min_labels = (part.strip() for part in key.split(","))
+    n_folds, n_repeats = (int(v) for v in oof.replace(" folds", "").split(" x "))
+    return SCORES.index(score), n_repeats, n_folds, int(min_labels.split()[-1]) != PRODUCT_MIN_LABELS
+
+
+def heldout_choice(results: dict[str, dict[str, list[float]]]) -> tuple[str, dict]:
+    """Choose on one half, report on the other (both ways). ``results[half][candidate]`` are the
+    per-draw shares. Noise on a half: the sd over draws / sqrt(draws) of the candidate chosen on the
+    other half. Shipped: the simplest candidate within that noise of the chosen one on both halves."""
+    (a, on_a), (b, on_b) = results.items()
+    summary = {}
+    for held, chosen_on, other in ((b, a, on_a), (a, b, on_b)):
+        best = max(sorted(other, key=simplicity), key=lambda k: np.mean(other[k]))
+        values = results[held][best]
+        summary[held] = {"chosen_on": chosen_on, "chosen": best, "mean": float(np.mean(values)),
+                         "se": float(np.std(values, ddof=1) / np.sqrt(len(values)))}
+    within = [k for k in sorted(on_a, key=simplicity)
+              if all(np.mean(results[h][k]) >= s["mean"] - s["se"] for h, s in summary.items())]
+    return within[0], summary
+
+
+def heldout_report(results, shipped, summary) -> tuple[str, str]:
+    """The markdown table of every candidate on both halves (with its paired difference from the
+    shipped one, draw by draw) and the lines on the choice."""
+    def se(values):
+        return 100 * np.std(values, ddof=1) / np.sqrt(len(values))
+    (a, on_a), (b, on_b) = results.items()
+    lines = [f"| score, OOF, min_labels | half {a}: mean ± sd (± se) | half {b}: mean ± sd (± se) "
+             f"| − shipped, paired: {a} / {b} (± se) |", "|---|---|---|---|"]
+    for key in sorted(on_a, key=simplicity):
+        cells = []
+        for name in (a, b):
+            mark = "**" if key == summary[name]["chosen"] else ""
+            cells.append(f"{mark}{mean_sd(results[name][key])} (± {se(results[name][key]):.1f}){mark}")
+        paired = [np.subtract(results[name][key], results[name][shipped]) for name in (a, b)]
+        cells.append("=" if key == shipped else " / ".join(f"{100 * np.mean(d):+.1f} (± {se(d):.1f})" for d in paired))
+        lines.append(f"| {key}{' (shipped)' if key == shipped else ''} | " + " | ".join(cells) + " |")
+    text = "\n".join(f"- chosen on half {s['chosen_on']}: {s['chosen']}; on half {held} (held out): "
+                     f"{100 * s['mean']:.1f} ± {100 * s['se']:.1f} (se)" for held, s in summary.items())
+    text += (f"\n- held-out figure of the choice (mean of both halves): "
+             f"{100 * np.mean([s['mean'] for s in summary.values()]):.1f}\n"
+             f"- shipped (the simplest within one se of the choice on both held-out halves): {shipped}, "
+             f"{100 * np.mean(results[a][shipped]):.1f} / {100 * np.mean(results[b][shipped]):.1f}")
+    return "\n".join(lines), text
+
+
+def cmd_label_check_heldout(args) -> None:
+    """The ``label-check`` protocol within each of two fixed halves of the photos; every candidate's
+    figure on both halves, the choice made on one half scored on the other, and the shipped one."""
+    features, labels, targets = load(args)
+    svm = svm_params()
+    halves = devdata_halves(targets)
+    results = {name: {} for name in halves}
+    for name, half in halves.items():
+        for draw in range(args.draws):
+            label_check_draw(features, targets, half[stratified_subset_all(targets[half], draw)], draw, args.folds,
+                             args.repeats, svm, results[name], label=f"half {name} ({len(half)}), ")
+    shipped, summary = heldout_choice(results)
+    table, text = heldout_report(results, shipped, summary)
+    print(f"\nlabel check held out, {args.backbone}@{args.size}: halves of "
+          + " and ".join(str(len(half)) for half in halves.values())
+          + f" photos, in each {args.draws} draws of 750 stratified images, 5 % ({round(0.05 * 750)}) given a wrong "
+          f"label set; % of them in the top 10 % (bold: chosen on the other half)\n\n{table}\n\n{text}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"backbone": args.backbone, "draws": args.draws, "results": results,
+                                               "summary": summary, "shipped": shipped, "markdown": table}, indent=1))
 
 
 # --------------------------------------------------------------------------- learning curve
@@ -324,7 +429,8 @@ def cmd_curve(args) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=("features", "strategies", "label-check", "curve", "report"))
+    parser.add_argument("command", choices=("features", "strategies", "label-check", "label-check-heldout", "curve",
+                                             "report"))
     parser.add_argument("inputs", nargs="*", help="report: strategies JSON files to merge")
     parser.add_argument("--voc", default=str(REPO_ROOT.parent / "shared" / "devdata" / "VOCdevkit" / "VOC2007"))
     parser.add_argument("--split", default="train")
@@ -349,6 +455,8 @@ def main(argv=None) -> None:
         cmd_report(args)
     elif args.command == "label-check":
         cmd_label_check(args)
+    elif args.command == "label-check-heldout":
+        cmd_label_check_heldout(args)
     else:
         cmd_curve(args)
 

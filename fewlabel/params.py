@@ -222,7 +222,7 @@ class SuggestParams:
     strategy: str = "margin_diverse"  # see fewlabel/active/strategies.py (measured: README)
     n: int = 100                    # images suggested per round
     seed: int = 0
-    check_score: str = "self_confidence"  # labels to check: see fewlabel/active/label_check.py
+    check_score: str = "max_abs"  # labels to check: see fewlabel/active/label_check.py
     thumbnails: int = 24            # suggestions shown in plots/suggestions.png
     curve_folds: int = 5            # learning curve: cross-validation folds
 

@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fewlabel.active.label_check import label_check
+from fewlabel.io import read_label_table, training_targets
 from tests.conftest import make_dvc_project
 from tests.test_pipeline_dvc import FAST_PARAMS, stages_run
 from tests.vocgen import make_voc
@@ -63,6 +65,18 @@ def test_repro_ranks_the_pool_and_writes_every_output(project):
     assert config.count("<Choice ") == 20
     check = pd.read_csv(project.path("suggestions/check_labels.csv"), dtype={"image_id": str})
     assert sorted(check["image_id"]) == sorted(train_ids) and check["score"].is_monotonic_decreasing
+    # the default check: max_abs on the train stage's own out-of-fold probabilities (no other fold
+    # assignments), an image given fewer than calibrate.min_labels labels first
+    params = project.params()
+    assert params["suggest"]["check_score"] == "max_abs"
+    oof = pd.read_csv(project.path("models/oof_probabilities.csv"), dtype={"image_id": str})
+    classes = [c[2:] for c in oof.columns if c.startswith("p_")]
+    ids, labels = read_label_table(project.path("data/subset/train.csv"), classes)
+    assert list(oof["image_id"]) == list(ids)
+    expected = label_check(oof[[f"p_{c}" for c in classes]].to_numpy(float), training_targets(labels), "max_abs",
+                           min_labels=params["calibrate"]["min_labels"])
+    assert list(check["image_id"]) == list(ids[expected.order])
+    np.testing.assert_allclose(check["score"], expected.scores[expected.order], rtol=1e-6)
     curve = pd.read_csv(project.path("plots/learning_curve.csv"))
     assert set(curve["kind"]) == {"measured", "forecast"}
     metrics = json.loads(project.path("metrics/suggest.json").read_text())

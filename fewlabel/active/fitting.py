@@ -46,15 +46,3 @@ def repeated_out_of_fold(features: np.ndarray, targets: np.ndarray, svm: SvmPara
             for r in range(repeats)]
     return np.mean(runs, axis=0)
 
-
-#: Labels to check: train's out-of-fold probabilities averaged with those of this many - 1 other
-#: fold assignments (less dependent on one split; measured in docs/labelling.md).
-CHECK_REPEATS = 3
-
-
-def check_probabilities(features: np.ndarray, targets: np.ndarray, train_oof: np.ndarray, svm: SvmParams,
-                        folds: int, repeats: int = CHECK_REPEATS) -> np.ndarray:
-    """The out-of-fold probabilities the label check reads: the train stage's ``train_oof``
-    (fold assignment seed 0) averaged with ``repeats - 1`` more assignments (seeds 1, 2, ...)."""
-    others = repeated_out_of_fold(features, targets, svm, folds=folds, repeats=repeats - 1, seed=1)
-    return (train_oof + (repeats - 1) * others) / repeats
