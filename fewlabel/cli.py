@@ -106,9 +106,10 @@ def add_cache_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     verify = actions.add_parser("verify", help="check every entry's checksum and vector; list what is not sound")
     verify.add_argument("location", nargs="?", default=None,
                         help=f"a cache root or one cache folder, a folder or URL (default: ${FEATURE_CACHE_ENV}, "
-                             f"else <user cache>/features)")
+                             f"else <user cache>/features); the folder above a cache root finds it below")
     verify.add_argument("--drop", action="store_true",
-                        help="remove what is not sound (it is extracted again when next needed)")
+                        help="remove the entries that are not sound (they are extracted again when next needed); "
+                             "what is not the cache's is never removed")
     verify.add_argument("--limit", type=int, default=50, help="problems listed one by one (default 50)")
     return parser
 
@@ -118,10 +119,11 @@ def cache(args: argparse.Namespace) -> None:
     from fewlabel.features.cache_verify import verify_cache
 
     report = verify_cache(args.location, drop=args.drop)
-    for path, problem in report.problems[:args.limit]:
-        print(f"{path}: {problem}" + (" (dropped)" if args.drop else ""))
-    if len(report.problems) > args.limit:
-        print(f"... and {len(report.problems) - args.limit} more")
+    for found in (report.problems, report.left_alone):
+        for path, problem in found[:args.limit]:
+            print(f"{path}: {problem}" + (" (dropped)" if args.drop and found is report.problems else ""))
+        if len(found) > args.limit:
+            print(f"... and {len(found) - args.limit} more")
     print(report.summary())
     if report.problems and not args.drop:
         sys.exit(1)
