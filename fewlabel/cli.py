@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fewlabel.errors import PipelineError, run_main
+from fewlabel.errors import PipelineError, UsageError, run_main
 from fewlabel.features.engine import resolve_engine
 from fewlabel.params import ENGINES, load_params
 from fewlabel.predict import CHUNK_IMAGES, TableWriter, expand_inputs, label_lines, read_file_list
@@ -54,11 +54,12 @@ def predict(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     classes = params.data.classes
     if not 1 <= args.top_k <= len(classes):
-        raise PipelineError(f"--top-k must be between 1 and {len(classes)}, got {args.top_k}")
+        raise UsageError(f"--top-k must be between 1 and {len(classes)} (the classes of data.classes), got "
+                         f"{args.top_k}")
     if args.chunk_size < 1 or (args.workers is not None and args.workers < 1):
-        raise PipelineError("--chunk-size and --workers must be at least 1")
+        raise UsageError("--chunk-size and --workers must be at least 1")
     if not args.inputs and not args.list:
-        raise PipelineError("no input: give image files, folders or glob patterns, or --list FILE")
+        raise UsageError("no input: give image files, folders or glob patterns, or --list FILE")
     writer = TableWriter(args.out)  # a bad --out fails here, before any work
     engine = resolve_engine(args.engine or params.features.engine, args.workers or params.features.workers,
                             setting="--engine" if args.engine else "features.engine")

@@ -10,6 +10,7 @@ The pool folder as a DVC dependency is tested with the suggest project (tests/te
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -17,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fewlabel import cli
@@ -24,6 +26,7 @@ from fewlabel.errors import PipelineError
 from fewlabel.features import cache as feature_cache
 from fewlabel.features.cache import FeatureCache
 from fewlabel.features.cache_verify import verify_cache
+from tests.conftest import REPO_ROOT
 from tests.vocgen import make_voc
 
 KEY = {"cache_format": 2, "backbone": "EfficientNetB0", "weights": "none", "size": 32, "resize": "bilinear",
@@ -207,3 +210,114 @@ def test_an_empty_cache_root_is_clean(tmp_path):
     (tmp_path / "features").mkdir()
     report = verify_cache(tmp_path / "features")
     assert report.clean and report.folders == 0
+
+
+# --------------------------------------------------------------------------- features.runtime and precision
+
+def test_featurize_depends_on_every_features_key_that_changes_the_features():
+    """runtime and precision change the features' numerics; engine and workers only say where
+    the work runs."""
+    import yaml
+
+    from fewlabel.params import FeaturesParams
+    stage = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["featurize"]
+    named = {p for p in stage["params"] if isinstance(p, str)}
+    expected = {f"features.{f.name}" for f in dataclasses.fields(FeaturesParams)} - {"features.engine",
+                                                                                      "features.workers"}
+    assert expected <= named, expected - named
+
+
+def test_check_params_refuses_bf16_on_a_cpu_without_it(params_file, tmp_path, monkeypatch):
+    from fewlabel.features import runtimes
+    from stages import check_params
+
+    out = tmp_path / "params_valid.txt"
+    monkeypatch.setattr(runtimes, "openvino_bf16_supported", lambda: False)
+    monkeypatch.setattr(runtimes, "_module", lambda name: object())  # openvino "installed"
+    for runtime in ("auto", "openvino"):
+        with pytest.raises(PipelineError, match=r"features\.precision.*bf16.*auto.*f32"):
+            check_params.main(["--params", str(params_file({"features.runtime": runtime,
+                                                             "features.precision": "bf16"})), "--out", str(out)])
+        assert not out.exists()
+    check_params.main(["--params", str(params_file({"features.precision": "auto"})), "--out", str(out)])
+    assert out.exists()
+
+    monkeypatch.setattr(runtimes, "openvino_bf16_supported", lambda: True)
+    check_params.main(["--params", str(params_file({"features.runtime": "openvino", "features.precision": "bf16"})),
+                       "--out", str(out)])
+
+
+# --------------------------------------------------------------------------- the pool
+
+def test_one_image_as_the_pool_names_the_key_and_what_it_takes(tmp_path):
+    from bench.synthetic import write_images
+    from fewlabel.data.pool import link_pool, pool_images
+    from fewlabel.params import DataParams
+
+    image = write_images(tmp_path / "img", 1, seed=3)[0]
+    renamed = tmp_path / "photo"  # no extension: found by its content
+    shutil.copy(image, renamed)
+    for location in (image, str(renamed)):
+        for call in (lambda: pool_images(tmp_path, DataParams(pool_images=location), set()),
+                     lambda: link_pool(location, tmp_path / "data" / "pool")):
+            with pytest.raises(PipelineError, match=r"data\.pool_images '.*' is one image; it takes a folder of "
+                                                    r"images or a text file listing image paths"):
+                call()
+    link_pool(str(tmp_path / "img"), tmp_path / "data" / "pool")
+    assert (tmp_path / "data" / "pool").resolve() == (tmp_path / "img").resolve()
+    link_pool(None, tmp_path / "data" / "pool")  # no pool: an empty folder
+    assert not (tmp_path / "data" / "pool").is_symlink() and not list((tmp_path / "data" / "pool").iterdir())
+
+
+# --------------------------------------------------------------------------- suggestions/labelled.txt
+
+def test_labelled_ids_written_as_file_names_or_paths_are_read_as_ids():
+    from fewlabel.data.subset import add_included
+
+    labels = pd.DataFrame({"image_id": ["000005", "000006", "000007"], "split": ["trainval"] * 3, "dog": [1, 0, 1]})
+    train = labels.iloc[:1]
+    for line in ("000006.jpg", "JPEGImages/000006", "JPEGImages/000006.JPG", "000006"):
+        combined = add_included(train, labels, [line], "test", "suggestions/labelled.txt")
+        assert list(combined["image_id"]) == ["000005", "000006"], line
+    with pytest.raises(PipelineError, match=r"000099\.jpg that have no annotation.*one bare id per line, like "
+                                            r"000006"):
+        add_included(train, labels, ["000099.jpg"], "test", "suggestions/labelled.txt")
+
+
+def test_a_deleted_labelled_list_says_an_empty_file_is_fine(tmp_path):
+    from fewlabel.data.subset import read_included
+
+    missing = str(tmp_path / "labelled.txt")
+    with pytest.raises(PipelineError, match=r"labelled\.txt: not found.*an empty file is fine.*git checkout .*"
+                                            r"labelled\.txt.*touch .*labelled\.txt"):
+        read_included(missing)
+    Path(missing).write_text("")
+    assert read_included(missing) == []
+
+
+# --------------------------------------------------------------------------- predict and logs
+
+@pytest.mark.parametrize("options", [["--top-k", "0"], ["--top-k", "21"], ["--chunk-size", "0"], []])
+def test_predict_usage_errors_exit_2(params_file, tmp_path, capsys, options):
+    image = tmp_path / "a.jpg"
+    image.write_bytes(b"")
+    inputs = [str(image)] if options else []
+    assert run_cli("predict", *inputs, *options, "--params", str(params_file())) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_progress_into_a_log_never_shares_a_line(capsys, monkeypatch):
+    """stderr not a terminal (capsys): whole lines, no carriage returns, the label and count kept."""
+    from fewlabel import progress
+
+    monkeypatch.setattr(progress, "PLAIN_SECONDS", 0.0, raising=False)
+    with progress.ProgressBar(3, "predict (single process)", True) as bar:
+        for n in range(3):
+            bar.write(f"image{n}.jpg: dog")
+            bar.update(1)
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and "\r" not in captured.out
+    assert captured.out.splitlines() == ["image0.jpg: dog", "image1.jpg: dog", "image2.jpg: dog"]
+    lines = captured.err.splitlines()
+    assert lines[-1].startswith("predict (single process): 3/3 images (100%)") and len(lines) == 4
