@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fewlabel.errors import PipelineError, run_main
+from fewlabel.errors import PipelineError, UsageError, run_main
 from fewlabel.features.engine import resolve_engine
 from fewlabel.params import ENGINES, load_params
 from fewlabel.data.images import expand_inputs, read_file_list
@@ -56,11 +56,12 @@ def predict(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     classes = params.data.classes
     if not 1 <= args.top_k <= len(classes):
-        raise PipelineError(f"--top-k must be between 1 and {len(classes)}, got {args.top_k}")
+        raise UsageError(f"--top-k must be between 1 and {len(classes)} (the classes of data.classes), got "
+                         f"{args.top_k}")
     if args.chunk_size < 1 or (args.workers is not None and args.workers < 1):
-        raise PipelineError("--chunk-size and --workers must be at least 1")
+        raise UsageError("--chunk-size and --workers must be at least 1")
     if not args.inputs and not args.list:
-        raise PipelineError("no input: give image files, folders or glob patterns, or --list FILE")
+        raise UsageError("no input: give image files, folders or glob patterns, or --list FILE")
     writer = TableWriter(args.out)  # a bad --out fails here, before any work
     engine = resolve_engine(args.engine or params.features.engine, args.workers or params.features.workers,
                             setting="--engine" if args.engine else "features.engine")
@@ -108,9 +109,10 @@ def add_cache_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     verify = actions.add_parser("verify", help="check every entry's checksum and vector; list what is not sound")
     verify.add_argument("location", nargs="?", default=None,
                         help=f"a cache root or one cache folder, a folder or URL (default: ${FEATURE_CACHE_ENV}, "
-                             f"else <user cache>/features)")
+                             f"else <user cache>/features); the folder above a cache root finds it below")
     verify.add_argument("--drop", action="store_true",
-                        help="remove what is not sound (it is extracted again when next needed)")
+                        help="remove the entries that are not sound (they are extracted again when next needed); "
+                             "what is not the cache's is never removed")
     verify.add_argument("--limit", type=int, default=50, help="problems listed one by one (default 50)")
     return parser
 
@@ -120,10 +122,11 @@ def cache(args: argparse.Namespace) -> None:
     from fewlabel.features.cache_verify import verify_cache
 
     report = verify_cache(args.location, drop=args.drop)
-    for path, problem in report.problems[:args.limit]:
-        print(f"{path}: {problem}" + (" (dropped)" if args.drop else ""))
-    if len(report.problems) > args.limit:
-        print(f"... and {len(report.problems) - args.limit} more")
+    for found in (report.problems, report.left_alone):
+        for path, problem in found[:args.limit]:
+            print(f"{path}: {problem}" + (" (dropped)" if args.drop and found is report.problems else ""))
+        if len(found) > args.limit:
+            print(f"... and {len(found) - args.limit} more")
     print(report.summary())
     if report.problems and not args.drop:
         sys.exit(1)

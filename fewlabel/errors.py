@@ -12,6 +12,10 @@ class PipelineError(Exception):
     """A problem the user can fix; its message says which file or key and what to do."""
 
 
+class UsageError(PipelineError):
+    """A command called wrongly (an option out of range, no input): exit code 2, as argparse's own."""
+
+
 def capped_list(items: Iterable[str], limit: int = MAX_REPORTED) -> str:
     """``items`` as indented lines (each starting with a newline), the first ``limit`` of them,
     then "... and N more"."""
@@ -26,7 +30,7 @@ def run_main(main: Callable[[], None]) -> None:
         main()
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2 if isinstance(error, UsageError) else 1)
     except KeyboardInterrupt:
         print("interrupted: nothing half-written was kept; rerun to resume", file=sys.stderr)
         sys.exit(130)

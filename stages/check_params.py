@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.params)  # raises PipelineError naming the key on any problem
     check_engine(params.features.engine)
+    check_runtime(params.features.runtime, params.features.precision)
     write_text(args.out, VALID)
     print(f"{args.params}: valid", file=sys.stderr)
 
@@ -41,6 +42,19 @@ def check_engine(engine_name: str) -> None:
         raise PipelineError(f"params.yaml: features.engine is ray, but Ray Data, the optional distributed engine, "
                             f"is not installed: install it with `pip install -r {engine.REQUIREMENTS_FILE}`, or "
                             f"set features.engine to single (or auto)")
+
+
+def check_runtime(runtime: str, precision: str) -> None:
+    """features.runtime and features.precision: what featurize would refuse on this machine (a
+    runtime not installed, bf16 on a CPU without bfloat16), said now; bf16 with runtime auto
+    too, which would silently run Keras float32 instead."""
+    from fewlabel.features import runtimes
+    if runtime != "auto":
+        runtimes.choose_runtime(runtime, precision)  # raises naming the key and the fix
+    elif precision == "bf16" and not runtimes.openvino_bf16_supported():
+        raise PipelineError("params.yaml: features.precision is bf16, but this machine cannot run it (openvino "
+                            "not installed, or a CPU without bfloat16 instructions: AVX512-BF16 or AMX); set "
+                            "features.precision to auto (bf16 where the CPU has it, else f32) or f32")
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 
 from fewlabel.data.subset import (add_included, class_distribution, distribution_figure, pool_limited_classes,
-                                  select_subsets)
+                                  read_included, select_subsets)
 from fewlabel.errors import run_main
-from fewlabel.io import read_csv, read_lines, write_csv
+from fewlabel.io import read_csv, write_csv
 from fewlabel.params import load_params
 from fewlabel.plots import write_figure
 
@@ -42,7 +42,7 @@ def main() -> None:
                                      params.subset, params.eval)
     drawn = len(train)
     if args.include:
-        train = add_included(train, labels, read_lines(args.include, "a list of image ids"),
+        train = add_included(train, labels, read_included(args.include),
                              params.data.eval_split, args.include)
     train_pool = labels[labels["split"] == params.data.train_split]
     distribution = class_distribution(train_pool, train, eval_set, classes)

@@ -62,7 +62,8 @@ def restore(project):
 
 def test_repro_runs_every_stage_and_writes_the_declared_outputs(project):
     assert stages_run(project.first_repro_output) == {"check_params", "download", "prepare", "subset", "featurize",
-                                                      "train", "calibrate", "evaluate", "featurize_pool", "suggest"}
+                                                      "train", "calibrate", "evaluate", "pool", "featurize_pool",
+                                                      "suggest"}
     metrics = json.loads(project.path("metrics/scores.json").read_text())
     assert metrics["n_train"] == 40 and metrics["n_eval"] == 40
     assert 0 <= metrics["map"] <= 1

@@ -7,13 +7,14 @@ One project per module (dvc repro is the slow part); each test leaves it as it f
 import json
 import random
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from fewlabel.active.label_check import label_check
-from fewlabel.io import read_label_table, training_targets
+from fewlabel.artifacts import read_label_table, training_targets
 from tests.conftest import make_dvc_project
 from tests.test_pipeline_dvc import FAST_PARAMS, stages_run
 from tests.vocgen import make_voc
@@ -144,5 +145,36 @@ def test_an_empty_pool_is_a_clear_error(project):
         result = project.dvc("repro")
         assert result.returncode != 0, result.stdout + result.stderr
         assert "data.pool_split 'evaluated' holds no image outside the training and evaluation sets" in result.stderr
+    finally:
+        restore(project)
+
+
+def test_an_image_added_to_the_pool_folder_or_list_reruns_featurize_pool(project, tmp_path):
+    """Issue 26: data.pool_images is a dependency (through data/pool), not only a param: an image
+    copied into the folder, or a line added to the list file, shows in `dvc status`, and a null
+    pool still runs. Last in the module: it leaves data/pool pointing elsewhere."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    good = [i for i in project.pool_ids if i != project.bad_id]
+    for image_id in good[:4]:
+        shutil.copy(project.voc / "JPEGImages" / f"{image_id}.jpg", folder)
+    listing = tmp_path / "pool.txt"
+    listing.write_text("".join(f"{project.voc / 'JPEGImages'}/{i}.jpg\n" for i in good[:4]))
+    try:
+        for location, grow in ((folder, lambda: shutil.copy(project.voc / "JPEGImages" / f"{good[4]}.jpg", folder)),
+                               (listing, lambda: listing.write_text(listing.read_text() +
+                                                                    f"{project.voc / 'JPEGImages'}/{good[4]}.jpg\n"))):
+            project.set_params({"data.pool_split": None, "data.pool_images": str(location)})
+            project.dvc("repro", check=True)
+            assert "featurize_pool" not in project.dvc("status", check=True).stdout
+            grow()
+            status = project.dvc("status", check=True).stdout
+            assert "featurize_pool:" in status and "data/pool" in status, status
+            rerun = project.dvc("repro", check=True)
+            assert "featurize_pool" in stages_run(rerun.stdout)
+            assert sorted(np.load(project.path("data/features/pool.npz"))["ids"]) == sorted(good[:5])
+        project.set_params({"data.pool_split": None, "data.pool_images": None})  # no pool
+        project.dvc("repro", check=True)
+        assert len(np.load(project.path("data/features/pool.npz"))["ids"]) == 0
     finally:
         restore(project)

@@ -5,16 +5,48 @@ Either a VOC split list (``data.pool_split``: ids whose images are in ``JPEGImag
 the list and the image files are read here: never an annotation, so the pool's labels, where a
 VOC folder has them, cannot steer which images are suggested. The images already in the
 training set or the evaluation set are left out.
+
+``data.pool_images`` is a DVC dependency through ``data/pool`` (:func:`link_pool`, the pool
+stage): a link to the folder or list file, so an image added to the folder, or a list edited,
+reruns featurize_pool.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from fewlabel.data.source import link_dataset
 from fewlabel.data.voc import IMAGE_EXTENSIONS, list_images, read_split_list, resolve_image_file
 from fewlabel.errors import PipelineError
+from fewlabel.features.cache import hash_image
 from fewlabel.io import read_lines
 from fewlabel.params import DataParams
+
+
+def link_pool(location: str | None, out: str | Path) -> None:
+    """Make ``out`` what DVC tracks of ``data.pool_images``: a link to its folder or list file,
+    or an empty folder when it is null (no pool, or ``data.pool_split``)."""
+    out = Path(out)
+    if location is None:
+        if out.is_symlink() or out.is_file():
+            out.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        return
+    check_pool_location(location)
+    link_dataset(location, out)
+
+
+def check_pool_location(location: str) -> None:
+    """``data.pool_images`` must name a folder of images or a text file listing them."""
+    if os.path.isdir(location):
+        return
+    if not os.path.isfile(location):
+        raise PipelineError(f"params.yaml: data.pool_images '{location}' is neither a folder nor a list file; "
+                            f"fix the path (relative to the repository root) or set it to null")
+    if os.path.splitext(location)[1].lower() in IMAGE_EXTENSIONS or hash_image(location)[1] is None:
+        raise PipelineError(f"params.yaml: data.pool_images '{location}' is one image; it takes a folder of "
+                            f"images or a text file listing image paths (one per line): put the image in a "
+                            f"folder and set data.pool_images to the folder")
 
 
 def pool_images(voc_dir: str | Path, data: DataParams, exclude: set[str]) -> tuple[list[str], list[str]]:
@@ -63,11 +95,9 @@ def _from_files(location: str) -> tuple[list[str], list[str]]:
         paths = sorted(str(Path(location) / name) for name in os.listdir(location)
                        if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
                        and os.path.isfile(os.path.join(location, name)))
-    elif os.path.isfile(location):
-        paths = read_lines(location, "a list of image paths")
     else:
-        raise PipelineError(f"params.yaml: data.pool_images '{location}' is neither a folder nor a list file; "
-                            f"fix the path (relative to the repository root) or set it to null")
+        check_pool_location(location)
+        paths = read_lines(location, "a list of image paths")
     ids = [Path(path).stem for path in paths]
     seen: dict[str, str] = {}
     for image_id, path in zip(ids, paths):

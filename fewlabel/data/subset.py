@@ -3,6 +3,7 @@ set, and the class distribution table and figure.
 """
 from __future__ import annotations
 
+import os
 
 import numpy as np
 import pandas as pd
@@ -10,8 +11,10 @@ import pandas as pd
 from fewlabel.errors import PipelineError
 from fewlabel.plots import pyplot
 from fewlabel.artifacts import training_targets
+from fewlabel.io import read_lines
 from fewlabel.params import EvalSetParams, SubsetParams
 from fewlabel.data.stratify import lacking_kind, stratified_subset
+from fewlabel.data.voc import IMAGE_EXTENSIONS
 
 
 def select_subsets(labels: pd.DataFrame, classes: tuple[str, ...], train_split: str, eval_split: str,
@@ -54,17 +57,20 @@ def add_included(train: pd.DataFrame, labels: pd.DataFrame, include_ids: list[st
     ``suggestions/next.csv``), on top of the stratified draw, in image-id order.
 
     Each id must have an annotation (a row of the label table) and must not be an evaluation
-    image; ``source`` (the list file) is named in the error.
+    image; ``source`` (the list file) is named in the error. A file name or path
+    (``000006.jpg``, ``JPEGImages/000006``) is read as the id it names when that id is known.
     """
     if not include_ids:
         return train
     rows = labels.drop_duplicates("image_id").set_index("image_id", drop=False)
+    include_ids = [_as_image_id(line, rows.index) for line in include_ids]
     missing = [i for i in include_ids if i not in rows.index]
     if missing:
         listed = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise PipelineError(f"{source}: lists image id(s) {listed} that have no annotation in the data set "
                             f"(data/labels.csv); label them and add their XML to Annotations/ (see README, "
-                            f"'Labelling more images'), or remove them from the list")
+                            f"'Labelling more images'), or remove them from the list (one bare id per line, "
+                            f"like 000006: no folder, no extension)")
     in_eval = [i for i in include_ids if rows.loc[i, "split"] == eval_split]
     if in_eval:
         raise PipelineError(f"{source}: lists evaluation image(s) {', '.join(in_eval[:10])} (split "
@@ -72,6 +78,27 @@ def add_included(train: pd.DataFrame, labels: pd.DataFrame, include_ids: list[st
     extra = rows.loc[[i for i in dict.fromkeys(include_ids) if i not in set(train["image_id"])]]
     combined = pd.concat([train, extra[train.columns]], ignore_index=True)
     return combined.sort_values("image_id").reset_index(drop=True)
+
+
+def read_included(path: str) -> list[str]:
+    """The lines of the list of labelled ids (``--include``); a missing file says how to recreate it."""
+    if not os.path.exists(path):
+        raise PipelineError(f"{path}: not found; it lists the ids you labelled, one per line, and must exist "
+                            f"(an empty file is fine): recreate it with `git checkout {path}` or `touch {path}`")
+    return read_lines(path, "a list of image ids")
+
+
+def _as_image_id(line: str, known) -> str:
+    """``line`` if it is a known id, else the known id its file name names (``000006.jpg``,
+    ``JPEGImages/000006``), else ``line`` unchanged."""
+    if line in known:
+        return line
+    name = line.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    stem, extension = os.path.splitext(name)
+    for candidate in (name, stem if extension.lower() in IMAGE_EXTENSIONS else None):
+        if candidate in known:
+            return candidate
+    return line
 
 
 def check_every_class_learnable(targets: np.ndarray, chosen: np.ndarray, classes: tuple[str, ...],
