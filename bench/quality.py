@@ -131,7 +131,7 @@ def decision_rules(params, probabilities_oof, targets, folds, labels_eval, proba
 def run_config(params, pool, train_rows, eval_rows, model_cache: dict, model_key: str) -> dict:
     """Featurize (cached), train (shared across calibrate-only variants), calibrate, evaluate."""
     from fewlabel.io import training_targets
-    from fewlabel.features.selection import featurize_subsets
+    from fewlabel.model.selection import featurize_subsets
     from fewlabel.model.svm import positive_probabilities
     from fewlabel.model.train import train
     ids, labels, paths = pool

@@ -21,7 +21,7 @@ import numpy as np
 from fewlabel.data.images import subset_image_paths
 from fewlabel.errors import PipelineError, run_main
 from fewlabel.features.recipes import build_meta
-from fewlabel.features.selection import build_run_stats, featurize_subsets
+from fewlabel.model.selection import build_run_stats, featurize_subsets
 from fewlabel.io import atomic_path, write_json
 from fewlabel.params import FeaturesParams, load_params
 

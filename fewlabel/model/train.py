@@ -16,7 +16,7 @@ from fewlabel.io import (training_targets)
 from fewlabel.model.svm import (RANDOM_STATE, build_model, describe_kernel_method, for_training_set,
                           positive_probabilities, tune_grid)
 from fewlabel.params import SvmParams, TuneParams
-from fewlabel.data.stratify import check_folds, multilabel_kfold
+from fewlabel.model.folds import check_folds, multilabel_kfold
 
 
 
