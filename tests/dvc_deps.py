@@ -12,7 +12,8 @@ editing another reruns nothing.
 
 ``--write`` replaces only the code deps (paths under ``fewlabel/`` and ``stages/``) and the
 comments directly above them; data deps, their comments and the rest of the file stay as they
-are. tests/test_dvc_deps.py fails when dvc.yaml differs from what this derives.
+are. A folder is written where the stage imports every file in it. tests/test_dvc_deps.py
+fails when a stage's deps miss a file it imports or stand for one it does not.
 """
 from __future__ import annotations
 
