@@ -52,8 +52,10 @@ $(VENV)/.installed-test: $(VENV)/.installed-engine requirements-test.txt
 pipeline: setup-fast
 	dvc repro
 
-## Run the test suite (pytest exits 5 when it collects no test: that is a failure too).
+## Check the import layers (pyproject.toml, [tool.importlinter]), then run the test suite
+## (pytest exits 5 when it collects no test: that is a failure too).
 test: setup-fast setup-engine setup-test
+	lint-imports
 	python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 

@@ -231,10 +231,7 @@ def label_check_draw(features, targets, rows, draw, folds, repeats, svm, results
     folds, fold assignments, min_labels) the share of the corrupted images in the top 10 %, appended
     to ``results[candidate]``."""
     from fewlabel.active.label_check import SCORES, corrupt_labels, found_in_top, label_check
-<<<<<<< HEAD
     from fewlabel.active.fitting import repeated_out_of_fold
-=======
-    from fewlabel.active.model import repeated_out_of_fold
     noisy, corrupted, _ = corrupt_labels(targets[rows], 0.05, seed=draw)
     for n_folds in folds:
         began = time.perf_counter()
@@ -257,7 +254,6 @@ def mean_sd(values) -> str:
 
 
 def cmd_label_check(args) -> None:
->>>>>>> check28
     features, labels, targets = load(args)
     svm = svm_params()
     results = {}

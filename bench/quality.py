@@ -121,7 +121,7 @@ def draw_split(labels: np.ndarray, params, seed: int) -> tuple[np.ndarray, np.nd
 def run_config(params, pool, train_rows, eval_rows, model_cache: dict, model_key: str) -> dict:
     """Featurize (cached), fit (the model shared across calibrate-only variants), evaluate:
     :func:`fewlabel.fit.fit`, the pipeline's train, calibrate and evaluate in memory."""
-    from fewlabel.features.featurize import featurize_subsets
+    from fewlabel.featurize import featurize_subsets
     from fewlabel.fit import fit
     ids, labels, paths = pool
     classes = params.data.classes

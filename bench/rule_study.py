@@ -48,9 +48,9 @@ def collect(draw: int, params, pool, cache: Path) -> dict:
     if path.exists():
         return dict(np.load(path))
     from fewlabel.artifacts import training_targets
-    from fewlabel.features.featurize import featurize_subsets
+    from fewlabel.featurize import featurize_subsets
     from fewlabel.model.svm import RANDOM_STATE, build_model, for_training_set, positive_probabilities
-    from fewlabel.data.stratify import multilabel_kfold
+    from fewlabel.model.folds import multilabel_kfold
     _, labels, paths = pool
     train_rows, eval_rows = draw_split(labels, params, draw)
     featurized = featurize_subsets([paths[i] for i in train_rows], labels[train_rows],

@@ -12,16 +12,10 @@ The metrics the pipeline reports are here too: :func:`mean_ap`, :func:`per_class
 """
 from __future__ import annotations
 
-
-from fewlabel import tf_logs
-
-# Before TensorFlow is first imported (by any module of the package): its C++ start-up lines
-# (oneDNN, CUDA probing on CPU machines) read as failures. FEWLABEL_TF_LOGS=1 keeps them.
-tf_logs.install()
-
-from fewlabel.errors import PipelineError  # noqa: E402
-from fewlabel.metrics import (average_precision, mean_ap, multilabel_scores, per_class_ap,  # noqa: E402
-                              precision_at_k)
+# No side effects here: the commands (stages/, fewlabel.cli) quiet TensorFlow's start-up
+# (fewlabel.tf_logs), a notebook that imports the library keeps its stderr as it is.
+from fewlabel.errors import PipelineError
+from fewlabel.metrics import average_precision, mean_ap, multilabel_scores, per_class_ap, precision_at_k
 
 __all__ = ["load", "Classifier", "PipelineError", "average_precision", "mean_ap", "multilabel_scores",
            "per_class_ap", "precision_at_k"]

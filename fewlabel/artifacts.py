@@ -49,6 +49,13 @@ def training_targets(labels: np.ndarray) -> np.ndarray:
     return (labels >= 0).astype(np.int8)
 
 
+def lacking_kind(targets_column: np.ndarray) -> str | None:
+    """``'positive'`` or ``'negative'`` when a class's 0/1 targets lack one (its SVM cannot be
+    fitted), else None: the one test behind every "cannot be learnt" check."""
+    positives = int(np.asarray(targets_column, dtype=bool).sum())
+    return "positive" if positives == 0 else "negative" if positives == len(targets_column) else None
+
+
 # --------------------------------------------------------------------------- probability tables
 
 def probability_table(front: dict, classes, probabilities: np.ndarray, decisions: np.ndarray | None = None,

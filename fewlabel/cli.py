@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fewlabel import tf_logs
 from fewlabel.errors import PipelineError, UsageError, run_main
 from fewlabel.features.engine import resolve_engine
 from fewlabel.params import ENGINES, load_params
@@ -168,7 +169,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The console script ``fewlabel``."""
+    """The console script ``fewlabel`` (and ``python -m fewlabel``)."""
+    tf_logs.install()  # before anything imports TensorFlow
     args = parser().parse_args(argv)
     handlers = {"predict": predict, "cache": cache, "labels": labels}
     run_main(lambda: handlers[args.command](args))

@@ -16,6 +16,14 @@ import platformdirs
 from fewlabel.errors import PipelineError
 
 CACHE_ENV = "FEWLABEL_CACHE_DIR"
+# The first bytes of the image formats TensorFlow decodes (JPEG, PNG, GIF, BMP, JPEG XL; WebP below)
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"\xff\x0a",
+                b"\x00\x00\x00\x0cJXL \r\n\x87\n")
+
+
+def is_image_header(head: bytes) -> bool:
+    """Whether a file's first 16 bytes start an image (JPEG, PNG, GIF, BMP, WebP or JPEG XL)."""
+    return head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
 @contextlib.contextmanager

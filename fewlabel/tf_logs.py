@@ -1,4 +1,6 @@
-"""TensorFlow's start-up lines, kept off a normal run (imported by ``fewlabel/__init__.py``).
+"""TensorFlow's start-up lines, kept off a normal run: :func:`install`, called by the entry points
+(every ``python -m stages.<name>``, through ``stages/__init__.py``; the ``fewlabel`` command; a Ray
+worker), never by ``import fewlabel``.
 
 On a CPU machine importing TensorFlow prints lines that read as failures: ``failed call to
 cuInit``, ``Could not find cuda drivers``, ``oneDNN custom operations are on`` and ``All log

@@ -7,7 +7,7 @@
 Writes ``<out-dir>/train.npz`` and ``eval.npz`` (``ids`` in the CSV's order, ``features``
 float32 n x d) and ``meta.json`` (what the features are: backbones, sizes, views, weights).
 
-The views are chosen and the images featurized by :mod:`fewlabel.features.featurize`
+The views are chosen and the images featurized by :mod:`fewlabel.featurize`
 (``image_size: auto`` chooses among ``features.select_scales`` by cross-validated mAP on the
 training images only), through the per-image cache of :mod:`fewlabel.features.cache`.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 from fewlabel.errors import run_main
-from fewlabel.features.featurize import featurize
+from fewlabel.featurize import featurize
 from fewlabel.io import write_json
 from fewlabel.params import load_params
 

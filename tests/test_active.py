@@ -10,7 +10,7 @@ from fewlabel.active.fitting import DEFAULT_SVM, fit_predict, repeated_out_of_fo
 from fewlabel.active.strategies import STRATEGIES, propose, rank_pool
 from fewlabel.metrics import per_class_ap
 from fewlabel.model.svm import build_model, for_training_set, positive_probabilities
-from fewlabel.data.stratify import multilabel_kfold
+from fewlabel.model.folds import multilabel_kfold
 
 N_CLASSES = 3
 

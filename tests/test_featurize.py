@@ -21,7 +21,7 @@ from fewlabel.features.backbones import build_extractor, default_input_size
 from fewlabel.errors import PipelineError
 from fewlabel.artifacts import feature_signature, read_features as load_features
 from fewlabel.features.recipes import Recipe, candidate_recipes, recipes_from_meta
-from fewlabel.features.selection import choose_recipes
+from fewlabel.model.selection import choose_recipes
 from fewlabel.features.extract import extract_features
 from fewlabel.params import FeaturesParams
 from fewlabel.features.views import View, load_image, view_batches

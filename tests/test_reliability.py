@@ -71,7 +71,7 @@ def test_featurize_names_every_unreadable_image_in_one_run(tmp_path, params_file
 
 
 def test_view_choice_checks_the_eval_images_before_extracting(tmp_path, isolated_cache):
-    from fewlabel.features.featurize import featurize_subsets
+    from fewlabel.featurize import featurize_subsets
     from fewlabel.params import VOC_CLASSES
 
     images = write_images(tmp_path / "img", 10, seed=4)

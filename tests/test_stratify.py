@@ -9,7 +9,8 @@ from bench.synthetic import VOC07_TRAINVAL_POSITIVES
 from fewlabel.errors import PipelineError
 from fewlabel.artifacts import training_targets
 from fewlabel.params import EvalSetParams, SubsetParams, VOC_CLASSES
-from fewlabel.data.stratify import check_folds, multilabel_kfold, stratified_subset
+from fewlabel.data.stratify import stratified_subset
+from fewlabel.model.folds import check_folds, multilabel_kfold
 from fewlabel.data.subset import class_distribution, pool_limited_classes, select_subsets
 from tests.vocgen import label_table, make_voc, voc_spec
 

@@ -16,7 +16,7 @@ from fewlabel.artifacts import training_targets
 from fewlabel.metrics import mean_ap, multilabel_scores, target_score
 from fewlabel.model.svm import NystroemMap, PlattLinearSVC, build_model, for_training_set, positive_probabilities, resolve_gamma
 from fewlabel.params import CalibrateParams, SvmParams, TuneParams, parse_params
-from fewlabel.data.stratify import multilabel_kfold
+from fewlabel.model.folds import multilabel_kfold
 from fewlabel.model.train import out_of_fold_probabilities, train
 
 CLASSES = tuple(f"class{i}" for i in range(20))

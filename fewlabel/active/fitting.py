@@ -39,7 +39,7 @@ def repeated_out_of_fold(features: np.ndarray, targets: np.ndarray, svm: SvmPara
     ``multilabel_kfold`` with seeds ``seed`` .. ``seed + repeats - 1``; the train stage's is seed 0),
     each by the train stage's ``out_of_fold_probabilities``. Less dependent on one split: for
     label checks."""
-    from fewlabel.data.stratify import multilabel_kfold
+    from fewlabel.model.folds import multilabel_kfold
     from fewlabel.model.train import out_of_fold_probabilities
     svm = for_training_set(svm, len(targets))
     runs = [out_of_fold_probabilities(features, targets, svm, multilabel_kfold(targets, folds, seed=seed + r))

@@ -1,7 +1,7 @@
 """Learning curve: would more labels help, and for which classes?
 
 :func:`learning_curve` cross-validates the product's model on nested fractions of a training
-set: the product's multilabel-stratified folds (``fewlabel.data.stratify.multilabel_kfold``) split the
+set: the product's multilabel-stratified folds (``fewlabel.model.folds.multilabel_kfold``) split the
 images into ``folds`` test parts; inside each fold's training part, the same stratification
 splits the images into ``len(fractions)`` chunks (for the default fractions 0.25, 0.5, 0.75, 1.0:
 quarters), and fraction j/m trains on the first j chunks, so the subsets are nested and keep the
@@ -50,7 +50,7 @@ def _chunks(fractions) -> int:
 def nested_subsets(targets: np.ndarray, fractions=FRACTIONS, seed: int = 0) -> dict[float, np.ndarray]:
     """fraction -> row indices of ``targets``: nested, stratified subsets (chunks of the product's
     ``multilabel_kfold`` with ``seed``, taken in order)."""
-    from fewlabel.data.stratify import multilabel_kfold
+    from fewlabel.model.folds import multilabel_kfold
     m = _chunks(fractions)
     chunk = multilabel_kfold(targets, m, seed=seed)
     return {float(f): np.flatnonzero(chunk < round(f * m)) for f in fractions}
@@ -100,7 +100,7 @@ def learning_curve(features: np.ndarray, targets: np.ndarray, classes=None, svm=
     from fewlabel.active.fitting import DEFAULT_SVM, fit_predict
     from fewlabel.metrics import per_class_ap
     from fewlabel.model.svm import for_training_set
-    from fewlabel.data.stratify import multilabel_kfold
+    from fewlabel.model.folds import multilabel_kfold
     targets = np.asarray(targets).astype(np.int8)
     names = list(classes) if classes is not None else [str(c) for c in range(targets.shape[1])]
     scored = np.asarray(labels) if labels is not None else targets * 2 - 1

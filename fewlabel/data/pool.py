@@ -18,8 +18,7 @@ from pathlib import Path
 from fewlabel.data.source import link_dataset
 from fewlabel.data.voc import IMAGE_EXTENSIONS, list_images, read_split_list, resolve_image_file
 from fewlabel.errors import PipelineError
-from fewlabel.features.cache import hash_image
-from fewlabel.io import read_lines
+from fewlabel.io import is_image_header, read_lines
 from fewlabel.params import DataParams
 
 
@@ -43,7 +42,7 @@ def check_pool_location(location: str) -> None:
     if not os.path.isfile(location):
         raise PipelineError(f"params.yaml: data.pool_images '{location}' is neither a folder nor a list file; "
                             f"fix the path (relative to the repository root) or set it to null")
-    if os.path.splitext(location)[1].lower() in IMAGE_EXTENSIONS or hash_image(location)[1] is None:
+    if os.path.splitext(location)[1].lower() in IMAGE_EXTENSIONS or _starts_an_image(location):
         raise PipelineError(f"params.yaml: data.pool_images '{location}' is one image; it takes a folder of "
                             f"images or a text file listing image paths (one per line): put the image in a "
                             f"folder and set data.pool_images to the folder")
@@ -106,3 +105,8 @@ def _from_files(location: str) -> tuple[list[str], list[str]]:
                                 f"(the file name without its extension); rename one of them")
         seen[image_id] = path
     return ids, paths
+
+
+def _starts_an_image(path: str) -> bool:
+    with open(path, "rb") as handle:
+        return is_image_header(handle.read(16))

@@ -10,10 +10,10 @@ import pandas as pd
 
 from fewlabel.errors import PipelineError
 from fewlabel.plots import pyplot
-from fewlabel.artifacts import training_targets
+from fewlabel.artifacts import lacking_kind, training_targets
 from fewlabel.io import read_lines
 from fewlabel.params import EvalSetParams, SubsetParams
-from fewlabel.data.stratify import lacking_kind, stratified_subset
+from fewlabel.data.stratify import stratified_subset
 from fewlabel.data.voc import IMAGE_EXTENSIONS
 
 

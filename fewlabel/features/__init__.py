@@ -1,2 +1,2 @@
-"""Frozen CNN features: backbones, views, runtimes, the per-image cache, the engine, extraction
-and view selection."""
+"""Frozen CNN features: backbones, views, runtimes, the per-image cache, the engine and
+extraction (the views are chosen by the classifier's score: :mod:`fewlabel.model.selection`)."""

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from fewlabel.errors import PipelineError
-from fewlabel.io import user_cache_dir
+from fewlabel.io import is_image_header, user_cache_dir
 
 FEATURE_CACHE_ENV = "FEWLABEL_FEATURE_CACHE"
 # Every entry is the vector's .npy bytes followed by this marker and the sha256 of the cache
@@ -44,10 +44,6 @@ _warned: set = set()  # once-per-process warnings (read-only cache, ...)
 _damaged: Counter = Counter()  # damaged entries seen per cache folder, in this process
 
 # Leading bytes of the formats tf.io.decode_image reads (a cheap check before any extraction).
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"\xff\x0a",
-          b"\x00\x00\x00\x0cJXL \r\n\x87\n")
-
-
 def hash_image(path: str) -> tuple[str | None, str | None]:
     """(sha1 of the file's bytes, None), or (None, the problem) for a missing or non-image file."""
     try:
@@ -62,7 +58,7 @@ def hash_image(path: str) -> tuple[str | None, str | None]:
         return None, f"cannot read the image ({error.strerror or error})"
     if not head:
         return None, "the image file is empty"
-    if not (head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")):
+    if not is_image_header(head):
         return None, ("not an image (JPEG, PNG, GIF, BMP, WebP or JPEG XL): the file is corrupt or "
                       "was saved wrongly")
     return digest.hexdigest(), None

@@ -148,6 +148,8 @@ class _ChunkActor:
     """One actor of the pool: builds its worker once, then runs it on each chunk."""
 
     def __init__(self, make_worker, threads: int):
+        from fewlabel import tf_logs
+        tf_logs.install()  # a worker process's entry: quiet TensorFlow's start-up as the driver does
         import tensorflow as tf
         try:  # its share of the CPUs: TensorFlow's own pools would otherwise take every core
             tf.config.threading.set_intra_op_parallelism_threads(threads)

@@ -2,6 +2,7 @@
 joined), the candidates ``image_size: auto`` chooses among, and meta.json, which records them."""
 from __future__ import annotations
 
+import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from fewlabel.features.views import View
 from fewlabel.artifacts import feature_signature
 from fewlabel.params import FeaturesParams
 
-import keras
-import tensorflow as tf  # noqa: E402
+#: The distributions that install each package meta.json records the version of (first found wins).
+_DISTRIBUTIONS = {"tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tensorflow-intel", "tf-nightly"),
+                  "keras": ("keras", "keras-nightly")}
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,19 @@ def build_meta(params: FeaturesParams, recipes: list[Recipe], dims: list[int], r
         "weights": params.weights,
         "runtime": runtime.runtime,
         "precision": runtime.precision,
-        "keras_version": keras.__version__,
-        "tensorflow_version": tf.__version__,
+        "keras_version": installed_version("keras"),
+        "tensorflow_version": installed_version("tensorflow"),
     }
+
+
+def installed_version(package: str) -> str:
+    """``package.__version__`` read from the installed distribution's metadata, so that writing
+    meta.json does not import TensorFlow (seconds, and its start-up output) for a string. A
+    release's metadata version is the same string as its ``__version__``."""
+    for distribution in _DISTRIBUTIONS[package]:
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    # installed some other way (a source build): ask the package itself
+    return importlib.import_module(package).__version__

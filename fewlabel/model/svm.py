@@ -34,7 +34,7 @@ from fewlabel.errors import PipelineError
 from fewlabel.io import atomic_path
 from fewlabel.metrics import mean_ap
 from fewlabel.params import SvmParams, TuneParams
-from fewlabel.data.stratify import check_folds, multilabel_kfold
+from fewlabel.model.folds import check_folds, multilabel_kfold
 
 RANDOM_STATE = 0
 TRANSFORM_ROWS = 2048  # rows mapped at a time by the approximate kernel map

@@ -12,11 +12,11 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from fewlabel.errors import PipelineError
-from fewlabel.artifacts import training_targets
+from fewlabel.artifacts import lacking_kind, training_targets
 from fewlabel.model.svm import (RANDOM_STATE, build_model, describe_kernel_method, for_training_set,
                           positive_probabilities, tune_grid)
 from fewlabel.params import SvmParams, TuneParams
-from fewlabel.data.stratify import check_folds, lacking_kind, multilabel_kfold
+from fewlabel.model.folds import check_folds, multilabel_kfold
 
 
 

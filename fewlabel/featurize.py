@@ -1,5 +1,5 @@
 """The featurize stage's work: the train and eval subsets' features with the views chosen
-(:mod:`fewlabel.features.selection`), written as ``train.npz``, ``eval.npz`` and ``meta.json``,
+(:mod:`fewlabel.model.selection`), written as ``train.npz``, ``eval.npz`` and ``meta.json``,
 and the run's report (``reports/featurize.json``)."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from fewlabel.features.engine import resolve_engine
 from fewlabel.features.extract import extract_features, resolve_runtime, view_caches
 from fewlabel.features.recipes import Recipe, build_meta, fixed_recipes
 from fewlabel.features.screening import screen_images
-from fewlabel.features.selection import SELECTION_SVM, candidate_views, choose_recipes
+from fewlabel.model.selection import SELECTION_SVM, candidate_views, choose_recipes
 from fewlabel.io import write_json
 from fewlabel.params import FeaturesParams
 
