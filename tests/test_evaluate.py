@@ -13,11 +13,11 @@ import yaml
 from sklearn.metrics import (accuracy_score, average_precision_score, f1_score, hamming_loss, jaccard_score,
                              multilabel_confusion_matrix)
 
-from bench.synthetic import write_synthetic_inputs
 from fewlabel.model.rules import DecisionRule, apply_rule, load_rule
 from fewlabel.evaluation import confusion_records, evaluate, label_count_table, rule_metrics
 from fewlabel.params import EvaluateParams, VOC_CLASSES
 from fewlabel.predict import label_images
+from tests.synthetic import write_synthetic_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 

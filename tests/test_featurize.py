@@ -25,18 +25,14 @@ from fewlabel.features.selection import choose_recipes
 from fewlabel.features.extract import extract_features
 from fewlabel.params import FeaturesParams
 from fewlabel.features.views import View, load_image, view_batches
+from tests.synthetic import tiny_features
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
 
 
 def params(**changes) -> FeaturesParams:
-    values = dict(backbones=("EfficientNetB0",), weights=None, image_size=SIZE, batch_size=4,
-                  flip_tta=False)
-    values.update(changes)
-    if isinstance(values["backbones"], str):
-        values["backbones"] = (values["backbones"],)
-    return FeaturesParams(**values)
+    return tiny_features(**{"image_size": SIZE, "batch_size": 4, **changes})
 
 
 def write_jpeg(path: Path, seed: int, size=(56, 40)) -> Path:

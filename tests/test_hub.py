@@ -21,6 +21,7 @@ from fewlabel.features.recipes import candidate_recipes, fixed_recipes, recipes_
 from fewlabel.features.views import View
 from fewlabel.io import load_features
 from fewlabel.params import FeaturesParams
+from tests.synthetic import tiny_features
 from tests.test_featurize import write_jpeg
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -49,8 +50,8 @@ def vit_preset(folder: Path) -> str:
 
 
 def params(backbones, **changes) -> FeaturesParams:
-    values = dict(backbones=tuple(backbones), weights="imagenet", image_size=None, batch_size=4, flip_tta=False)
-    return FeaturesParams(**{**values, **changes})
+    return tiny_features(**{"backbones": tuple(backbones), "weights": "imagenet", "image_size": None, "batch_size": 4,
+                            **changes})
 
 
 @pytest.fixture

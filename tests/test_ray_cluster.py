@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.synthetic import write_images, write_predict_project
 from fewlabel.io import CACHE_ENV
 from tests.conftest import free_port, require
+from tests.synthetic import write_images, write_predict_project
 
 REPO = Path(__file__).resolve().parents[1]
 

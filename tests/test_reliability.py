@@ -20,10 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.synthetic import write_images, write_predict_project
 from fewlabel.errors import PipelineError
-from fewlabel.params import FeaturesParams
 from tests.conftest import read_only_runner
+from tests.synthetic import tiny_features, write_images, write_predict_project
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FEATURES = dict(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=4, flip_tta=False)
@@ -78,7 +77,7 @@ def test_view_choice_checks_the_eval_images_before_extracting(tmp_path, isolated
     truncate(images[9])
     Path(images[2]).write_bytes(b"<html>404</html>")
     labels = np.ones((6, len(VOC_CLASSES)), dtype=np.int8)
-    params = FeaturesParams(**{**FEATURES, "image_size": "auto", "select_scales": ((0.125,), (0.25,))})
+    params = tiny_features(batch_size=4, image_size="auto", select_scales=((0.125,), (0.25,)))
     with pytest.raises(PipelineError, match=rf"2 image\(s\) cannot be read(.|\n)*{images[2]}: not an image"
                                             rf"(.|\n)*{images[9]}: a damaged or truncated JPEG"):
         featurize_subsets(images[:6], labels, images[6:], params, VOC_CLASSES, progress=False)
@@ -123,7 +122,7 @@ def test_a_non_finite_vector_stops_extraction_naming_image_backbone_and_view(tmp
     nan_for("000004.jpg")
     with pytest.raises(PipelineError, match=rf"{images[4]}: its features from backbone EfficientNetB0, view "
                                             rf"32-bilinear hold NaN or inf"):
-        extract_features(images, FeaturesParams(**FEATURES), progress=False)
+        extract_features(images, tiny_features(batch_size=4), progress=False)
 
 
 def test_an_engine_worker_refuses_a_non_finite_vector(tmp_path, nan_for):
