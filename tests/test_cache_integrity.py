@@ -274,6 +274,7 @@ def assert_same_features(actual: np.ndarray, expected: np.ndarray) -> None:
     assert float(np.abs(actual - expected).max()) <= 1e-5 * scale
 
 
+@pytest.mark.slow
 def test_featurize_reextracts_damaged_entries_and_matches_an_uncorrupted_run(cache_root, tmp_path, capsys):
     from fewlabel.features.extract import extract_features
     from tests.synthetic import tiny_features, write_images
@@ -300,6 +301,7 @@ def test_featurize_reextracts_damaged_entries_and_matches_an_uncorrupted_run(cac
     assert verify_cache(cache_root).clean
 
 
+@pytest.mark.slow
 def test_featurize_reads_a_read_only_cache_and_warns_once(cache_root, tmp_path):
     from fewlabel.features.extract import extract_features
     from tests.synthetic import tiny_features, write_images

@@ -24,6 +24,8 @@ from stages.predict import main as predict_main
 from tests.conftest import require
 from tests.synthetic import tiny_features, write_images, write_predict_project
 
+pytestmark = pytest.mark.slow  # Ray workers and TensorFlow extraction
+
 FEATURES = tiny_features(flip_tta=True)
 
 

@@ -12,6 +12,8 @@ from fewlabel.features.extract import extract_features
 from tests.conftest import free_port, require
 from tests.synthetic import tiny_features, write_images
 
+pytestmark = pytest.mark.slow  # a local S3 server and TensorFlow extraction
+
 FEATURES = tiny_features(flip_tta=True)
 BUCKET = "fewlabel-test"
 

@@ -26,6 +26,8 @@ from fewlabel.io import CACHE_ENV
 from tests.conftest import free_port, require
 from tests.synthetic import write_images, write_predict_project
 
+pytestmark = pytest.mark.slow  # a Ray cluster and TensorFlow extraction
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -46,6 +46,7 @@ def cache_entries(isolated_cache: Path) -> list[Path]:
 
 # --------------------------------------------------------------------------- unreadable images
 
+@pytest.mark.slow
 def test_featurize_names_every_unreadable_image_in_one_run(tmp_path, params_file, isolated_cache):
     images = write_images(tmp_path / "img", 12, seed=3, max_side=64)
     ids = [Path(p).stem for p in images]
@@ -69,6 +70,7 @@ def test_featurize_names_every_unreadable_image_in_one_run(tmp_path, params_file
     assert cache_entries(isolated_cache) == []  # checked before any extraction
 
 
+@pytest.mark.slow
 def test_view_choice_checks_the_eval_images_before_extracting(tmp_path, isolated_cache):
     from fewlabel.features.selection import featurize_subsets
     from fewlabel.params import VOC_CLASSES
@@ -115,6 +117,7 @@ def nan_for(monkeypatch):
     return set_bad
 
 
+@pytest.mark.slow
 def test_a_non_finite_vector_stops_extraction_naming_image_backbone_and_view(tmp_path, nan_for, isolated_cache):
     from fewlabel.features.extract import extract_features
 
@@ -125,6 +128,7 @@ def test_a_non_finite_vector_stops_extraction_naming_image_backbone_and_view(tmp
         extract_features(images, tiny_features(batch_size=4), progress=False)
 
 
+@pytest.mark.slow
 def test_an_engine_worker_refuses_a_non_finite_vector(tmp_path, nan_for):
     from fewlabel.features.cache import hash_image
     from fewlabel.features.extract import ViewWorker, view_cache
@@ -196,6 +200,7 @@ def run_predict(root: Path, monkeypatch, *args: str) -> int:
     ("a_folder.csv", r"--out a_folder\.csv: is a folder; give a file name, e.g\. --out a_folder\.csv/predictions\.csv"),
     ("params.yaml/p.csv", r"--out params\.yaml/p\.csv: the folder params\.yaml is not a folder"),
 ])
+@pytest.mark.slow
 def test_a_bad_out_fails_before_any_work(predict_root, tmp_path, monkeypatch, out, message):
     import fewlabel.api
 
@@ -208,6 +213,7 @@ def test_a_bad_out_fails_before_any_work(predict_root, tmp_path, monkeypatch, ou
     assert sorted(predict_root.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_out_in_a_read_only_folder_fails_with_exit_1_and_writes_nothing(predict_root, tmp_path):
     folder = tmp_path / "read-only"
     folder.mkdir()
@@ -229,6 +235,7 @@ def test_out_in_a_read_only_folder_fails_with_exit_1_and_writes_nothing(predict_
     assert list(folder.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_list_file_with_a_byte_order_mark(predict_root, tmp_path, monkeypatch):
     images = write_images(tmp_path / "img", 3, seed=8)
     listing = tmp_path / "list.txt"
@@ -238,6 +245,7 @@ def test_a_list_file_with_a_byte_order_mark(predict_root, tmp_path, monkeypatch)
     assert list(pd.read_csv(tmp_path / "p.csv")["path"]) == images
 
 
+@pytest.mark.slow
 def test_the_summary_counts_skipped_files_and_the_bar_moves_per_batch(predict_root, tmp_path, monkeypatch, capsys):
     from fewlabel.progress import ProgressBar
 
