@@ -16,8 +16,8 @@ Fixtures
     ``http://127.0.0.1:<port>/`` with nothing listening there (connection refused).
 
 Tests that run DVC (through ``dvc_project`` or ``reproduced_pipeline``) are marked ``slow``
-here; modules mark their other slow tests (TensorFlow extraction, a browser, a server)
-themselves. ``python -m pytest -m "not slow"`` runs the fast tests.
+here; modules mark their other slow tests (a stage or command in a new Python process,
+TensorFlow extraction, a browser, a server) themselves. ``python -m pytest -m "not slow"`` runs the fast tests.
 
 Helpers: ``free_port()`` (a TCP port on 127.0.0.1 nothing listens on); ``require(module,
 install)`` (import an optional dependency, or skip the test, except under CI where it fails);
@@ -540,7 +540,7 @@ def reproduced_pipeline(tmp_path_factory) -> DvcProject:
     project.env[CACHE_ENV] = str(root / "user-cache")
     project.set_params({**FAST_PARAMS, "data.source": str(devkit), "data.pool_split": "pool",
                         "suggest.n": N_SUGGESTED, "suggest.curve_folds": 3})
-    project.first = project.dvc("repro", check=True)
+    project.first = project.dvc("repro", check=True, timeout=1800)  # the whole pipeline, once: room for a loaded machine
     project.first_repro_output, project.first_repro_stderr = project.first.stdout, project.first.stderr
     project.commit("baseline run")
     project.voc, project.pool_ids, project.bad_id = voc, ids[60:], ids[-1]

@@ -246,6 +246,7 @@ def test_verify_cache_lists_and_drops_what_is_not_sound(cache_root):
         verify_cache(cache_root / "nowhere")
 
 
+@pytest.mark.slow
 def test_verify_command_line(cache_root):
     cache = make_cache()
     cache.put(DIGESTS[0], vector(0))

@@ -140,6 +140,7 @@ def test_difficult_entries_are_left_out_of_confusion_records():
     assert len(records["b"]) == 2
 
 
+@pytest.mark.slow
 def test_stages_write_every_declared_output(synthetic_workdir):
     for args in (TRAIN, CALIBRATE, EVALUATE):
         completed = run_stage(synthetic_workdir, args)
@@ -170,6 +171,7 @@ def test_stages_write_every_declared_output(synthetic_workdir):
     assert (synthetic_workdir / "plots/confusion_matrices.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_past_max_exact_kernel_train_switches_to_nystroem_and_says_so(synthetic_workdir):
     """150 training images > svm.max_exact_kernel=100: the approximate kernel; calibrate and
     evaluate run on its probabilities unchanged."""
@@ -190,6 +192,7 @@ def test_past_max_exact_kernel_train_switches_to_nystroem_and_says_so(synthetic_
 
 
 @pytest.mark.parametrize("settings", ["defaults", "tuning", "per_class_dice_capped"])
+@pytest.mark.slow
 def test_evaluation_labels_never_reach_the_model_or_the_thresholds(synthetic_workdir, settings):
     """Shuffle the eval labels: model, grid and decision rule must stay byte-identical."""
     params = yaml.safe_load((synthetic_workdir / "params.yaml").read_text())
@@ -215,6 +218,7 @@ def test_evaluation_labels_never_reach_the_model_or_the_thresholds(synthetic_wor
         assert (synthetic_workdir / name).read_bytes() == before[name], name
 
 
+@pytest.mark.slow
 def test_a_model_for_other_features_is_refused(synthetic_workdir):
     for args in (TRAIN, CALIBRATE):
         assert run_stage(synthetic_workdir, args).returncode == 0

@@ -402,6 +402,7 @@ def labelled_images(folder: Path, n: int = 24) -> tuple[list[str], np.ndarray]:
     return paths, np.array(targets)
 
 
+@pytest.mark.slow
 def test_view_choice_is_the_best_cross_validated_candidate(tmp_path):
     paths, targets = labelled_images(tmp_path / "img")
     auto = params(image_size="auto", select_scales=((0.5,), (1.0,), (0.5, 1.0)), select_folds=2)

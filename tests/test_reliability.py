@@ -147,6 +147,7 @@ def test_an_engine_worker_refuses_a_non_finite_vector(tmp_path, nan_for):
         worker(chunk)
 
 
+@pytest.mark.slow
 def test_train_refuses_a_features_file_with_nan_rows(tmp_path):
     from fewlabel.params import VOC_CLASSES
 
