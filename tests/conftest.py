@@ -17,7 +17,8 @@ Fixtures
 
 Tests that run DVC (through ``dvc_project`` or ``reproduced_pipeline``) are marked ``slow``
 here; modules mark their other slow tests (a stage or command in a new Python process,
-TensorFlow extraction, a browser, a server) themselves. ``python -m pytest -m "not slow"`` runs the fast tests.
+TensorFlow extraction, a browser, a server) themselves. ``python -m pytest -m "not slow"``
+runs the fast tests.
 
 Helpers: ``free_port()`` (a TCP port on 127.0.0.1 nothing listens on); ``require(module,
 install)`` (import an optional dependency, or skip the test, except under CI where it fails);
@@ -488,7 +489,7 @@ def dvc_project(_fresh_dvc_project, tmp_path) -> DvcProject:
 
 # --------------------------------------------------------------------------- the generated pipeline
 
-#: Params that run the whole pipeline in seconds on generated images.
+#: Params that make the whole pipeline quick on generated images (random-init EfficientNetB0, small views).
 FAST_PARAMS = {
     "features.backbones": ["EfficientNetB0"],
     "features.weights": None,
