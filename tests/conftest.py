@@ -541,7 +541,7 @@ def reproduced_pipeline(tmp_path_factory) -> DvcProject:
     project.env[CACHE_ENV] = str(root / "user-cache")
     project.set_params({**FAST_PARAMS, "data.source": str(devkit), "data.pool_split": "pool",
                         "suggest.n": N_SUGGESTED, "suggest.curve_folds": 3})
-    project.first = project.dvc("repro", check=True, timeout=1800)  # the whole pipeline, once: room for a loaded machine
+    project.first = project.dvc("repro", check=True, timeout=1800)  # the whole pipeline: room for a busy CPU
     project.first_repro_output, project.first_repro_stderr = project.first.stdout, project.first.stderr
     project.commit("baseline run")
     project.voc, project.pool_ids, project.bad_id = voc, ids[60:], ids[-1]
