@@ -520,8 +520,9 @@ def stages_run(output: str) -> set[str]:
 def reproduced_pipeline(tmp_path_factory) -> DvcProject:
     """The pipeline after ``dvc repro`` (committed as "baseline run"), built once per session.
 
-    Data: a generated VOC2007 of 60 trainval and 40 test images, plus 20 more listed in
-    ``ImageSets/Main/pool.txt`` (``data.pool_split: pool``), the last of them not a JPEG; params:
+    Data: a generated VOC2007 of 60 trainval and 40 test images, plus 20 annotated images of
+    another draw, with the next ids, listed in ``ImageSets/Main/pool.txt`` (``data.pool_split:
+    pool``), the last of them not a JPEG; params:
     :data:`FAST_PARAMS`, ``suggest.n`` :data:`N_SUGGESTED`, 3 learning-curve folds. Attributes:
     ``first`` (the repro's CompletedProcess) and its ``first_repro_output`` / ``first_repro_stderr``,
     ``voc`` (the VOC2007 folder), ``pool_ids``, ``bad_id`` (the pool's unreadable image).
@@ -530,13 +531,19 @@ def reproduced_pipeline(tmp_path_factory) -> DvcProject:
     from tests.vocgen import make_voc
 
     root = tmp_path_factory.mktemp("pipeline")
-    devkit = make_voc(root / "voc", year=2007, n_train=80, n_eval=40)
+    devkit = make_voc(root / "voc", year=2007, n_train=60, n_eval=40)
     voc = devkit / "VOC2007"
-    lists = voc / "ImageSets" / "Main"
-    ids = (lists / "trainval.txt").read_text().split()
-    (lists / "trainval.txt").write_text("".join(f"{i}\n" for i in ids[:60]))
-    (lists / "pool.txt").write_text("".join(f"{i}\n" for i in ids[60:]))
-    (voc / "JPEGImages" / f"{ids[-1]}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")  # a bad pool image
+    # the pool: another draw's images (the ones above stay those the pipeline tests were written on)
+    other = make_voc(root / "other", year=2007, n_train=20, n_eval=20, seed=1) / "VOC2007"
+    last = max(int(path.stem) for path in (voc / "JPEGImages").glob("*.jpg"))
+    pool_ids = [f"{last + k:06d}" for k in range(1, 21)]
+    for old, new in zip((other / "ImageSets" / "Main" / "trainval.txt").read_text().split(), pool_ids):
+        xml = (other / "Annotations" / f"{old}.xml").read_text()
+        (voc / "Annotations" / f"{new}.xml").write_text(xml.replace(f"<filename>{old}.jpg<", f"<filename>{new}.jpg<"))
+        shutil.copy2(other / "JPEGImages" / f"{old}.jpg", voc / "JPEGImages" / f"{new}.jpg")
+    (voc / "ImageSets" / "Main" / "pool.txt").write_text("".join(f"{i}\n" for i in pool_ids))
+    bad_id = pool_ids[-1]
+    (voc / "JPEGImages" / f"{bad_id}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")  # a bad pool image
     project = make_dvc_project(root / "baseline", extra=["bench", "tests/__init__.py"], commit=False)
     project.env[CACHE_ENV] = str(root / "user-cache")
     project.set_params({**FAST_PARAMS, "data.source": str(devkit), "data.pool_split": "pool",
@@ -544,7 +551,7 @@ def reproduced_pipeline(tmp_path_factory) -> DvcProject:
     project.first = project.dvc("repro", check=True, timeout=1800)  # the whole pipeline: room for a busy CPU
     project.first_repro_output, project.first_repro_stderr = project.first.stdout, project.first.stderr
     project.commit("baseline run")
-    project.voc, project.pool_ids, project.bad_id = voc, ids[60:], ids[-1]
+    project.voc, project.pool_ids, project.bad_id = voc, pool_ids, bad_id
     return project
 
 
