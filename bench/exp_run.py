@@ -26,7 +26,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.synthetic import write_synthetic_inputs  # noqa: E402
+from tests.synthetic import write_synthetic_inputs  # noqa: E402
 
 SVM_STAGES = ("train", "calibrate", "evaluate")
 

@@ -7,7 +7,7 @@
 **train**: the train stage's core (``fewlabel.model.train.train``: 5-fold out-of-fold probabilities
 plus the final model, params.yaml's SVM settings with ``svm.approximation`` forced to each
 method) on synthetic VOC-shaped features (2304-d, VOC07 class frequencies,
-:mod:`bench.synthetic`) for each n; ``cv_map`` is the mAP of the out-of-fold probabilities.
+:mod:`tests.synthetic`) for each n; ``cv_map`` is the mAP of the out-of-fold probabilities.
 The exact kernel is skipped above ``--exact-max`` images (its n x n matrix alone is 3.2 GB
 at 20,000, and libsvm's time grows faster than n^2); the row says so.
 
@@ -89,7 +89,7 @@ def measure_train(n: int, method: str) -> dict:
     import numpy as np
     from dataclasses import replace
 
-    from bench.synthetic import synthetic_split
+    from tests.synthetic import synthetic_split
     from fewlabel.artifacts import training_targets
     from fewlabel.metrics import mean_ap
     from fewlabel.params import VOC_CLASSES, TuneParams, load_params
@@ -158,7 +158,7 @@ def train_rows(sizes: list[int], methods: list[str], exact_max: int, timeout: fl
 
 def predict_rows(sizes: list[int], engines: list[str], workers: int, backbone: str, image_size: int,
                  timeout: float) -> list[dict]:
-    from bench.synthetic import write_images, write_predict_project
+    from tests.synthetic import write_images, write_predict_project
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="scale-predict-") as tmp:

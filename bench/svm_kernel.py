@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sklearn.multioutput import MultiOutputClassifier  # noqa: E402
 from sklearn.svm import SVC  # noqa: E402
 
-from bench.synthetic import synthetic_split  # noqa: E402
 from fewlabel.artifacts import training_targets  # noqa: E402
 from fewlabel.model.svm import build_model, positive_probabilities  # noqa: E402
 from fewlabel.params import SvmParams  # noqa: E402
+from tests.synthetic import synthetic_split  # noqa: E402
 
 
 def main() -> None:

@@ -15,6 +15,11 @@ Fixtures
 ``unreachable_url``
     ``http://127.0.0.1:<port>/`` with nothing listening there (connection refused).
 
+Tests that run DVC (through ``dvc_project`` or ``reproduced_pipeline``) are marked ``slow``
+here; modules mark their other slow tests (a stage or command in a new Python process,
+TensorFlow extraction, a browser, a server) themselves. ``python -m pytest -m "not slow"``
+runs the fast tests.
+
 Helpers: ``free_port()`` (a TCP port on 127.0.0.1 nothing listens on); ``require(module,
 install)`` (import an optional dependency, or skip the test, except under CI where it fails);
 ``read_only_runner(folder)`` (a command prefix that runs a command with ``folder`` read-only,
@@ -25,7 +30,13 @@ even for root, or None where that is not possible).
 ``dvc_project``
     A :class:`DvcProject` in ``tmp_path / "project"``: a git repo (one initial commit) holding
     copies of this repo's ``dvc.yaml``, ``params.yaml``, ``.gitignore``, ``stages/`` and ``fewlabel/``, with
-    ``dvc init`` done. Use ``make_dvc_project(path, extra=[...])`` for other layouts.
+    ``dvc init`` done (a copy of one made once per session). Use ``make_dvc_project(path,
+    extra=[...])`` for other layouts.
+``reproduced_pipeline`` (session)
+    The whole pipeline reproduced once per session (``dvc repro``, committed) on a generated
+    VOC2007 with :data:`FAST_PARAMS` and a pool to rank: never change it; a module takes its
+    own copy with ``copy_project(reproduced_pipeline, reproduced_pipeline.root.with_name(name))``
+    (seconds, not a repro).
 
 Example (end to end)::
 
@@ -64,6 +75,19 @@ VENV_BIN = Path(sys.executable).parent
 DVC = VENV_BIN / "dvc"
 #: What :func:`make_dvc_project` copies from the repo by default.
 PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "stages", "fewlabel", "suggestions/labelled.txt")
+
+
+# --------------------------------------------------------------------------- markers
+
+#: Fixtures that run DVC: a test using one is marked ``slow`` without saying so.
+DVC_FIXTURES = {"dvc_project", "reproduced_pipeline", "_fresh_dvc_project"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``slow`` every test that uses a DVC project (``pytest -m "not slow"`` leaves them out)."""
+    for item in items:
+        if DVC_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 # --------------------------------------------------------------------------- user cache
@@ -451,7 +475,97 @@ def make_dvc_project(path: str | Path, files: Iterable[str] = PROJECT_FILES, ext
     return project
 
 
+@pytest.fixture(scope="session")
+def _fresh_dvc_project(tmp_path_factory) -> DvcProject:
+    """:func:`make_dvc_project` done once per session (``dvc init`` takes seconds): ``dvc_project`` copies it."""
+    return make_dvc_project(tmp_path_factory.mktemp("dvc-template") / "project")
+
+
 @pytest.fixture
-def dvc_project(tmp_path) -> DvcProject:
+def dvc_project(_fresh_dvc_project, tmp_path) -> DvcProject:
     """A fresh DVC project (see :class:`DvcProject`) in ``tmp_path / "project"``."""
-    return make_dvc_project(tmp_path / "project")
+    return copy_project(_fresh_dvc_project, tmp_path / "project")
+
+
+# --------------------------------------------------------------------------- the generated pipeline
+
+#: Params that make the whole pipeline quick on generated images (random-init EfficientNetB0, small views).
+FAST_PARAMS = {
+    "features.backbones": ["EfficientNetB0"],
+    "features.weights": None,
+    # views chosen by cross-validation (the default policy), between 32 and 64 pixels
+    "features.image_size": "auto",
+    "features.select_scales": [0.125, 0.25],
+    "features.select_folds": 2,
+    "features.batch_size": 16,
+    "features.runtime": "keras",  # the reference (auto would convert the model for OpenVINO first)
+    "subset.n_images": 40,
+    "subset.min_per_class": 3,
+    "calibrate.folds": 3,
+    "tune.folds": 2,
+    "svm.gamma": "scale",
+    "svm.n_jobs": 1,
+    "evaluate.bootstrap": 20,
+}
+#: Suggestions per round in :func:`reproduced_pipeline`.
+N_SUGGESTED = 5
+
+
+def stages_run(output: str) -> set[str]:
+    """Names of the stages DVC says it ran."""
+    return set(re.findall(r"Running stage '([\w-]+)'", output))
+
+
+@pytest.fixture(scope="session")
+def reproduced_pipeline(tmp_path_factory) -> DvcProject:
+    """The pipeline after ``dvc repro`` (committed as "baseline run"), built once per session.
+
+    Data: a generated VOC2007 of 60 trainval and 40 test images, plus 20 annotated images of
+    another draw, with the next ids, listed in ``ImageSets/Main/pool.txt`` (``data.pool_split:
+    pool``), the last of them not a JPEG; params:
+    :data:`FAST_PARAMS`, ``suggest.n`` :data:`N_SUGGESTED`, 3 learning-curve folds. Attributes:
+    ``first`` (the repro's CompletedProcess) and its ``first_repro_output`` / ``first_repro_stderr``,
+    ``voc`` (the VOC2007 folder), ``pool_ids``, ``bad_id`` (the pool's unreadable image).
+    Tests use a copy (:func:`copy_project`); the VOC folder is shared: put back what you change.
+    """
+    from tests.vocgen import make_voc
+
+    root = tmp_path_factory.mktemp("pipeline")
+    devkit = make_voc(root / "voc", year=2007, n_train=60, n_eval=40)
+    voc = devkit / "VOC2007"
+    # the pool: another draw's images (the ones above stay those the pipeline tests were written on)
+    other = make_voc(root / "other", year=2007, n_train=20, n_eval=20, seed=1) / "VOC2007"
+    last = max(int(path.stem) for path in (voc / "JPEGImages").glob("*.jpg"))
+    pool_ids = [f"{last + k:06d}" for k in range(1, 21)]
+    for old, new in zip((other / "ImageSets" / "Main" / "trainval.txt").read_text().split(), pool_ids):
+        xml = (other / "Annotations" / f"{old}.xml").read_text()
+        (voc / "Annotations" / f"{new}.xml").write_text(xml.replace(f"<filename>{old}.jpg<", f"<filename>{new}.jpg<"))
+        shutil.copy2(other / "JPEGImages" / f"{old}.jpg", voc / "JPEGImages" / f"{new}.jpg")
+    (voc / "ImageSets" / "Main" / "pool.txt").write_text("".join(f"{i}\n" for i in pool_ids))
+    bad_id = pool_ids[-1]
+    (voc / "JPEGImages" / f"{bad_id}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")  # a bad pool image
+    project = make_dvc_project(root / "baseline", extra=["bench", "tests/__init__.py"], commit=False)
+    project.env[CACHE_ENV] = str(root / "user-cache")
+    project.set_params({**FAST_PARAMS, "data.source": str(devkit), "data.pool_split": "pool",
+                        "suggest.n": N_SUGGESTED, "suggest.curve_folds": 3})
+    project.first = project.dvc("repro", check=True, timeout=1800)  # the whole pipeline: room for a busy CPU
+    project.first_repro_output, project.first_repro_stderr = project.first.stdout, project.first.stderr
+    project.commit("baseline run")
+    project.voc, project.pool_ids, project.bad_id = voc, pool_ids, bad_id
+    return project
+
+
+def copy_project(project: DvcProject, root: str | Path) -> DvcProject:
+    """A copy of ``project`` in ``root``: its git repo, DVC cache, outputs and attributes, links kept
+    as links (the data they point to is shared; a relative link needs ``root`` beside the
+    original), with a DVC home of its own."""
+    def skip_dvc_tmp(folder, names):  # DVC's locks and queue state belong to the original
+        return ["tmp"] if Path(folder) == project.root / ".dvc" else []
+
+    root = Path(root)
+    shutil.copytree(project.root, root, symlinks=True, ignore=skip_dvc_tmp)
+    home = root.parent / f".{root.name}-home"
+    home.mkdir(parents=True, exist_ok=True)
+    copy = DvcProject(root=root, home=home, env=dict(project.env))
+    copy.__dict__.update({k: v for k, v in vars(project).items() if k not in ("root", "home", "env")})
+    return copy

@@ -246,6 +246,7 @@ def test_verify_cache_lists_and_drops_what_is_not_sound(cache_root):
         verify_cache(cache_root / "nowhere")
 
 
+@pytest.mark.slow
 def test_verify_command_line(cache_root):
     cache = make_cache()
     cache.put(DIGESTS[0], vector(0))
@@ -265,7 +266,6 @@ def test_verify_command_line(cache_root):
 
 # --------------------------------------------------------------------------- through featurize
 
-FEATURES = dict(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=8, flip_tta=False)
 
 
 def assert_same_features(actual: np.ndarray, expected: np.ndarray) -> None:
@@ -275,12 +275,12 @@ def assert_same_features(actual: np.ndarray, expected: np.ndarray) -> None:
     assert float(np.abs(actual - expected).max()) <= 1e-5 * scale
 
 
+@pytest.mark.slow
 def test_featurize_reextracts_damaged_entries_and_matches_an_uncorrupted_run(cache_root, tmp_path, capsys):
-    from bench.synthetic import write_images
     from fewlabel.features.extract import extract_features
-    from fewlabel.params import FeaturesParams
+    from tests.synthetic import tiny_features, write_images
 
-    params = FeaturesParams(**FEATURES)
+    params = tiny_features()
     paths = write_images(tmp_path / "img", 6, seed=23)
     clean, stats = extract_features(paths, params, progress=False)
     assert stats["n_extracted"] == 6
@@ -302,13 +302,13 @@ def test_featurize_reextracts_damaged_entries_and_matches_an_uncorrupted_run(cac
     assert verify_cache(cache_root).clean
 
 
+@pytest.mark.slow
 def test_featurize_reads_a_read_only_cache_and_warns_once(cache_root, tmp_path):
-    from bench.synthetic import write_images
     from fewlabel.features.extract import extract_features
-    from fewlabel.params import FeaturesParams
+    from tests.synthetic import tiny_features, write_images
 
     paths = write_images(tmp_path / "img", 6, seed=29)
-    cached, _ = extract_features(paths[:4], FeaturesParams(**FEATURES), progress=False)
+    cached, _ = extract_features(paths[:4], tiny_features(), progress=False)
     runner = read_only_runner(cache_root)
     if runner is None:
         if os.geteuid() == 0:
@@ -319,13 +319,13 @@ def test_featurize_reads_a_read_only_cache_and_warns_once(cache_root, tmp_path):
     script = textwrap.dedent(f"""
         import numpy as np
         from fewlabel.features.extract import extract_features
-        from fewlabel.params import FeaturesParams
+        from tests.synthetic import tiny_features
         # 4 of the 6 images are cached: read; the other 2 are extracted and cannot be stored
-        features, stats = extract_features({paths!r}, FeaturesParams(**{FEATURES!r}), progress=False)
+        features, stats = extract_features({paths!r}, tiny_features(), progress=False)
         np.save({str(tmp_path / "out.npy")!r}, features)
         print("plain", stats["n_extracted"], stats["n_cached"])
         # the mirrored view's cache folder does not exist and cannot be created
-        _, stats = extract_features({paths!r}, FeaturesParams(**{{**{FEATURES!r}, "flip_tta": True}}),
+        _, stats = extract_features({paths!r}, tiny_features(flip_tta=True),
                                     progress=False)
         print("mirrored", stats["n_extracted"])
     """)

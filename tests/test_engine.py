@@ -17,15 +17,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.synthetic import write_images, write_predict_project
 from fewlabel.errors import PipelineError
 from fewlabel.features.engine import Engine, resolve_engine
 from fewlabel.features.extract import extract_features
-from fewlabel.params import FeaturesParams
 from stages.predict import main as predict_main
 from tests.conftest import require
+from tests.synthetic import tiny_features, write_images, write_predict_project
 
-FEATURES = FeaturesParams(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=8, flip_tta=True)
+pytestmark = pytest.mark.slow  # Ray workers and TensorFlow extraction
+
+FEATURES = tiny_features(flip_tta=True)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,7 @@ def test_a_worker_killed_mid_run_is_retried_and_nothing_is_lost(ray_cluster, tmp
 
 @pytest.fixture
 def predict_project(tmp_path, monkeypatch):
-    """A folder holding what predict reads (:func:`bench.synthetic.write_predict_project`), made
+    """A folder holding what predict reads (:func:`tests.synthetic.write_predict_project`), made
     the working directory."""
     root = write_predict_project(tmp_path / "project", image_size=32)
     monkeypatch.chdir(root)

@@ -13,11 +13,11 @@ import yaml
 from sklearn.metrics import (accuracy_score, average_precision_score, f1_score, hamming_loss, jaccard_score,
                              multilabel_confusion_matrix)
 
-from bench.synthetic import write_synthetic_inputs
 from fewlabel.model.rules import DecisionRule, apply_rule, load_rule
 from fewlabel.evaluation import confusion_records, evaluate, label_count_table, rule_metrics
 from fewlabel.params import EvaluateParams, VOC_CLASSES
 from fewlabel.predict import label_images
+from tests.synthetic import write_synthetic_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,6 +140,7 @@ def test_difficult_entries_are_left_out_of_confusion_records():
     assert len(records["b"]) == 2
 
 
+@pytest.mark.slow
 def test_stages_write_every_declared_output(synthetic_workdir):
     for args in (TRAIN, CALIBRATE, EVALUATE):
         completed = run_stage(synthetic_workdir, args)
@@ -186,6 +187,7 @@ def test_stages_write_every_declared_output(synthetic_workdir):
         assert in_memory["calibrated"][key] == pytest.approx(metrics["calibrated"][key], abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_past_max_exact_kernel_train_switches_to_nystroem_and_says_so(synthetic_workdir):
     """150 training images > svm.max_exact_kernel=100: the approximate kernel; calibrate and
     evaluate run on its probabilities unchanged."""
@@ -206,6 +208,7 @@ def test_past_max_exact_kernel_train_switches_to_nystroem_and_says_so(synthetic_
 
 
 @pytest.mark.parametrize("settings", ["defaults", "tuning", "per_class_dice_capped"])
+@pytest.mark.slow
 def test_evaluation_labels_never_reach_the_model_or_the_thresholds(synthetic_workdir, settings):
     """Shuffle the eval labels: model, grid and decision rule must stay byte-identical."""
     params = yaml.safe_load((synthetic_workdir / "params.yaml").read_text())
@@ -231,6 +234,7 @@ def test_evaluation_labels_never_reach_the_model_or_the_thresholds(synthetic_wor
         assert (synthetic_workdir / name).read_bytes() == before[name], name
 
 
+@pytest.mark.slow
 def test_a_model_for_other_features_is_refused(synthetic_workdir):
     for args in (TRAIN, CALIBRATE):
         assert run_stage(synthetic_workdir, args).returncode == 0

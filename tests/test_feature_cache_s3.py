@@ -8,12 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.synthetic import write_images
 from fewlabel.features.extract import extract_features
-from fewlabel.params import FeaturesParams
 from tests.conftest import free_port, require
+from tests.synthetic import tiny_features, write_images
 
-FEATURES = FeaturesParams(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=8, flip_tta=True)
+pytestmark = pytest.mark.slow  # a local S3 server and TensorFlow extraction
+
+FEATURES = tiny_features(flip_tta=True)
 BUCKET = "fewlabel-test"
 
 

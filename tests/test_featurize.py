@@ -25,18 +25,14 @@ from fewlabel.model.selection import choose_recipes
 from fewlabel.features.extract import extract_features
 from fewlabel.params import FeaturesParams
 from fewlabel.features.views import View, load_image, view_batches
+from tests.synthetic import tiny_features
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
 
 
 def params(**changes) -> FeaturesParams:
-    values = dict(backbones=("EfficientNetB0",), weights=None, image_size=SIZE, batch_size=4,
-                  flip_tta=False)
-    values.update(changes)
-    if isinstance(values["backbones"], str):
-        values["backbones"] = (values["backbones"],)
-    return FeaturesParams(**values)
+    return tiny_features(**{"image_size": SIZE, "batch_size": 4, **changes})
 
 
 def write_jpeg(path: Path, seed: int, size=(56, 40)) -> Path:
@@ -96,6 +92,7 @@ def test_unknown_backbone_names_close_matches(images):
 
 
 @pytest.mark.filterwarnings("ignore:`input_shape` is undefined or non-square")
+@pytest.mark.slow
 def test_imagenet_download_failure_says_what_to_fetch_and_where(tmp_path, monkeypatch):
     def offline(url, *args, **kwargs):
         raise urllib.error.URLError("Name or service not known")
@@ -113,6 +110,7 @@ def test_imagenet_download_failure_says_what_to_fetch_and_where(tmp_path, monkey
 
 # --------------------------------------------------------------------------- extraction
 
+@pytest.mark.slow
 def test_features_match_the_model_called_directly_in_order(images, isolated_cache, monkeypatch):
     features, stats = extract_features(images, params(), progress=False)
     assert features.dtype == np.float32 and features.shape == (len(images), 1280)
@@ -138,6 +136,7 @@ def test_features_match_the_model_called_directly_in_order(images, isolated_cach
     assert_close(reordered, expected[::-1])
 
 
+@pytest.mark.slow
 def test_flip_tta_is_the_mean_of_image_and_mirror(images):
     features, _ = extract_features(images[:4], params(flip_tta=True), progress=False)
     model, _ = build_extractor("EfficientNetB0", None, SIZE)
@@ -146,6 +145,7 @@ def test_flip_tta_is_the_mean_of_image_and_mirror(images):
     assert not np.allclose(features, direct(model, images[:4]), rtol=1e-3, atol=0)
 
 
+@pytest.mark.slow
 def test_two_backbones_concatenate_in_order(images):
     first, _ = extract_features(images, params(), progress=False)
     both, stats = extract_features(images, params(backbones=("EfficientNetB0", "MobileNetV3Small")),
@@ -164,6 +164,7 @@ def test_two_backbones_concatenate_in_order(images):
     np.testing.assert_array_equal(swapped, np.concatenate([both[:, 1280:], both[:, :1280]], axis=1))
 
 
+@pytest.mark.slow
 def test_second_run_is_served_from_the_cache(images, isolated_cache):
     first, _ = extract_features(images, params(), progress=False)
     second, stats = extract_features(images, params(batch_size=2), progress=False)  # batch size: same key
@@ -195,6 +196,7 @@ def test_second_run_is_served_from_the_cache(images, isolated_cache):
     assert stats["n_extracted"] == 0
 
 
+@pytest.mark.slow
 def test_changed_subset_extracts_only_new_images(images, tmp_path):
     _, stats = extract_features(images[:5], params(), progress=False)
     assert stats["n_extracted"] == 5
@@ -207,6 +209,7 @@ def test_changed_subset_extracts_only_new_images(images, tmp_path):
     np.testing.assert_array_equal(features, full[[2, 3, 6, 1, 7, 0]])
 
 
+@pytest.mark.slow
 def test_corrupt_images_are_named(images, tmp_path):
     garbage = tmp_path / "img" / "garbage.jpg"
     garbage.write_bytes(b"<html>404 not found</html>")
@@ -229,6 +232,7 @@ def test_corrupt_images_are_named(images, tmp_path):
         extract_features([str(tmp_path / "missing.jpg")], params(), progress=False)
 
 
+@pytest.mark.slow
 def test_keras_file_backbone_and_weights_file(images, tmp_path):
     import keras
 
@@ -261,6 +265,7 @@ def test_keras_file_backbone_and_weights_file(images, tmp_path):
 
 # --------------------------------------------------------------------------- views
 
+@pytest.mark.slow
 def test_multi_scale_features_are_the_mean_or_concatenation_of_single_sizes(images):
     small, _ = extract_features(images, params(image_size=48), progress=False)
     large, _ = extract_features(images, params(image_size=SIZE), progress=False)
@@ -278,6 +283,7 @@ def test_multi_scale_features_are_the_mean_or_concatenation_of_single_sizes(imag
     np.testing.assert_allclose(flipped, (flip_small.astype(np.float64) + flip_large) / 2, rtol=1e-6, atol=0)
 
 
+@pytest.mark.slow
 def test_views_in_one_pass_equal_the_model_on_each_resized_image(images):
     """One decode feeds several sizes, resize methods and mirrors; each equals the direct call."""
     model, _ = build_extractor("EfficientNetB0", None, SIZE)
@@ -296,6 +302,7 @@ def test_views_in_one_pass_equal_the_model_on_each_resized_image(images):
     assert np.abs(area - bicubic).max() > 1 and bicubic.min() >= 0 and bicubic.max() <= 255
 
 
+@pytest.mark.slow
 def test_any_size_model_file_runs_at_native_224_and_auto_scales_from_it(images, tmp_path):
     import keras
 
@@ -322,6 +329,7 @@ def any_size_model_file(path: Path) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_native_sizes_set_the_null_size_and_the_auto_candidates(images, tmp_path):
     path = any_size_model_file(tmp_path / "lite.keras")
     scales = ((1.0,), (1.5,), (1.0, 2.0))
@@ -354,6 +362,7 @@ def test_select_max_size_skips_candidates_with_larger_views():
     assert [[r.sizes for r in c] for c in candidate_recipes(pair)] == [[(224,), (528,)]]
 
 
+@pytest.mark.slow
 def test_a_native_size_enters_the_features_only_through_the_sizes_it_gives(images, tmp_path):
     from fewlabel.features.extract import resolve_runtime
     from fewlabel.features.recipes import build_meta, fixed_recipes
@@ -393,6 +402,7 @@ def labelled_images(folder: Path, n: int = 24) -> tuple[list[str], np.ndarray]:
     return paths, np.array(targets)
 
 
+@pytest.mark.slow
 def test_view_choice_is_the_best_cross_validated_candidate(tmp_path):
     paths, targets = labelled_images(tmp_path / "img")
     auto = params(image_size="auto", select_scales=((0.5,), (1.0,), (0.5, 1.0)), select_folds=2)
@@ -417,6 +427,7 @@ def run_stage(project: Path, env: dict) -> subprocess.CompletedProcess:
         cwd=project, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_stage_cli_writes_features_and_meta(tmp_path, isolated_cache):
     project = tmp_path / "project"
     jpegs = project / "data/raw/voc/JPEGImages"
@@ -459,6 +470,7 @@ def test_stage_cli_writes_features_and_meta(tmp_path, isolated_cache):
     assert "data/subset/eval.csv" in result.stderr
 
 
+@pytest.mark.slow
 def test_stage_chooses_views_from_training_labels_only(tmp_path, isolated_cache):
     """image_size: auto reads the train CSV's labels; shuffled eval labels change nothing."""
     project = tmp_path / "project"

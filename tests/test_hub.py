@@ -21,6 +21,7 @@ from fewlabel.features.recipes import candidate_recipes, fixed_recipes, recipes_
 from fewlabel.features.views import View
 from fewlabel.artifacts import read_features as load_features
 from fewlabel.params import FeaturesParams
+from tests.synthetic import tiny_features
 from tests.test_featurize import write_jpeg
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -49,8 +50,8 @@ def vit_preset(folder: Path) -> str:
 
 
 def params(backbones, **changes) -> FeaturesParams:
-    values = dict(backbones=tuple(backbones), weights="imagenet", image_size=None, batch_size=4, flip_tta=False)
-    return FeaturesParams(**{**values, **changes})
+    return tiny_features(**{"backbones": tuple(backbones), "weights": "imagenet", "image_size": None, "batch_size": 4,
+                            **changes})
 
 
 @pytest.fixture
@@ -70,6 +71,7 @@ def test_missing_keras_hub_names_the_key_and_the_install_command(monkeypatch, tm
         fixed_recipes(params(["keras_hub:"]))
 
 
+@pytest.mark.slow
 def test_dinov2_features_are_class_token_and_patch_mean_at_each_size(images, tmp_path):
     import keras
 
@@ -93,6 +95,7 @@ def test_dinov2_features_are_class_token_and_patch_mean_at_each_size(images, tmp
     assert at_48.shape == (4, 32) and stats["n_extracted"] == 4 and not np.allclose(at_48, features)
 
 
+@pytest.mark.slow
 def test_vit_runs_at_its_fixed_size_with_its_class_token(images, tmp_path):
     name = vit_preset(tmp_path / "vit")
     assert [[r.sizes for r in c] for c in candidate_recipes(params([name], image_size="auto",
@@ -101,6 +104,7 @@ def test_vit_runs_at_its_fixed_size_with_its_class_token(images, tmp_path):
     assert features.shape == (4, 8) and stats["input_sizes"] == [[32]]
 
 
+@pytest.mark.slow
 def test_caches_differ_per_backbone_and_view_and_random_init_is_another(images, tmp_path):
     first, second = dinov2_preset(tmp_path / "a"), dinov2_preset(tmp_path / "b", hidden_dim=24)
     locations = {view_cache(b, View(s), w).location for b in (first, second) for s in (32, 64)
@@ -112,6 +116,7 @@ def test_caches_differ_per_backbone_and_view_and_random_init_is_another(images, 
     assert stats["n_extracted"] == 4 and not np.allclose(random_init, both[:, :32])
 
 
+@pytest.mark.slow
 def test_featurize_stage_and_predicts_reading_of_its_meta(tmp_path, isolated_cache):
     keras_hub = pytest.importorskip("keras_hub", reason=f"optional: {INSTALL}")
     project = tmp_path / "project"
@@ -144,6 +149,7 @@ def test_featurize_stage_and_predicts_reading_of_its_meta(tmp_path, isolated_cac
     np.testing.assert_array_equal(again, train)
 
 
+@pytest.mark.slow
 def test_a_relative_local_preset_is_found_from_any_working_directory(tmp_path):
     from fewlabel.api import _rooted
     from fewlabel.features.recipes import Recipe

@@ -83,6 +83,7 @@ def test_a_label_outside_the_classes_is_named(tmp_path, voc_and_pool):
         add_labels(export, voc, tmp_path / "labelled.txt", VOC_CLASSES)
 
 
+@pytest.mark.slow
 def test_the_command_line(tmp_path, voc_and_pool):
     voc, _, tasks = voc_and_pool
     export = tmp_path / "export.json"

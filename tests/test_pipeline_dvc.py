@@ -1,7 +1,8 @@
 """The whole pipeline through the real DVC commands, on a generated VOC-format data set.
 
-One project is built per module (dvc repro is the slow part); tests that change the
-workspace put it back (``restore``) so each one starts from the committed baseline.
+The module works in its own copy of the session's reproduced project (``reproduced_pipeline``:
+dvc repro is the slow part); tests that change the workspace put it back (``restore``) so each
+one starts from the committed baseline.
 """
 import json
 import re
@@ -12,45 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO_ROOT, make_dvc_project
-from tests.vocgen import make_voc
-
-FAST_PARAMS = {
-    "features.backbones": ["EfficientNetB0"],
-    "features.weights": None,
-    # views chosen by cross-validation (the default policy), between 32 and 64 pixels
-    "features.image_size": "auto",
-    "features.select_scales": [0.125, 0.25],
-    "features.select_folds": 2,
-    "features.batch_size": 16,
-    "features.runtime": "keras",  # the reference (auto would convert the model for OpenVINO first)
-    "subset.n_images": 40,
-    "subset.min_per_class": 3,
-    "calibrate.folds": 3,
-    "tune.folds": 2,
-    "svm.gamma": "scale",
-    "svm.n_jobs": 1,
-    "evaluate.bootstrap": 20,
-}
-
-
-def stages_run(output: str) -> set[str]:
-    """Names of the stages DVC says it ran."""
-    return set(re.findall(r"Running stage '([\w-]+)'", output))
-
+from tests.conftest import FAST_PARAMS, REPO_ROOT, copy_project, make_dvc_project, stages_run
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    devkit = make_voc(root / "voc", year=2007, n_train=60, n_eval=40)
-    project = make_dvc_project(root / "project", extra=["bench", "tests/__init__.py"], commit=False)
-    project.env["FEWLABEL_CACHE_DIR"] = str(root / "user-cache")
-    project.set_params({**FAST_PARAMS, "data.source": str(devkit)})
-    first = project.dvc("repro", check=True)
-    project.first_repro_output = first.stdout
-    project.first_repro_stderr = first.stderr
-    project.commit("baseline run")
-    return project
+def project(reproduced_pipeline):
+    return copy_project(reproduced_pipeline, reproduced_pipeline.root.with_name("pipeline-tests"))
 
 
 def restore(project):
@@ -156,6 +123,7 @@ def test_plots_show_renders_every_declared_plot(project):
     assert not any("tune" in image for image in images)
 
 
+@pytest.mark.slow
 def test_results_page_draws_every_plot_offline_in_a_browser(project, tmp_path):
     """dvc plots show's page, opened in headless Chromium with the network refused, draws
     every declared plot: one vega view per data file, every image loaded, no script error."""
@@ -321,7 +289,7 @@ def test_predict_refuses_a_truncated_model(project, tmp_path):
     model = tmp_path / "model.joblib"
     content = project.path("models/model.joblib").read_bytes()
     model.write_bytes(content[:len(content) // 2])
-    image = str(next(project.path("data/raw/voc/JPEGImages").glob("*.jpg")))
+    image = str(min(project.path("data/raw/voc/JPEGImages").glob("*.jpg")))
     result = project.run(["python", "-m", "stages.predict", image, "--model", str(model),
                           "--out", str(tmp_path / "p.csv")])
     assert result.returncode == 1
@@ -336,7 +304,7 @@ def test_predict_refuses_thresholds_calibrated_for_another_model(project, tmp_pa
     rule = json.loads(project.path("models/thresholds.json").read_text())
     other = tmp_path / "thresholds.json"
     other.write_text(json.dumps({**rule, "model_md5": "0" * 32}))
-    image = str(next(project.path("data/raw/voc/JPEGImages").glob("*.jpg")))
+    image = str(min(project.path("data/raw/voc/JPEGImages").glob("*.jpg")))
     result = project.run(["python", "-m", "stages.predict", image, "--thresholds", str(other),
                           "--out", str(tmp_path / "p.csv")])
     assert result.returncode == 1
@@ -414,7 +382,7 @@ def test_python_api_labels_as_the_predict_command(project, tmp_path):
 
 
 def test_fewlabel_console_script_is_the_predict_command(project, tmp_path):
-    image = str(next(project.path("data/raw/voc/JPEGImages").glob("*.jpg")))
+    image = str(min(project.path("data/raw/voc/JPEGImages").glob("*.jpg")))
     help_text = project.run(["fewlabel", "predict", "--help"], check=True).stdout
     assert "--out" in help_text and "--top-k" in help_text and "--engine" in help_text
     script = project.run(["fewlabel", "predict", image, "--out", str(tmp_path / "a.csv"), "--quiet"], check=True)
@@ -478,7 +446,7 @@ def test_a_default_cpu_run_prints_no_tensorflow_startup_lines(project, tmp_path)
     assert stages_run(project.first_repro_output) >= {"featurize", "train", "evaluate"}
     output = project.first_repro_output + project.first_repro_stderr
     assert not TF_STARTUP.search(output), TF_STARTUP.search(output).group(0)
-    image = str(next(project.path("data/raw/voc/JPEGImages").glob("*.jpg")))
+    image = str(min(project.path("data/raw/voc/JPEGImages").glob("*.jpg")))
     predict = project.run(["python", "-m", "stages.predict", image, "--out", str(tmp_path / "p.csv")], check=True)
     assert not TF_STARTUP.search(predict.stdout + predict.stderr), predict.stderr
     # FEWLABEL_TF_LOGS=1 brings them back (so the test above can see them when they print)

@@ -22,9 +22,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.synthetic import write_images, write_predict_project
 from fewlabel.io import CACHE_ENV
 from tests.conftest import free_port, require
+from tests.synthetic import write_images, write_predict_project
+
+pytestmark = pytest.mark.slow  # a Ray cluster and TensorFlow extraction
 
 REPO = Path(__file__).resolve().parents[1]
 

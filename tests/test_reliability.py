@@ -20,10 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.synthetic import write_images, write_predict_project
 from fewlabel.errors import PipelineError
-from fewlabel.params import FeaturesParams
 from tests.conftest import read_only_runner
+from tests.synthetic import tiny_features, write_images, write_predict_project
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FEATURES = dict(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=4, flip_tta=False)
@@ -47,6 +46,7 @@ def cache_entries(isolated_cache: Path) -> list[Path]:
 
 # --------------------------------------------------------------------------- unreadable images
 
+@pytest.mark.slow
 def test_featurize_names_every_unreadable_image_in_one_run(tmp_path, params_file, isolated_cache):
     images = write_images(tmp_path / "img", 12, seed=3, max_side=64)
     ids = [Path(p).stem for p in images]
@@ -70,6 +70,7 @@ def test_featurize_names_every_unreadable_image_in_one_run(tmp_path, params_file
     assert cache_entries(isolated_cache) == []  # checked before any extraction
 
 
+@pytest.mark.slow
 def test_view_choice_checks_the_eval_images_before_extracting(tmp_path, isolated_cache):
     from fewlabel.featurize import featurize_subsets
     from fewlabel.params import VOC_CLASSES
@@ -78,7 +79,7 @@ def test_view_choice_checks_the_eval_images_before_extracting(tmp_path, isolated
     truncate(images[9])
     Path(images[2]).write_bytes(b"<html>404</html>")
     labels = np.ones((6, len(VOC_CLASSES)), dtype=np.int8)
-    params = FeaturesParams(**{**FEATURES, "image_size": "auto", "select_scales": ((0.125,), (0.25,))})
+    params = tiny_features(batch_size=4, image_size="auto", select_scales=((0.125,), (0.25,)))
     with pytest.raises(PipelineError, match=rf"2 image\(s\) cannot be read(.|\n)*{images[2]}: not an image"
                                             rf"(.|\n)*{images[9]}: a damaged or truncated JPEG"):
         featurize_subsets(images[:6], labels, images[6:], params, VOC_CLASSES, progress=False)
@@ -116,6 +117,7 @@ def nan_for(monkeypatch):
     return set_bad
 
 
+@pytest.mark.slow
 def test_a_non_finite_vector_stops_extraction_naming_image_backbone_and_view(tmp_path, nan_for, isolated_cache):
     from fewlabel.features.extract import extract_features
 
@@ -123,9 +125,10 @@ def test_a_non_finite_vector_stops_extraction_naming_image_backbone_and_view(tmp
     nan_for("000004.jpg")
     with pytest.raises(PipelineError, match=rf"{images[4]}: its features from backbone EfficientNetB0, view "
                                             rf"32-bilinear hold NaN or inf"):
-        extract_features(images, FeaturesParams(**FEATURES), progress=False)
+        extract_features(images, tiny_features(batch_size=4), progress=False)
 
 
+@pytest.mark.slow
 def test_an_engine_worker_refuses_a_non_finite_vector(tmp_path, nan_for):
     from fewlabel.features.cache import hash_image
     from fewlabel.features.extract import ViewWorker, view_cache
@@ -144,6 +147,7 @@ def test_an_engine_worker_refuses_a_non_finite_vector(tmp_path, nan_for):
         worker(chunk)
 
 
+@pytest.mark.slow
 def test_train_refuses_a_features_file_with_nan_rows(tmp_path):
     from fewlabel.params import VOC_CLASSES
 
@@ -197,6 +201,7 @@ def run_predict(root: Path, monkeypatch, *args: str) -> int:
     ("a_folder.csv", r"--out a_folder\.csv: is a folder; give a file name, e.g\. --out a_folder\.csv/predictions\.csv"),
     ("params.yaml/p.csv", r"--out params\.yaml/p\.csv: the folder params\.yaml is not a folder"),
 ])
+@pytest.mark.slow
 def test_a_bad_out_fails_before_any_work(predict_root, tmp_path, monkeypatch, out, message):
     import fewlabel.api
 
@@ -209,6 +214,7 @@ def test_a_bad_out_fails_before_any_work(predict_root, tmp_path, monkeypatch, ou
     assert sorted(predict_root.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_out_in_a_read_only_folder_fails_with_exit_1_and_writes_nothing(predict_root, tmp_path):
     folder = tmp_path / "read-only"
     folder.mkdir()
@@ -230,6 +236,7 @@ def test_out_in_a_read_only_folder_fails_with_exit_1_and_writes_nothing(predict_
     assert list(folder.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_list_file_with_a_byte_order_mark(predict_root, tmp_path, monkeypatch):
     images = write_images(tmp_path / "img", 3, seed=8)
     listing = tmp_path / "list.txt"
@@ -239,6 +246,7 @@ def test_a_list_file_with_a_byte_order_mark(predict_root, tmp_path, monkeypatch)
     assert list(pd.read_csv(tmp_path / "p.csv")["path"]) == images
 
 
+@pytest.mark.slow
 def test_the_summary_counts_skipped_files_and_the_bar_moves_per_batch(predict_root, tmp_path, monkeypatch, capsys):
     from fewlabel.progress import ProgressBar
 

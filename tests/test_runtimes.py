@@ -39,6 +39,7 @@ def no_openvino(monkeypatch):
 # --------------------------------------------------------------------------- features
 
 @requires_openvino
+@pytest.mark.slow
 def test_openvino_features_match_keras_over_views(images):
     """Two sizes and flip (each image decoded once): f32 is Keras's float32 within rounding,
     bf16 (where the CPU has it) within cosine 0.999; the stats say what ran."""
@@ -58,6 +59,7 @@ def test_openvino_features_match_keras_over_views(images):
 
 
 @requires_openvino
+@pytest.mark.slow
 def test_converted_model_is_cached_and_not_rebuilt(isolated_cache):
     """The second load reads the converted model from the cache: the Keras model is not
     built and the files are not rewritten; another precision is another cache entry."""
@@ -89,6 +91,7 @@ def test_converted_model_is_cached_and_not_rebuilt(isolated_cache):
 
 
 @requires_openvino
+@pytest.mark.slow
 def test_runtime_is_part_of_the_feature_cache_key(images):
     """Keras and OpenVINO features never share cache entries; each is reused by its own runtime."""
     keras_cache = view_cache("EfficientNetB0", View(SIZE), None)
@@ -104,6 +107,7 @@ def test_runtime_is_part_of_the_feature_cache_key(images):
 
 
 @requires_openvino
+@pytest.mark.slow
 def test_a_cached_conversion_serves_extraction_without_keras(images, monkeypatch):
     """Once converted, a size's extractor loads without building the Keras model."""
     openvino = choose_runtime("openvino", "f32")
@@ -115,6 +119,7 @@ def test_a_cached_conversion_serves_extraction_without_keras(images, monkeypatch
 
 # --------------------------------------------------------------------------- choice and errors
 
+@pytest.mark.slow
 def test_missing_openvino_is_a_clear_error_and_auto_falls_back_to_keras(images, no_openvino):
     with pytest.raises(PipelineError, match=r"features\.runtime: openvino needs the openvino package.*pip install"):
         choose_runtime("openvino")

@@ -250,7 +250,7 @@ def test_check_params_refuses_bf16_on_a_cpu_without_it(params_file, tmp_path, mo
 # --------------------------------------------------------------------------- the pool
 
 def test_one_image_as_the_pool_names_the_key_and_what_it_takes(tmp_path):
-    from bench.synthetic import write_images
+    from tests.synthetic import write_images
     from fewlabel.data.pool import link_pool, pool_images
     from fewlabel.params import DataParams
 

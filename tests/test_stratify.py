@@ -5,13 +5,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.synthetic import VOC07_TRAINVAL_POSITIVES
 from fewlabel.errors import PipelineError
 from fewlabel.artifacts import training_targets
 from fewlabel.params import EvalSetParams, SubsetParams, VOC_CLASSES
 from fewlabel.data.stratify import stratified_subset
 from fewlabel.model.folds import check_folds, multilabel_kfold
 from fewlabel.data.subset import class_distribution, pool_limited_classes, select_subsets
+from tests.synthetic import VOC07_TRAINVAL_POSITIVES
 from tests.vocgen import label_table, make_voc, voc_spec
 
 

@@ -2,7 +2,8 @@
 labels join the training set through suggestions/labelled.txt, an SVM change reruns neither
 featurize nor the pool's extraction, and the pool's labels are never read.
 
-One project per module (dvc repro is the slow part); each test leaves it as it found it.
+The module works in its own copy of the session's reproduced project (``reproduced_pipeline``, whose
+pool is 20 images, one of them unreadable); each test leaves it as it found it.
 """
 import json
 import random
@@ -15,31 +16,12 @@ import pytest
 
 from fewlabel.active.label_check import label_check
 from fewlabel.artifacts import read_label_table, training_targets
-from tests.conftest import make_dvc_project
-from tests.test_pipeline_dvc import FAST_PARAMS, stages_run
-from tests.vocgen import make_voc
-
-N_SUGGESTED = 5
+from tests.conftest import N_SUGGESTED, copy_project, stages_run
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("suggest")
-    devkit = make_voc(root / "voc", year=2007, n_train=80, n_eval=40)
-    voc = devkit / "VOC2007"
-    ids = (voc / "ImageSets" / "Main" / "trainval.txt").read_text().split()
-    (voc / "ImageSets" / "Main" / "start.txt").write_text("".join(f"{i}\n" for i in ids[:60]))
-    (voc / "ImageSets" / "Main" / "pool.txt").write_text("".join(f"{i}\n" for i in ids[60:]))
-    (voc / "JPEGImages" / f"{ids[-1]}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")  # a bad pool image
-    project = make_dvc_project(root / "project", commit=False)
-    project.env["FEWLABEL_CACHE_DIR"] = str(root / "user-cache")
-    project.set_params({**FAST_PARAMS, "data.source": str(devkit), "data.train_split": "start",
-                        "data.pool_split": "pool", "suggest.n": N_SUGGESTED, "suggest.curve_folds": 3})
-    project.first = project.dvc("repro")
-    assert project.first.returncode == 0, project.first.stdout + project.first.stderr
-    project.commit("baseline run")
-    project.voc, project.pool_ids, project.bad_id = voc, ids[60:], ids[-1]
-    return project
+def project(reproduced_pipeline):
+    return copy_project(reproduced_pipeline, reproduced_pipeline.root.with_name("suggest-tests"))
 
 
 def restore(project):

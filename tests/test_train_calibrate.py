@@ -8,7 +8,6 @@ import pytest
 from sklearn.multioutput import MultiOutputClassifier
 from sklearn.svm import SVC
 
-from bench.synthetic import synthetic_split
 from fewlabel.model.rules import DecisionRule, apply_rule
 from fewlabel.model.calibrate import (best_global_threshold, calibrate, choose_rule, class_threshold_curve, global_threshold_curve, out_of_fold_strategy_scores, per_class_rule)
 from fewlabel.errors import PipelineError
@@ -18,6 +17,7 @@ from fewlabel.model.svm import NystroemMap, PlattLinearSVC, build_model, for_tra
 from fewlabel.params import CalibrateParams, SvmParams, TuneParams, parse_params
 from fewlabel.model.folds import multilabel_kfold
 from fewlabel.model.train import out_of_fold_probabilities, train
+from tests.synthetic import synthetic_split
 
 CLASSES = tuple(f"class{i}" for i in range(20))
 

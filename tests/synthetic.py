@@ -3,7 +3,8 @@
 Writes what subset + featurize would: ``data/subset/{train,eval}.csv``,
 ``data/features/{train,eval}.npz`` and ``meta.json``, so that train, calibrate and evaluate
 can run without images or a CNN; or small generated images and what ``stages.predict``
-reads (:func:`write_predict_project`).
+reads (:func:`write_predict_project`). :func:`tiny_features`: the small feature params tests
+extract with. The tests own this module; bench/ imports it too (tests never import bench).
 """
 from __future__ import annotations
 
@@ -13,11 +14,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fewlabel.params import VOC_CLASSES
+from fewlabel.params import VOC_CLASSES, FeaturesParams
 
 # Positives per class in VOC2007 trainval (5,011 images): the real class imbalance.
 VOC07_TRAINVAL_POSITIVES = (238, 243, 330, 181, 244, 186, 713, 337, 445, 141, 200, 421, 245, 234,
                             2008, 245, 96, 229, 261, 256)
+
+
+def tiny_features(**changes) -> FeaturesParams:
+    """Feature params small and fast enough for a test: EfficientNetB0 with random weights (no
+    download) at 32 pixels, one view, no mirror, batches of 8, the Keras runtime; ``changes``
+    override them (a str backbone becomes a one-backbone tuple). Every field a test relies on is
+    stated here, so a change of the library's defaults leaves the tests' recipe as it was."""
+    values = dict(backbones=("EfficientNetB0",), weights=None, image_size=32, select_scales=((1.0,),),
+                  select_max_size=None, flip_tta=False, batch_size=8, runtime="keras")
+    values.update(changes)
+    if isinstance(values["backbones"], str):
+        values["backbones"] = (values["backbones"],)
+    return FeaturesParams(**values)
 
 
 def synthetic_split(n_images: int, dim: int, rng: np.random.Generator, centers: np.ndarray,
@@ -81,13 +95,13 @@ def write_predict_project(root: Path, backbone: str = "EfficientNetB0", image_si
     from fewlabel.features.recipes import Recipe, build_meta
     from fewlabel.features.extract import extract_features
     from fewlabel.model.svm import build_model, save_model
-    from fewlabel.params import FeaturesParams, SvmParams
+    from fewlabel.params import SvmParams
 
     root = Path(root)
     (root / "models").mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(json.dumps({"data": {"classes": list(classes)},
                                                   "features": {"engine": "single"}}))
-    params = FeaturesParams(backbones=(backbone,), weights=None, image_size=image_size, batch_size=16)
+    params = tiny_features(backbones=(backbone,), image_size=image_size, batch_size=16)
     recipes = [Recipe(backbone, (image_size,))]
     features, stats = extract_features(write_images(root / "train-images", 30, seed=12345), params,
                                        progress=False, recipes=recipes)
