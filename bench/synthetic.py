@@ -86,7 +86,8 @@ def write_predict_project(root: Path, backbone: str = "EfficientNetB0", image_si
     (root / "models").mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(json.dumps({"data": {"classes": list(classes)},
                                                   "features": {"engine": "single"}}))
-    params = FeaturesParams(backbones=(backbone,), weights=None, image_size=image_size, batch_size=16)
+    params = FeaturesParams(backbones=(backbone,), weights=None, image_size=image_size, batch_size=16,
+                            flip_tta=False, runtime="keras")
     recipes = [Recipe(backbone, (image_size,))]
     features, stats = extract_features(write_images(root / "train-images", 30, seed=12345), params,
                                        progress=False, recipes=recipes)
@@ -94,8 +95,9 @@ def write_predict_project(root: Path, backbone: str = "EfficientNetB0", image_si
     write_json(root / "meta.json", meta)
     targets = (np.random.default_rng(0).random((30, len(classes))) < 0.5).astype(int)
     targets[0], targets[1] = 1, 0
-    model = build_model(SvmParams(gamma="scale", n_jobs=1)).fit(features, targets)
-    save_model(root / "models/model.joblib", model, classes, SvmParams(), feature_signature(meta), 30)
+    svm = SvmParams(gamma="scale", scaler="none", approximation="exact", n_jobs=1)
+    model = build_model(svm).fit(features, targets)
+    save_model(root / "models/model.joblib", model, classes, svm, feature_signature(meta), 30)
     rule = DecisionRule.uniform(len(classes), 0.5, min_labels=1).to_record(classes)
     write_json(root / "models/thresholds.json", {**rule, "model_md5": file_md5(root / "models/model.joblib")})
     return root

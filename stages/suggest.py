@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     oof = read_csv(args.oof, required=["image_id", *(f"p_{c}" for c in classes)])
     if list(oof["image_id"].astype(str)) != list(ids):
         raise PipelineError(f"{args.oof}: its images differ from {args.labels}; rerun train (dvc repro)")
-    others = repeated_out_of_fold(train_features, targets, params.svm, folds=params.calibrate.folds,
+    others = repeated_out_of_fold(train_features, targets, params.svm, folds=params.train.oof_folds,
                                   repeats=CHECK_REPEATS - 1, seed=1)
     given = oof[[f"p_{c}" for c in classes]].to_numpy(float)
     oof_probabilities = (given + (CHECK_REPEATS - 1) * others) / CHECK_REPEATS
