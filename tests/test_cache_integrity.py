@@ -265,7 +265,8 @@ def test_verify_command_line(cache_root):
 
 # --------------------------------------------------------------------------- through featurize
 
-FEATURES = dict(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=8, flip_tta=False)
+FEATURES = dict(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=8, flip_tta=False,
+                runtime="keras")
 
 
 def assert_same_features(actual: np.ndarray, expected: np.ndarray) -> None:

@@ -25,7 +25,8 @@ from fewlabel.params import FeaturesParams
 from stages.predict import main as predict_main
 from tests.conftest import require
 
-FEATURES = FeaturesParams(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=8, flip_tta=True)
+FEATURES = FeaturesParams(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=8, flip_tta=True,
+                          runtime="keras")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from fewlabel.features.extract import extract_features
 from fewlabel.params import FeaturesParams
 from tests.conftest import free_port, require
 
-FEATURES = FeaturesParams(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=8, flip_tta=True)
+FEATURES = FeaturesParams(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=8, flip_tta=True,
+                          runtime="keras")
 BUCKET = "fewlabel-test"
 
 

@@ -26,7 +26,8 @@ from fewlabel.params import FeaturesParams
 from tests.conftest import read_only_runner
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FEATURES = dict(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=4, flip_tta=False)
+FEATURES = dict(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=4, flip_tta=False,
+                runtime="keras")
 NATIVE_NOISE = ("jpeg_mem", "Corrupt JPEG", "Premature end", "Improper call", "Invalid JPEG data", "local_rendezvous",
                 "{{function_node", "Traceback")
 

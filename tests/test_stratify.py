@@ -8,7 +8,7 @@ import pytest
 from bench.synthetic import VOC07_TRAINVAL_POSITIVES
 from fewlabel.errors import PipelineError
 from fewlabel.io import training_targets
-from fewlabel.params import EvalSetParams, SubsetParams, VOC_CLASSES
+from fewlabel.params import SubsetParams, VOC_CLASSES
 from fewlabel.data.stratify import check_folds, multilabel_kfold, stratified_subset
 from fewlabel.data.subset import class_distribution, pool_limited_classes, select_subsets
 from tests.vocgen import label_table, make_voc, voc_spec
@@ -100,16 +100,16 @@ def test_select_subsets_uses_splits_and_eval_cap():
     labels.insert(0, "split", ["trainval"] * 250 + ["test"] * 150)
     labels.insert(0, "image_id", [f"{i:06d}" for i in range(400)])
     train, eval_set = select_subsets(labels, VOC_CLASSES, "trainval", "test",
-                                     SubsetParams(n_images=100, min_per_class=2), EvalSetParams())
+                                     SubsetParams(n_images=100, min_per_class=2))
     assert len(train) == 100 and set(train["split"]) == {"trainval"}
     assert len(eval_set) == 150 and list(eval_set["image_id"]) == sorted(eval_set["image_id"])
-    _, capped = select_subsets(labels, VOC_CLASSES, "trainval", "test", SubsetParams(n_images=100, min_per_class=2),
-                               EvalSetParams(max_images=60))
+    _, capped = select_subsets(labels, VOC_CLASSES, "trainval", "test",
+                               SubsetParams(n_images=100, min_per_class=2, eval_max_images=60))
     assert len(capped) == 60 and set(capped["image_id"]) <= set(eval_set["image_id"])
     with pytest.raises(PipelineError, match="subset.n_images=300 .* only 250"):
-        select_subsets(labels, VOC_CLASSES, "trainval", "test", SubsetParams(n_images=300), EvalSetParams())
+        select_subsets(labels, VOC_CLASSES, "trainval", "test", SubsetParams(n_images=300))
     with pytest.raises(PipelineError, match="no image in split 'val'"):
-        select_subsets(labels, VOC_CLASSES, "trainval", "val", SubsetParams(n_images=10), EvalSetParams())
+        select_subsets(labels, VOC_CLASSES, "trainval", "val", SubsetParams(n_images=10))
 
 
 # --------------------------------------------------------------------------- issue 12: quotas and floors
@@ -221,7 +221,7 @@ def test_the_pool_limited_floor_warning_is_true(tmp_path, capsys):
     labels.insert(0, "split", ["trainval"] * 250 + ["test"] * 150)
     labels.insert(0, "image_id", [f"{i:06d}" for i in range(400)])
     train, eval_set = select_subsets(labels, VOC_CLASSES, "trainval", "test",
-                                     SubsetParams(n_images=100, min_per_class=5), EvalSetParams())
+                                     SubsetParams(n_images=100, min_per_class=5))
     distribution = class_distribution(labels[labels["split"] == "trainval"], train, eval_set, VOC_CLASSES)
     assert pool_limited_classes(distribution, 5) == ["sheep"]
     assert (train["sheep"] >= 0).sum() == 4
