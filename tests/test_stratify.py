@@ -225,3 +225,18 @@ def test_the_pool_limited_floor_warning_is_true(tmp_path, capsys):
     distribution = class_distribution(labels[labels["split"] == "trainval"], train, eval_set, VOC_CLASSES)
     assert pool_limited_classes(distribution, 5) == ["sheep"]
     assert (train["sheep"] >= 0).sum() == 4
+
+
+def test_dvc_repro_subset_caps_the_eval_set_and_refuses_the_old_key(subset_project):
+    """subset.eval_max_images (subset's own key, in its params) caps eval.csv; the key it
+    replaced fails at check_params, naming the new one, before any stage runs."""
+    subset_project.set_params({"subset.eval_max_images": 15})
+    result = subset_project.dvc("repro", "subset")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(pd.read_csv(subset_project.path("data", "subset", "eval.csv"))) == 15
+
+    subset_project.set_params({"eval.max_images": 15})
+    result = subset_project.dvc("repro", "subset")
+    assert result.returncode != 0
+    assert "params.yaml: eval.max_images was renamed to subset.eval_max_images" in result.stdout + result.stderr
+    assert "Running stage 'subset'" not in result.stdout
