@@ -70,7 +70,8 @@ def measure_featurize_rate(n_images: int = 16) -> float:
     with tempfile.TemporaryDirectory() as folder:
         os.environ["FEWLABEL_CACHE_DIR"] = str(Path(folder) / "cache")
         paths = make_jpegs(Path(folder), n_images)
-        params = FeaturesParams(backbones=("EfficientNetB6",), weights=None, image_size=528, batch_size=8)
+        params = FeaturesParams(backbones=("EfficientNetB6",), weights=None, image_size=528, batch_size=8,
+                                flip_tta=False, runtime="keras")
         _, stats = extract_features(paths, params, progress=False)
         # After the first batch (one-off graph optimisation), as over 5,750 images.
         return stats["per_backbone"][0]["steady_images_per_second"]

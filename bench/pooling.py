@@ -106,9 +106,8 @@ def load_devdata_pool():
 
 
 def default_params():
-    import yaml
-    from fewlabel.params import _Yaml12FloatLoader, parse_params
-    return parse_params(yaml.load((REPO_ROOT / "params.yaml").read_text(), Loader=_Yaml12FloatLoader))
+    from fewlabel.params import load_params
+    return load_params(REPO_ROOT / "params.yaml")
 
 
 def feature_map_model(backbone: str, size: int):

@@ -274,9 +274,8 @@ def main(argv=None) -> None:
     if not (voc / "ImageSets" / "Main" / f"{args.split}.txt").is_file():
         parser.error(f"{voc}: no ImageSets/Main/{args.split}.txt; pass --voc <VOC folder> --split <name>")
 
-    from fewlabel.params import parse_params
-    from fewlabel.params import _Yaml12FloatLoader  # the loader params.yaml is read with
-    base_raw = yaml.load(Path(args.params).read_text(), Loader=_Yaml12FloatLoader)
+    from fewlabel.params import parse_params, read_params_file
+    base_raw = read_params_file(args.params)  # as DVC reads it
     configs = load_configs(args)
     first = parse_params(apply_overrides(base_raw, next(iter(configs.values()))))
     pool = load_pool(voc, args.split, first.data.classes)
@@ -292,8 +291,7 @@ def main(argv=None) -> None:
             draw_params = parse_params(apply_overrides(base_raw, {**overrides, "subset.seed": draw}))
             train_rows, eval_rows = draw_split(pool[1], draw_params, draw)
             model_key = json.dumps([draw, {k: v for k, v in sorted(overrides.items())
-                                           if not k.startswith(("calibrate.", "evaluate."))
-                                           or k == "calibrate.folds"}], default=str)
+                                           if not k.startswith(("calibrate.", "evaluate."))}], default=str)
             runs.append(run_config(draw_params, pool, train_rows, eval_rows, model_cache, model_key))
         speed = {}
         if args.speed_images:

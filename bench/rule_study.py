@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
 from quality import DEVDATA_VOC, LITE0, REPO_ROOT, apply_overrides, draw_split, load_pool  # noqa: E402
 
@@ -57,7 +56,7 @@ def collect(draw: int, params, pool, cache: Path) -> dict:
                                    [paths[i] for i in eval_rows], params.features, params.data.classes,
                                    progress=False)
     targets = training_targets(labels[train_rows])
-    folds = multilabel_kfold(targets, params.calibrate.folds, seed=RANDOM_STATE)  # as train does
+    folds = multilabel_kfold(targets, params.train.oof_folds, seed=RANDOM_STATE)  # as train does
     svm = for_training_set(params.svm, len(targets))  # svm.approximation auto -> exact or nystroem
     oof_p, oof_d = np.zeros(targets.shape), np.zeros(targets.shape)
     for fold in np.unique(folds):
@@ -159,8 +158,8 @@ def main() -> None:
     from fewlabel.model.rules import DecisionRule, apply_rule
     from fewlabel.model.calibrate import best_global_threshold, calibrate, per_class_rule
     from fewlabel.metrics import multilabel_scores
-    from fewlabel.params import _Yaml12FloatLoader, parse_params
-    base_raw = yaml.load((REPO_ROOT / "params.yaml").read_text(), Loader=_Yaml12FloatLoader)
+    from fewlabel.params import parse_params, read_params_file
+    base_raw = read_params_file(REPO_ROOT / "params.yaml")
     raw = apply_overrides(base_raw, {"features.backbones": [str(LITE0)], "evaluate.bootstrap": 0})
     pool = load_pool(DEVDATA_VOC, "train", parse_params(raw).data.classes)
     rows: dict[str, list] = {}

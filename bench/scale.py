@@ -105,7 +105,7 @@ def measure_train(n: int, method: str) -> dict:
     svm = replace(params.svm, approximation=method)
     with PeakMemory() as memory:
         began = time.perf_counter()
-        result = train(features, labels, VOC_CLASSES, svm, params.calibrate.folds, TuneParams())
+        result = train(features, labels, VOC_CLASSES, svm, params.train.oof_folds, TuneParams())
         seconds = time.perf_counter() - began
     cv_map = mean_ap(training_targets(labels) * 2 - 1, result.oof_probabilities)
     return {"n": n, "method": method, "seconds": round(seconds, 1), "peak_rss_gb": memory.peak_gb,

@@ -43,13 +43,13 @@ class Fitted:
 
 
 def fit(features: np.ndarray, labels: np.ndarray, params: Params, trained: TrainResult | None = None) -> Fitted:
-    """Train (``params.svm``, ``params.tune``; out-of-fold probabilities over ``params.calibrate.folds``)
+    """Train (``params.svm``, ``params.tune``; out-of-fold probabilities over ``params.train.oof_folds``)
     and calibrate the decision rule (``params.calibrate``) on the training images only.
 
     ``trained``: a model already trained on these images (e.g. to compare decision rules
     without training again); only the rule is then fitted.
     """
     if trained is None:
-        trained = train(features, labels, params.data.classes, params.svm, params.calibrate.folds, params.tune)
+        trained = train(features, labels, params.data.classes, params.svm, params.train.oof_folds, params.tune)
     calibration = calibrate(training_targets(labels), trained.oof_probabilities, trained.folds, params.calibrate)
     return Fitted(trained, calibration)

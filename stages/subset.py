@@ -39,7 +39,7 @@ def main() -> None:
     classes = params.data.classes
     labels = read_csv(args.labels, required=["image_id", "split", *classes])
     train, eval_set = select_subsets(labels, classes, params.data.train_split, params.data.eval_split,
-                                     params.subset, params.eval)
+                                     params.subset)
     drawn = len(train)
     if args.include:
         train = add_included(train, labels, read_included(args.include),

@@ -6,7 +6,7 @@ computes the kernel matrix (RBF by default) once with BLAS and shares it across 
 per-class SVMs; libsvm would otherwise recompute it, slowly, for every class and every
 internal Platt-scaling fold. The SVMs are exactly those of ``SVC(kernel='rbf', gamma=...)``.
 
-Out-of-fold probabilities (``calibrate.folds``-fold multilabel-stratified CV with the same
+Out-of-fold probabilities (``train.oof_folds``-fold multilabel-stratified CV with the same
 settings) feed the calibrate stage. ``tune.enabled`` grid-searches C x gamma (x scaler) by
 cross-validated mAP on the training images only, then refits the best.
 
@@ -43,7 +43,7 @@ def main() -> None:
 
     print(f"train: kernel: {kernel_summary(describe_kernel_method(params.svm, len(ids)))}", flush=True)
     started = time.perf_counter()
-    result = train(features, labels, classes, params.svm, params.calibrate.folds, params.tune)
+    result = train(features, labels, classes, params.svm, params.train.oof_folds, params.tune)
     seconds = time.perf_counter() - started
 
     save_model(args.model_out, result.model, classes, result.svm, feature_signature(meta), len(ids))

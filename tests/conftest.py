@@ -501,7 +501,7 @@ FAST_PARAMS = {
     "features.runtime": "keras",  # the reference (auto would convert the model for OpenVINO first)
     "subset.n_images": 40,
     "subset.min_per_class": 3,
-    "calibrate.folds": 3,
+    "train.oof_folds": 3,
     "tune.folds": 2,
     "svm.gamma": "scale",
     "svm.n_jobs": 1,

@@ -109,8 +109,9 @@ def write_predict_project(root: Path, backbone: str = "EfficientNetB0", image_si
     write_json(root / "meta.json", meta)
     targets = (np.random.default_rng(0).random((30, len(classes))) < 0.5).astype(int)
     targets[0], targets[1] = 1, 0
-    model = build_model(SvmParams(gamma="scale", n_jobs=1)).fit(features, targets)
-    save_model(root / "models/model.joblib", model, classes, SvmParams(), feature_signature(meta), 30)
+    svm = SvmParams(gamma="scale", scaler="none", approximation="exact", n_jobs=1)
+    model = build_model(svm).fit(features, targets)
+    save_model(root / "models/model.joblib", model, classes, svm, feature_signature(meta), 30)
     rule = DecisionRule.uniform(len(classes), 0.5, min_labels=1).to_record(classes)
     write_json(root / "models/thresholds.json", {**rule, "model_md5": file_md5(root / "models/model.joblib")})
     return root

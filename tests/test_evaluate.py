@@ -50,7 +50,7 @@ def run_stage(workdir: Path, args: list[str]) -> subprocess.CompletedProcess:
 def synthetic_workdir(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["svm"].update(gamma="scale", n_jobs=1)
-    params["calibrate"]["folds"] = 3
+    params["train"]["oof_folds"] = 3
     params["evaluate"]["bootstrap"] = 50
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     write_synthetic_inputs(tmp_path, n_train=150, n_eval=200, dim=32)

@@ -438,7 +438,8 @@ def test_stage_cli_writes_features_and_meta(tmp_path, isolated_cache):
     (project / "data/subset/train.csv").write_text("image_id,split,cat\n" + "".join(f"{i},trainval,1\n" for i in train_ids))
     (project / "data/subset/eval.csv").write_text("image_id,split,cat\n" + "".join(f"{i},test,-1\n" for i in eval_ids))
     (project / "params.yaml").write_text(
-        "features:\n  backbones: [EfficientNetB0]\n  weights: null\n  image_size: 64\n  batch_size: 4\n")
+        "features:\n  backbones: [EfficientNetB0]\n  weights: null\n  image_size: 64\n  batch_size: 4\n"
+        "  flip_tta: false\n  runtime: keras\n")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "FEWLABEL_CACHE_DIR": str(isolated_cache)}
 
     result = run_stage(project, env)
@@ -485,6 +486,7 @@ def test_stage_chooses_views_from_training_labels_only(tmp_path, isolated_cache)
     (project / "params.yaml").write_text(
         "data:\n  classes: [bright, wide]\nfeatures:\n  backbones: [EfficientNetB0]\n  weights: null\n"
         "  image_size: auto\n  select_scales: [0.25, 0.5]\n  select_folds: 2\n  flip_tta: true\n  batch_size: 8\n"
+        "  runtime: keras\n"
         "evaluate:\n  top_k: [1]\n")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "FEWLABEL_CACHE_DIR": str(isolated_cache)}
     outputs = ("data/features/train.npz", "data/features/eval.npz", "data/features/meta.json")

@@ -128,7 +128,8 @@ def test_featurize_stage_and_predicts_reading_of_its_meta(tmp_path, isolated_cac
     (project / "data/subset").mkdir(parents=True)
     (project / "data/subset/train.csv").write_text("image_id,split,cat\n" + "".join(f"{i},trainval,1\n" for i in train_ids))
     (project / "data/subset/eval.csv").write_text("image_id,split,cat\n" + "".join(f"{i},test,-1\n" for i in eval_ids))
-    (project / "params.yaml").write_text(f"features:\n  backbones: ['{name}']\n  image_size: null\n  batch_size: 4\n")
+    (project / "params.yaml").write_text(f"features:\n  backbones: ['{name}']\n  image_size: null\n  batch_size: 4\n"
+                                           "  runtime: keras\n")
     hub_site = str(Path(keras_hub.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), hub_site]),
            "FEWLABEL_CACHE_DIR": str(isolated_cache)}

@@ -230,7 +230,8 @@ def test_a_typo_in_any_section_fails_the_experiment_at_once(project):
     before = {path: project.path(path).read_bytes() for path in kept}
     experiments = project.dvc("exp", "list", check=True).stdout
     typos = {"+data.clases=[dog,cat]": r"unknown key\(s\) data\.clases \(did you mean data\.classes\?\)",
-             "+eval.max_image=5": r"unknown key\(s\) eval\.max_image \(did you mean eval\.max_images\?\)",
+             "+subset.eval_max_image=5": r"unknown key\(s\) subset\.eval_max_image \(did you mean "
+                                         r"subset\.eval_max_images\?\)",
              "+svn.C=10": r"unknown section\(s\) svn \(did you mean svm\?\)",
              "+data.yeer=2012": r"unknown key\(s\) data\.yeer \(did you mean data\.year\?\)"}
     try:

@@ -25,7 +25,8 @@ from tests.conftest import read_only_runner
 from tests.synthetic import tiny_features, write_images, write_predict_project
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FEATURES = dict(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=4, flip_tta=False)
+FEATURES = dict(backbones=("EfficientNetB0",), weights=None, image_size=32, batch_size=4, flip_tta=False,
+                runtime="keras")
 NATIVE_NOISE = ("jpeg_mem", "Corrupt JPEG", "Premature end", "Improper call", "Invalid JPEG data", "local_rendezvous",
                 "{{function_node", "Traceback")
 

@@ -16,7 +16,7 @@ import pytest
 from fewlabel.data.subset import select_subsets
 from fewlabel.errors import PipelineError
 from fewlabel.features import engine
-from fewlabel.params import VOC_CLASSES, EvalSetParams, SubsetParams
+from fewlabel.params import VOC_CLASSES, SubsetParams
 from stages import check_params
 from stages import prepare as prepare_stage
 from tests.vocgen import label_table, make_voc, voc_spec
@@ -72,8 +72,7 @@ def test_following_the_subset_advice_leads_to_a_subset(labels, n_images, min_per
     (and the advice after it), must reach a subset within a few steps."""
     def reaches_a_subset(n, floor, steps, path):
         try:
-            select_subsets(labels, VOC_CLASSES, "trainval", "test", SubsetParams(n_images=n, min_per_class=floor),
-                           EvalSetParams())
+            select_subsets(labels, VOC_CLASSES, "trainval", "test", SubsetParams(n_images=n, min_per_class=floor))
             return True
         except PipelineError as error:
             options = advice(str(error), n, floor)
@@ -89,8 +88,7 @@ def test_following_the_subset_advice_leads_to_a_subset(labels, n_images, min_per
 
 def test_subset_advice_never_asks_for_no_floor(labels):
     with pytest.raises(PipelineError) as error:
-        select_subsets(labels, VOC_CLASSES, "trainval", "test", SubsetParams(n_images=5, min_per_class=3),
-                       EvalSetParams())
+        select_subsets(labels, VOC_CLASSES, "trainval", "test", SubsetParams(n_images=5, min_per_class=3))
     assert "at most 0" not in str(error.value) and "cannot go below 1" in str(error.value)
 
 

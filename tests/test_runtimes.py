@@ -148,7 +148,7 @@ def test_auto_picks_openvino_bf16_only_where_the_cpu_has_bfloat16(monkeypatch):
 
 
 def test_runtime_and_precision_params_are_validated():
-    assert parse_params({}).features.runtime == "keras"
+    assert parse_params({}).features.runtime == "auto"  # params.yaml's
     assert parse_params({"features": {"runtime": "auto"}}).features.precision == "auto"
     with pytest.raises(PipelineError, match=r"features\.runtime must be one of auto, keras, openvino, got 'onnx'"):
         parse_params({"features": {"runtime": "onnx"}})

@@ -7,7 +7,7 @@ import pytest
 
 from fewlabel.errors import PipelineError
 from fewlabel.artifacts import training_targets
-from fewlabel.params import EvalSetParams, SubsetParams, VOC_CLASSES
+from fewlabel.params import SubsetParams, VOC_CLASSES
 from fewlabel.data.stratify import stratified_subset
 from fewlabel.model.folds import check_folds, multilabel_kfold
 from fewlabel.data.subset import class_distribution, pool_limited_classes, select_subsets
@@ -101,16 +101,16 @@ def test_select_subsets_uses_splits_and_eval_cap():
     labels.insert(0, "split", ["trainval"] * 250 + ["test"] * 150)
     labels.insert(0, "image_id", [f"{i:06d}" for i in range(400)])
     train, eval_set = select_subsets(labels, VOC_CLASSES, "trainval", "test",
-                                     SubsetParams(n_images=100, min_per_class=2), EvalSetParams())
+                                     SubsetParams(n_images=100, min_per_class=2))
     assert len(train) == 100 and set(train["split"]) == {"trainval"}
     assert len(eval_set) == 150 and list(eval_set["image_id"]) == sorted(eval_set["image_id"])
-    _, capped = select_subsets(labels, VOC_CLASSES, "trainval", "test", SubsetParams(n_images=100, min_per_class=2),
-                               EvalSetParams(max_images=60))
+    _, capped = select_subsets(labels, VOC_CLASSES, "trainval", "test",
+                               SubsetParams(n_images=100, min_per_class=2, eval_max_images=60))
     assert len(capped) == 60 and set(capped["image_id"]) <= set(eval_set["image_id"])
     with pytest.raises(PipelineError, match="subset.n_images=300 .* only 250"):
-        select_subsets(labels, VOC_CLASSES, "trainval", "test", SubsetParams(n_images=300), EvalSetParams())
+        select_subsets(labels, VOC_CLASSES, "trainval", "test", SubsetParams(n_images=300))
     with pytest.raises(PipelineError, match="no image in split 'val'"):
-        select_subsets(labels, VOC_CLASSES, "trainval", "val", SubsetParams(n_images=10), EvalSetParams())
+        select_subsets(labels, VOC_CLASSES, "trainval", "val", SubsetParams(n_images=10))
 
 
 # --------------------------------------------------------------------------- issue 12: quotas and floors
@@ -222,7 +222,22 @@ def test_the_pool_limited_floor_warning_is_true(tmp_path, capsys):
     labels.insert(0, "split", ["trainval"] * 250 + ["test"] * 150)
     labels.insert(0, "image_id", [f"{i:06d}" for i in range(400)])
     train, eval_set = select_subsets(labels, VOC_CLASSES, "trainval", "test",
-                                     SubsetParams(n_images=100, min_per_class=5), EvalSetParams())
+                                     SubsetParams(n_images=100, min_per_class=5))
     distribution = class_distribution(labels[labels["split"] == "trainval"], train, eval_set, VOC_CLASSES)
     assert pool_limited_classes(distribution, 5) == ["sheep"]
     assert (train["sheep"] >= 0).sum() == 4
+
+
+def test_dvc_repro_subset_caps_the_eval_set_and_refuses_the_old_key(subset_project):
+    """subset.eval_max_images (subset's own key, in its params) caps eval.csv; the key it
+    replaced fails at check_params, naming the new one, before any stage runs."""
+    subset_project.set_params({"subset.eval_max_images": 15})
+    result = subset_project.dvc("repro", "subset")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(pd.read_csv(subset_project.path("data", "subset", "eval.csv"))) == 15
+
+    subset_project.set_params({"eval.max_images": 15})
+    result = subset_project.dvc("repro", "subset")
+    assert result.returncode != 0
+    assert "params.yaml: eval.max_images was renamed to subset.eval_max_images" in result.stdout + result.stderr
+    assert "Running stage 'subset'" not in result.stdout

@@ -35,7 +35,7 @@ def data():
 def test_precomputed_kernel_model_equals_plain_svc(data, kernel):
     labels, features, _, eval_features = data
     targets = training_targets(labels)[:, :4]
-    svm = SvmParams(kernel=kernel, gamma="scale", C=3.0, n_jobs=1)
+    svm = SvmParams(kernel=kernel, gamma="scale", C=3.0, scaler="none", approximation="exact", n_jobs=1)
     ours = positive_probabilities(build_model(svm).fit(features, targets), eval_features)
     reference = MultiOutputClassifier(SVC(kernel=kernel, gamma="scale", C=3.0, probability=True,
                                           random_state=0)).fit(features, targets)
@@ -50,7 +50,7 @@ def test_probability_maps_equal_calibrated_classifier_cv_on_plain_svc(data, meth
     from sklearn.calibration import CalibratedClassifierCV
     labels, features, _, eval_features = data
     targets = training_targets(labels)[:, :4]
-    svm = SvmParams(gamma=0.05, C=3.0, probability=method, n_jobs=1)
+    svm = SvmParams(gamma=0.05, C=3.0, probability=method, scaler="none", approximation="exact", n_jobs=1)
     ours = positive_probabilities(build_model(svm).fit(features, targets), eval_features)
     reference = MultiOutputClassifier(CalibratedClassifierCV(SVC(gamma=0.05, C=3.0, random_state=0), method=method,
                                                              cv=5, ensemble=False)).fit(features, targets)
@@ -81,7 +81,7 @@ def test_gamma_resolution(data):
 def test_out_of_fold_probabilities_come_from_models_that_never_saw_the_image(data):
     labels, features, _, _ = data
     targets = training_targets(labels)
-    svm = SvmParams(gamma="scale", n_jobs=1)
+    svm = SvmParams(gamma="scale", scaler="none", approximation="exact", n_jobs=1)
     folds = multilabel_kfold(targets, 3, seed=0)
     oof = out_of_fold_probabilities(features, targets, svm, folds)
     held_out = folds == 1
@@ -103,7 +103,7 @@ def test_a_class_without_positives_is_named(data):
 def test_tuning_records_the_grid_and_refits_the_best(data):
     labels, features, _, _ = data
     tune = TuneParams(enabled=True, C=(0.1, 10.0), gamma=("scale", 0.5), folds=3)
-    result = train(features, labels, CLASSES, SvmParams(n_jobs=1), 3, tune)
+    result = train(features, labels, CLASSES, SvmParams(scaler="none", n_jobs=1), 3, tune)
     grid = result.grid
     assert len(grid) == 4 and set(zip(grid["C"], grid["gamma"])) == {(0.1, "scale"), (10.0, "scale"),
                                                                       (0.1, "0.5"), (10.0, "0.5")}
@@ -145,7 +145,7 @@ def test_nystroem_with_every_training_image_as_landmark_is_the_exact_kernel(data
     np.testing.assert_allclose(mapped.transform(x) @ mapped.transform(x).T, np.exp(-gamma * squared), atol=1e-6)
 
     targets = training_targets(labels)
-    svm = SvmParams(gamma="median", scaler="sqrt", n_jobs=1, n_components=len(features))
+    svm = SvmParams(gamma="median", scaler="sqrt", approximation="exact", n_jobs=1, n_components=len(features))
     exact = positive_probabilities(build_model(svm).fit(features, targets), eval_features)
     approximate = positive_probabilities(
         build_model(replace(svm, approximation="nystroem")).fit(features, targets), eval_features)
@@ -357,9 +357,10 @@ def test_calibrated_thresholds_beat_half_on_held_out_data_built_to_need_them():
     train_labels, train_features = split(n_train)
     eval_labels, eval_features = split(n_eval)
     names = tuple("abcde")
-    result = train(train_features, train_labels, names, SvmParams(gamma="scale", n_jobs=1), 5, TuneParams())
+    result = train(train_features, train_labels, names, SvmParams(gamma="scale", scaler="none", n_jobs=1), 5,
+                   TuneParams())
     calibration = calibrate(training_targets(train_labels), result.oof_probabilities, result.folds,
-                            CalibrateParams(strategy="per_class", min_labels=0))
+                            CalibrateParams(metric="f1", strategy="per_class", min_labels=0))
     probabilities = positive_probabilities(result.model, eval_features)
     calibrated = multilabel_scores(eval_labels, probabilities, apply_rule(probabilities, calibration.rule))
     default = multilabel_scores(eval_labels, probabilities, apply_rule(probabilities, DecisionRule.uniform(5)))
@@ -373,7 +374,7 @@ def test_calibrated_thresholds_beat_half_on_held_out_data_built_to_need_them():
 @pytest.mark.parametrize("section,message", [
     ({"min_labels": 3, "max_labels": 2}, r"calibrate\.max_labels must be null or an integer >= calibrate\.min_labels"),
     ({"min_labels": 21}, r"calibrate\.min_labels must be an integer between 0 and 20"),
-    ({"max_labels": 0}, r"calibrate\.max_labels must be an integer >= 1, got 0"),
+    ({"max_labels": 0}, r"calibrate\.max_labels must be an integer >= 1 or null, got 0"),
     ({"shrinkage": -1}, r"calibrate\.shrinkage must be a number >= 0"),
     ({"metric": "iou"}, r"calibrate\.metric must be one of f1, f2, f0\.5, mcc, dice, jaccard"),
     ({"min_label": 1}, r"calibrate\.min_label \(did you mean calibrate\.min_labels\?\)"),

@@ -13,7 +13,7 @@ import numpy as np
 from fewlabel.model.svm import build_model, for_training_set, positive_probabilities
 from fewlabel.params import SvmParams
 
-DEFAULT_SVM = SvmParams(C=1.0, gamma="median", scaler="sqrt", approximation="auto")
+DEFAULT_SVM = SvmParams()  # the schema's defaults: params.yaml's svm section
 
 
 def fit_predict(train_features: np.ndarray, train_targets: np.ndarray, predict_features: list[np.ndarray],

@@ -12,14 +12,15 @@ from fewlabel.errors import PipelineError
 from fewlabel.plots import pyplot
 from fewlabel.artifacts import lacking_kind, training_targets
 from fewlabel.io import read_lines
-from fewlabel.params import EvalSetParams, SubsetParams
+from fewlabel.params import SubsetParams
 from fewlabel.data.stratify import stratified_subset
 from fewlabel.data.voc import IMAGE_EXTENSIONS
 
 
 def select_subsets(labels: pd.DataFrame, classes: tuple[str, ...], train_split: str, eval_split: str,
-                   subset: SubsetParams, eval_set: EvalSetParams) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (train subset, eval set) rows of the label table, each in image-id order."""
+                   subset: SubsetParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return (train subset, eval set) rows of the label table, each in image-id order (the eval
+    set capped at ``subset.eval_max_images``)."""
     pools = {}
     for key, split in (("data.train_split", train_split), ("data.eval_split", eval_split)):
         pool = labels[labels["split"] == split].sort_values("image_id").reset_index(drop=True)
@@ -44,9 +45,9 @@ def select_subsets(labels: pd.DataFrame, classes: tuple[str, ...], train_split: 
     train = train_pool.iloc[chosen].reset_index(drop=True)
 
     eval_pool = pools[eval_split]
-    if eval_set.max_images is None or eval_set.max_images >= len(eval_pool):
+    if subset.eval_max_images is None or subset.eval_max_images >= len(eval_pool):
         return train, eval_pool
-    chosen = stratified_subset(eval_pool[list(classes)].to_numpy() == 1, eval_set.max_images,
+    chosen = stratified_subset(eval_pool[list(classes)].to_numpy() == 1, subset.eval_max_images,
                                seed=subset.seed, class_names=classes)
     return train, eval_pool.iloc[chosen].reset_index(drop=True)
 

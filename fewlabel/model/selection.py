@@ -11,10 +11,10 @@ from fewlabel.features.recipes import Recipe, assemble, candidate_recipes
 from fewlabel.params import FeaturesParams, SvmParams, TuneParams
 
 
-# The classifier that scores candidate views: the default svm.* settings, fixed here (not read
-# from svm.*) so that changing an SVM setting never reruns featurize; 'median' gamma adapts
-# to each view's feature scale.
-SELECTION_SVM = SvmParams(C=1.0, gamma="median", scaler="sqrt", approximation="auto")
+# The classifier that scores candidate views: the schema's svm.* defaults, not the svm.* read
+# from params.yaml, so that changing an SVM setting never reruns featurize; 'median' gamma
+# adapts to each view's feature scale.
+SELECTION_SVM = SvmParams()
 
 
 def score_candidates(candidates: list[list[Recipe]], view_features: dict, targets: np.ndarray, classes,

@@ -59,7 +59,7 @@ class TrainResult:
     kernel: dict  # the kernel method and why (:func:`fewlabel.model.svm.describe_kernel_method`)
 
 
-def train(features: np.ndarray, labels: np.ndarray, classes, svm: SvmParams, calibration_folds: int,
+def train(features: np.ndarray, labels: np.ndarray, classes, svm: SvmParams, oof_folds: int,
           tune: TuneParams) -> TrainResult:
     """Fit the final model and the out-of-fold probabilities (after tuning, if enabled).
 
@@ -73,8 +73,8 @@ def train(features: np.ndarray, labels: np.ndarray, classes, svm: SvmParams, cal
     if tune.enabled:
         grid = tune_grid(features, targets, svm, tune, classes)
         svm = best_settings(grid, svm)
-    folds = multilabel_kfold(targets, calibration_folds, seed=RANDOM_STATE)
-    check_folds(targets, folds, classes, purpose=f"calibrate.folds={calibration_folds}")
+    folds = multilabel_kfold(targets, oof_folds, seed=RANDOM_STATE)
+    check_folds(targets, folds, classes, purpose=f"train.oof_folds={oof_folds}")
     oof = out_of_fold_probabilities(features, targets, svm, folds)
     model = build_model(svm).fit(features, targets)
     return TrainResult(model=model, svm=svm, oof_probabilities=oof, folds=folds, grid=grid, kernel=kernel)
