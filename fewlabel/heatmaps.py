@@ -104,6 +104,13 @@ def class_grids(model, recipes: Sequence[Recipe], pooled: np.ndarray,
     saw them: they are flipped back here). ``method`` and ``step``: see the module's docstring;
     ``reference_norm`` (for ``norm`` only).
     """
+    return combine_grids(list(view_grids(model, recipes, pooled, view_maps, method, step, reference_norm).values()))
+
+
+def view_grids(model, recipes: Sequence[Recipe], pooled: np.ndarray, view_maps: Sequence[dict[View, np.ndarray]],
+               method: str = DEFAULT_METHOD, step: float | None = None,
+               reference_norm: float | None = None) -> dict[tuple[int, View], np.ndarray]:
+    """:func:`class_grids` per (recipe index, view), before the views are averaged."""
     if method not in METHODS:
         raise PipelineError(f"heatmap method '{method}': use one of {', '.join(METHODS)}")
     if method == "norm" and not reference_norm:
@@ -113,8 +120,8 @@ def class_grids(model, recipes: Sequence[Recipe], pooled: np.ndarray,
     n = len(pooled)
     kernel_map, classifier = model[:-1], model[-1]
     base = kernel_map.transform(pooled) if method == "linear" else None
-    grids, offset = [], 0
-    for recipe, maps in zip(recipes, view_maps):
+    grids, offset = {}, 0
+    for index, (recipe, maps) in enumerate(zip(recipes, view_maps)):
         channels = None
         for view in recipe.views():
             block = np.asarray(maps[view])
@@ -128,13 +135,18 @@ def class_grids(model, recipes: Sequence[Recipe], pooled: np.ndarray,
                 mapped = mapped.reshape(n, h * w, -1)
                 mapped = (base[:, None, :] + (mapped - base[:, None, :]) / step).reshape(n * h * w, -1)
             probability = positive_probabilities(classifier, mapped)
-            grids.append(probability.reshape(n, h, w, -1).transpose(0, 3, 1, 2))
+            grids[(index, view)] = probability.reshape(n, h, w, -1).transpose(0, 3, 1, 2)
         offset += channels * (len(recipe.sizes) if recipe.combine == "concat" else 1)
     if offset != pooled.shape[1]:
         raise PipelineError(f"the feature maps have {offset} channels in all, the features {pooled.shape[1]}: "
                             f"the maps do not come from the backbones the model was trained on")
+    return grids
+
+
+def combine_grids(grids: Sequence[np.ndarray]) -> np.ndarray:
+    """The mean of views' grids (n x classes x h x w each) on the finest of them."""
     height, width = max(g.shape[2] for g in grids), max(g.shape[3] for g in grids)
-    total = np.zeros((n, grids[0].shape[1], height, width))
+    total = np.zeros((len(grids[0]), grids[0].shape[1], height, width))
     for grid in grids:
         if grid.shape[2:] == (height, width):
             total += grid

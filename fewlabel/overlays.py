@@ -21,9 +21,9 @@ def shown_classes(labels: np.ndarray, probabilities: np.ndarray) -> list[int]:
     return chosen or [int(np.argmax(probabilities))]
 
 
-def overlay_image(heatmap: Heatmap, classes: Sequence[int], names: Sequence[str]):
+def overlay_image(heatmap: Heatmap, classes: Sequence[int], names: Sequence[str], caption: bool = True):
     """A PIL image: per class in ``classes``, the photo with its map over it (jet, each map
-    stretched to its own range) and the class's name and probability above it."""
+    stretched to its own range) and (``caption``) the class's name and probability above it."""
     from matplotlib import colormaps
     from PIL import Image, ImageDraw
 
@@ -32,7 +32,7 @@ def overlay_image(heatmap: Heatmap, classes: Sequence[int], names: Sequence[str]
     scale = min(1.0, PANEL_PIXELS / max(photo.size))
     width, height = max(1, round(photo.width * scale)), max(1, round(photo.height * scale))
     photo = np.asarray(photo.resize((width, height)), dtype=np.float32)
-    caption = 18
+    caption = 18 if caption else 0
     canvas = Image.new("RGB", (width * len(classes), height + caption), "white")
     draw = ImageDraw.Draw(canvas)
     shrunk = Heatmap(heatmap.path, heatmap.probabilities, heatmap.grid, height, width)
@@ -42,7 +42,8 @@ def overlay_image(heatmap: Heatmap, classes: Sequence[int], names: Sequence[str]
         colour = colormaps["jet"](stretched)[..., :3] * 255
         blended = (1 - ALPHA) * photo + ALPHA * colour
         canvas.paste(Image.fromarray(blended.clip(0, 255).astype(np.uint8)), (panel * width, caption))
-        draw.text((panel * width + 4, 3), f"{names[c]} {heatmap.probabilities[c]:.2f}", fill="black")
+        if caption:
+            draw.text((panel * width + 4, 3), f"{names[c]} {heatmap.probabilities[c]:.2f}", fill="black")
     return canvas
 
 

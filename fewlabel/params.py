@@ -214,6 +214,7 @@ class EvaluateParams:
     top_k: tuple = (1, 3)
     bootstrap: int = 1000
     seed: int = 0
+    heatmap_photos: int = 60  # eval photos mapped (plots/heatmaps.png, the pointing game); 0: none
 
 
 @dataclass(frozen=True)
@@ -385,7 +386,8 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
         raise r.fail("top_k", f"a list of integers between 1 and {len(classes)} (the number of classes)", top_k)
     evaluate = EvaluateParams(top_k=tuple(sorted(set(top_k))),
                               bootstrap=r.integer("bootstrap", 1000, minimum=0),
-                              seed=r.integer("seed", 0, minimum=0))
+                              seed=r.integer("seed", 0, minimum=0),
+                              heatmap_photos=r.integer("heatmap_photos", 60, minimum=0))
 
     from fewlabel.active.label_check import SCORES
     from fewlabel.active.strategies import STRATEGIES

@@ -63,7 +63,9 @@ def run_dir(tmp_path_factory):
         paths, targets = [], []
         for i in range(48):
             present = [i % 2 == 0, (i // 2) % 2 == 0]
-            patches = [(colour, *rng.integers(0, 64 - 20, 2), 20) for colour, on in zip(("red", "blue"), present) if on]
+            side = int(rng.integers(12, 33))  # objects of many sizes: a kernel model scores what it has seen
+            patches = [(colour, *rng.integers(0, 64 - side, 2), side) for colour, on in zip(("red", "blue"), present)
+                       if on]
             paths.append(photo(root / "train" / f"{i:03d}.jpg", 64, 64, patches, seed=i))
             targets.append([int(on) for on in present])
         params = FeaturesParams(backbones=("colours.keras",), weights=None, image_size=SIZE, flip_tta=True)
@@ -207,3 +209,52 @@ def test_explain_writes_one_png_and_refuses_a_broken_photo(run_dir, tmp_path, ca
     assert exit_.value.code == 1
     assert "broken.jpg: not a readable image" in capsys.readouterr().err
     assert not (tmp_path / "broken.png").exists()
+
+
+def test_the_evaluate_stage_maps_eval_photos_and_plays_the_pointing_game(run_dir, classifier, tmp_path):
+    """Eight eval photos, the object in a corner (the centre misses every one), boxes in VOC XML:
+    plots/heatmaps.png is written and scores.json holds the pointing game: 100 against 0."""
+    import shutil
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("colours.keras", "models", "data"):
+        (shutil.copytree if (run_dir / name).is_dir() else shutil.copy)(run_dir / name, tmp_path / name)
+    params = json.loads((run_dir / "params.yaml").read_text())
+    params["evaluate"].update(heatmap_photos=8, bootstrap=10)
+    (tmp_path / "params.yaml").write_text(json.dumps(params))
+    (tmp_path / "JPEGImages").mkdir()
+    (tmp_path / "Annotations").mkdir()
+    ids, rows, paths = [], [], []
+    for i in range(8):
+        colour, (top, left) = ("red", "blue")[i % 2], [(0, 0), (0, 80), (50, 0), (50, 80)][i // 2]
+        image_id = f"{i:06d}"
+        paths.append(photo(tmp_path / "JPEGImages" / f"{image_id}.jpg", 90, 120, [(colour, top, left, 40)], seed=i))
+        (tmp_path / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><object><name>{('cat', 'dog')[i % 2]}</name><difficult>0</difficult><bndbox>"
+            f"<xmin>{left + 1}</xmin><ymin>{top + 1}</ymin><xmax>{left + 40}</xmax><ymax>{top + 40}</ymax>"
+            f"</bndbox></object></annotation>")
+        ids.append(image_id)
+        rows.append({"image_id": image_id, "split": "test", "cat": 1 if i % 2 == 0 else -1,
+                     "dog": 1 if i % 2 else -1})
+    (tmp_path / "data/subset").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "data/subset/eval.csv", index=False)
+    np.savez(tmp_path / "data/features/eval.npz", ids=np.array(ids), features=classifier.features(paths))
+    completed = subprocess.run(
+        [sys.executable, "-m", "stages.evaluate", "--model", "models/model.joblib",
+         "--thresholds", "models/thresholds.json", "--features", "data/features/eval.npz",
+         "--meta", "data/features/meta.json", "--labels", "data/subset/eval.csv",
+         "--metrics-out", "metrics/metrics.json", "--scores-out", "metrics/scores.json",
+         "--per-class-out", "metrics/per_class.csv", "--predictions-out", "predictions/eval.csv",
+         "--confusion-dir", "plots/confusion", "--pr-dir", "plots/pr", "--confusion-png", "plots/confusion.png",
+         "--label-counts-out", "plots/label_counts.csv", "--label-counts-png", "plots/label_counts.png",
+         "--images", "JPEGImages", "--annotations", "Annotations", "--heatmaps-png", "plots/heatmaps.png"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    scores = json.loads((tmp_path / "metrics/scores.json").read_text())
+    assert scores["pointing_game"] == {"accuracy": 100.0, "centre_baseline": 0.0, "n_photos": 8, "n_pairs": 8}
+    with Image.open(tmp_path / "plots/heatmaps.png") as figure:
+        assert figure.width > 300
