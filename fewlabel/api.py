@@ -117,6 +117,8 @@ class Classifier:
         paths, problems = expand_inputs([str(item) for item in images])
         if problems:
             yield [], problems
+        if not paths:
+            return
         maps = FeatureMaps(self.recipes, self.features_params.weights, self.features_params.batch_size)
         for start in range(0, len(paths), chunk_size):
             good, bad = readable_images(paths[start:start + chunk_size])

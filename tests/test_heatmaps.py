@@ -63,7 +63,7 @@ def run_dir(tmp_path_factory):
         paths, targets = [], []
         for i in range(48):
             present = [i % 2 == 0, (i // 2) % 2 == 0]
-            side = int(rng.integers(12, 33))  # objects of many sizes: a kernel model scores what it has seen
+            side = int(rng.integers(12, 49))  # objects of many sizes: a kernel model scores what it has seen
             patches = [(colour, *rng.integers(0, 64 - side, 2), side) for colour, on in zip(("red", "blue"), present)
                        if on]
             paths.append(photo(root / "train" / f"{i:03d}.jpg", 64, 64, patches, seed=i))
