@@ -50,7 +50,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                              "(one CNN pass gives labels and maps; runs in this process; docs/heatmaps.md)")
     parser.add_argument("--heatmaps-raw", action="store_true",
                         help="with --heatmaps: also DIR/<name>.npz, every class's map at the photo's size")
-    parser.add_argument("--heatmap-method", choices=METHODS, default=DEFAULT_METHOD, help=argparse.SUPPRESS)
+    parser.add_argument("--heatmap-method", choices=METHODS, default=DEFAULT_METHOD,
+                        help=f"how the map's locations are scored (default {DEFAULT_METHOD}: it points best, "
+                             f"docs/heatmaps.md)")
     parser.add_argument("--model", default="models/model.joblib")
     parser.add_argument("--thresholds", default="models/thresholds.json")
     parser.add_argument("--meta", default="data/features/meta.json",
@@ -149,7 +151,8 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--out", help="the PNG to write (default: <image name>.heatmap.png in the current folder)")
     parser.add_argument("--classes", nargs="+", metavar="CLASS",
                         help="the classes to show (default: the predicted ones, else the most probable)")
-    parser.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help=argparse.SUPPRESS)
+    parser.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                        help=f"how the map's locations are scored (default {DEFAULT_METHOD}; docs/heatmaps.md)")
     return parser
 
 

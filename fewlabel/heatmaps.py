@@ -2,17 +2,17 @@
 
 The model (scaler, kernel map, one Platt-scaled SVM per class) was trained on pooled vectors
 ``p`` (the mean of the feature map's locations, then of the views). Each location ``f`` of a
-view's map is scored by moving ``p`` towards it and asking the same fitted model:
+view's map becomes a vector the same fitted model scores:
 
-- ``linear`` (the default, chosen by ``bench/pointing.py``, see docs/heatmaps.md): the model's
-  kernel values linearised at ``p`` (a Grad-CAM-like first-order weight of each channel) and
-  extrapolated to the whole step ``p -> f``; then the model's own SVMs and calibration. A map
-  value is the probability the model would give a photo that looked like that location
-  everywhere, to first order around this photo.
+- ``norm`` (the default: it pointed best in ``bench/pointing.py``, see docs/heatmaps.md): ``f``
+  scaled to the mean norm of the pooled training vectors (of its backbone's block), then the
+  model: a location scored as a photo of typical strength made of that location alone.
+- ``linear``: the model's kernel values linearised at ``p`` (a Grad-CAM-like first-order weight
+  of each channel) and extrapolated to the whole step ``p -> f``; then the model's own SVMs and
+  calibration: the probability, to first order around this photo, of a photo that looked like
+  that location everywhere.
 - ``mix``: the model evaluated exactly at ``p + step (f - p)``.
 - ``raw``: the model at ``f`` itself (``step`` 1).
-- ``norm``: the naive baseline: ``f`` scaled to ``reference_norm`` (the mean norm of the pooled
-  training vectors), then the model.
 
 Values are the model's class probabilities, so they compare across photos. Views (sizes, the
 mirror, flipped back) are averaged on the finest grid; :func:`upsample` aligns a grid to the
@@ -34,8 +34,8 @@ if TYPE_CHECKING:  # the feature modules load TensorFlow: imported where used, s
     from fewlabel.features.recipes import Recipe
     from fewlabel.features.views import View
 
-METHODS = ("linear", "mix", "raw", "norm")
-DEFAULT_METHOD = "linear"
+METHODS = ("norm", "linear", "mix", "raw")
+DEFAULT_METHOD = "norm"  # the best pointing of bench/pointing.py on devdata (docs/heatmaps.md)
 #: The step of ``linear`` (a finite difference of the kernel values, in float64) and of ``mix``.
 LINEAR_STEP = 1e-3
 MIX_STEP = 0.25
@@ -77,13 +77,30 @@ def upsample(grid: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.einsum("Hh,khw,Ww->kHW", rows, grid, columns, optimize=True).astype(np.float32)
 
 
+def training_vectors(model) -> np.ndarray:
+    """The model's pooled training vectors before its scaler (exact kernel), or its Nystroem
+    landmarks (a random subset of them): what ``norm`` takes its reference norm from."""
+    kernel = model[-2]
+    scaled = kernel.train_features_ if hasattr(kernel, "train_features_") else kernel.nystroem_.components_
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+    scaler = model[0]
+    if isinstance(scaler, StandardScaler):
+        return scaler.inverse_transform(scaled)
+    if isinstance(scaler, FunctionTransformer):  # the signed square root (svm.scaler: sqrt), squared back
+        return np.sign(scaled) * scaled ** 2
+    return scaled  # none; or l2, where every row has norm 1 after the scaler: the scale does not matter
+
+
 def _scaled_rows(pooled: np.ndarray, locations: np.ndarray, offset: int, method: str, step: float,
-                 reference_norm: float | None) -> np.ndarray:
+                 reference_norm) -> np.ndarray:
     """(n, L, d) feature rows: each image's pooled vector with its block at ``offset`` moved to
     (or towards) each location (n, L, c)."""
     rows = np.repeat(pooled[:, None, :].astype(np.float64), locations.shape[1], axis=1)
     block = slice(offset, offset + locations.shape[2])
     if method == "norm":
+        if np.ndim(reference_norm):  # training vectors: the mean norm of this block
+            reference_norm = float(np.linalg.norm(reference_norm[:, block], axis=1).mean())
         norms = np.linalg.norm(locations, axis=2, keepdims=True)
         rows[:, :, block] = locations * (reference_norm / np.maximum(norms, 1e-12))
     elif method == "raw":
@@ -102,7 +119,8 @@ def class_grids(model, recipes: Sequence[Recipe], pooled: np.ndarray,
     feature rows (n x d, as the model takes them); ``view_maps``: per recipe (in the order of the
     features' blocks), each view's feature maps (n x h x w x c, mirrored views as the backbone
     saw them: they are flipped back here). ``method`` and ``step``: see the module's docstring;
-    ``reference_norm`` (for ``norm`` only).
+    ``reference_norm`` (``norm`` only): a number, or training vectors (n x d) whose mean norm per
+    backbone block is taken; None: :func:`training_vectors` of the model.
     """
     return combine_grids(list(view_grids(model, recipes, pooled, view_maps, method, step, reference_norm).values()))
 
@@ -113,8 +131,8 @@ def view_grids(model, recipes: Sequence[Recipe], pooled: np.ndarray, view_maps: 
     """:func:`class_grids` per (recipe index, view), before the views are averaged."""
     if method not in METHODS:
         raise PipelineError(f"heatmap method '{method}': use one of {', '.join(METHODS)}")
-    if method == "norm" and not reference_norm:
-        raise PipelineError("heatmap method 'norm' needs reference_norm (the mean norm of the pooled training vectors)")
+    if method == "norm" and reference_norm is None:
+        reference_norm = training_vectors(model)
     step = step if step is not None else (LINEAR_STEP if method == "linear" else MIX_STEP)
     pooled = np.asarray(pooled, dtype=np.float64)
     n = len(pooled)
