@@ -21,7 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import DEVDATA_VOC, LITE0, REPO_ROOT, draw_split, load_pool  # noqa: E402
 
-import numpy as np  # noqa: E402
 
 
 def main(argv=None) -> None:
