@@ -283,7 +283,7 @@ PRODUCT_MIN_LABELS = 1   # calibrate.min_labels, what the suggest stage passes t
 def devdata_halves(targets) -> dict[str, np.ndarray]:
     """Two fixed halves of the photos (A, B): the product's stratified 2-fold split, seed 0, so each
     half has about half of every class."""
-    from fewlabel.data.stratify import multilabel_kfold
+    from fewlabel.model.folds import multilabel_kfold
     fold = multilabel_kfold(targets, 2, seed=0)
     return {"A": np.flatnonzero(fold == 0), "B": np.flatnonzero(fold == 1)}
 

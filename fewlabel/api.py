@@ -5,6 +5,8 @@
     table = classifier.predict(["photos/cat.jpg", "photos/"])
     features = classifier.features(["photos/cat.jpg"])
     table = classifier.predict(features)            # the same labels, from features
+    for heatmap in classifier.heatmaps(["photos/cat.jpg"]):
+        maps = heatmap.maps()                       # classes x height x width, aligned to the photo
 
 ``predict`` applies the model and the calibrated decision rule exactly as the evaluate stage
 and ``fewlabel predict`` do, through the same per-image feature cache.
@@ -28,12 +30,13 @@ from fewlabel.features.engine import Engine, map_chunks
 from fewlabel.features.hub import is_hub_backbone, preset_of
 from fewlabel.features.recipes import Recipe, recipes_from_meta
 from fewlabel.artifacts import feature_signature
+from fewlabel.data.images import expand_inputs
+from fewlabel.heatmaps import DEFAULT_METHOD, FeatureMaps, Heatmap, heatmap_batches
 from fewlabel.io import read_json
 from fewlabel.model.rules import DecisionRule, load_rule
 from fewlabel.model.svm import load_model, positive_probabilities
 from fewlabel.params import FeaturesParams, load_params
-from fewlabel.data.images import expand_inputs
-from fewlabel.predict import CHUNK_IMAGES, ImageLabeller, label_images, label_stream
+from fewlabel.predict import CHUNK_IMAGES, ImageLabeller, label_images, label_stream, readable_images
 
 #: Where a run keeps what ``load`` reads, relative to the run's folder (as dvc.yaml writes them).
 MODEL_PATH = "models/model.joblib"
@@ -94,6 +97,35 @@ class Classifier:
             empty.insert(0, "path", pd.Series(dtype=str))  # the columns of a labelled table, path first
             return empty
         return pd.concat(tables, ignore_index=True)
+
+    def heatmaps(self, images, method: str = DEFAULT_METHOD) -> Iterator[Heatmap]:
+        """Per readable image (paths, folders or globs, as :meth:`predict`; others skipped with a
+        warning), a :class:`fewlabel.heatmaps.Heatmap`: the image's class probabilities and one map
+        per class (``heatmap.maps()``: classes x height x width, aligned to the original image,
+        probabilities comparable across images). One CNN pass per image (Keras) gives both; a
+        batch's feature maps are freed before the next batch."""
+        for batch, problems in self.heatmap_chunks(images, method):
+            for item, problem in problems:
+                warnings.warn(f"{item}: {problem}", stacklevel=2)
+            yield from batch
+
+    def heatmap_chunks(self, images, method: str, chunk_size: int = CHUNK_IMAGES
+                       ) -> Iterator[tuple[list, list[tuple[str, str]]]]:
+        """Per chunk of ``images`` (paths, folders, globs): (its heatmaps, [(input, problem)] of the
+        inputs skipped); as :meth:`labelled_chunks` does, bad inputs are named, not fatal."""
+        if isinstance(images, (str, os.PathLike)):
+            images = [images]
+        paths, problems = expand_inputs([str(item) for item in images])
+        if problems:
+            yield [], problems
+        if not paths:
+            return
+        maps = FeatureMaps(self.recipes, self.features_params.weights, self.features_params.batch_size)
+        for start in range(0, len(paths), chunk_size):
+            good, bad = readable_images(paths[start:start + chunk_size])
+            heatmaps = [h for batch in heatmap_batches(self.model, self.recipes, maps, good, method) for h in batch] \
+                if good else []
+            yield heatmaps, bad
 
     def labelled_chunks(self, paths: list[str], top_k: int, chunk_size: int = CHUNK_IMAGES,
                         engine: Engine = Engine(), on_batch: Callable[[float], None] | None = None

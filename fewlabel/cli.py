@@ -2,6 +2,8 @@
 
     fewlabel predict photos/ more/*.jpg one.png [--out predictions.csv|.parquet] [--top-k 3]
     fewlabel predict --list files.txt --out labels.parquet --engine ray
+    fewlabel predict photos/ --heatmaps heatmaps/ [--heatmaps-raw]
+    fewlabel explain photo.jpg [--run .] [--out photo.heatmap.png]
     fewlabel cache verify [--drop] [LOCATION]
     fewlabel labels add export.json [--voc data/raw/voc] [--list suggestions/labelled.txt]
 
@@ -14,11 +16,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
+
 from fewlabel import tf_logs
 from fewlabel.errors import PipelineError, UsageError, run_main
 from fewlabel.features.engine import resolve_engine
+from fewlabel.heatmaps import DEFAULT_METHOD, METHODS
 from fewlabel.params import ENGINES, load_params
 from fewlabel.data.images import expand_inputs, read_file_list
+from fewlabel.overlays import check_output_folder
 from fewlabel.predict import CHUNK_IMAGES, label_lines
 from fewlabel.tables import TableWriter
 from fewlabel.progress import ProgressBar
@@ -42,6 +48,14 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--quiet", action="store_true",
                         help="do not print a line per image (the progress bar and the summary stay)")
     parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    parser.add_argument("--heatmaps", metavar="DIR",
+                        help="also write, per image, DIR/<name>.png: where in the photo each predicted class is "
+                             "(one CNN pass gives labels and maps; runs in this process; docs/heatmaps.md)")
+    parser.add_argument("--heatmaps-raw", action="store_true",
+                        help="with --heatmaps: also DIR/<name>.npz, every class's map at the photo's size")
+    parser.add_argument("--heatmap-method", choices=METHODS, default=DEFAULT_METHOD,
+                        help=f"how the map's locations are scored (default {DEFAULT_METHOD}: it points best, "
+                             f"docs/heatmaps.md)")
     parser.add_argument("--model", default="models/model.joblib")
     parser.add_argument("--thresholds", default="models/thresholds.json")
     parser.add_argument("--meta", default="data/features/meta.json",
@@ -63,7 +77,13 @@ def predict(args: argparse.Namespace) -> None:
         raise UsageError("--chunk-size and --workers must be at least 1")
     if not args.inputs and not args.list:
         raise UsageError("no input: give image files, folders or glob patterns, or --list FILE")
+    if args.heatmaps_raw and not args.heatmaps:
+        raise UsageError("--heatmaps-raw writes beside the heatmap images: give --heatmaps DIR too")
+    if args.heatmaps and args.engine == "ray":
+        raise UsageError("--heatmaps runs in this process: drop --engine ray (or label with ray first, without "
+                            "--heatmaps)")
     writer = TableWriter(args.out)  # a bad --out fails here, before any work
+    folder = check_output_folder(args.heatmaps, "--heatmaps") if args.heatmaps else None
     engine = resolve_engine(args.engine or params.features.engine, args.workers or params.features.workers,
                             setting="--engine" if args.engine else "features.engine")
     classifier = load(".", model=args.model, thresholds=args.thresholds, meta=args.meta, params=args.params)
@@ -83,7 +103,9 @@ def predict(args: argparse.Namespace) -> None:
         bar.to(done + int(within_chunk))
 
     with writer, ProgressBar(len(paths), f"predict ({engine.label})", not args.no_progress) as bar:
-        for table, bad, hits in classifier.labelled_chunks(paths, args.top_k, args.chunk_size, engine, advance):
+        chunks = (_heatmap_chunks(classifier, paths, args, folder) if folder is not None else
+                  classifier.labelled_chunks(paths, args.top_k, args.chunk_size, engine, advance))
+        for table, bad, hits in chunks:
             for path, problem in bad:
                 bar.write(f"error: {path}: {problem}", file=sys.stderr)
             problems += bad
@@ -100,6 +122,77 @@ def predict(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} ({counts})" if args.out else f"predict: {counts}")
     if problems:
         sys.exit(1)
+
+
+def _heatmap_chunks(classifier, paths: list[str], args: argparse.Namespace, folder):
+    """:meth:`Classifier.labelled_chunks`'s triples, from the heatmap pass (nothing served from the
+    cache: the maps need the CNN), writing each image's overlay (and raw maps) into ``folder``."""
+    from fewlabel.model.rules import apply_rule
+    from fewlabel.overlays import output_names, shown_classes, write_overlay, write_raw
+    from fewlabel.predict import label_images
+
+    taken: set[str] = set()
+    for heatmaps, bad in classifier.heatmap_chunks(paths, args.heatmap_method, args.chunk_size):
+        probabilities = np.array([h.probabilities for h in heatmaps]).reshape(len(heatmaps), len(classifier.classes))
+        table = label_images(probabilities, classifier.rule, classifier.classes, args.top_k)
+        table.insert(0, "path", [h.path for h in heatmaps])
+        predicted = apply_rule(probabilities, classifier.rule)
+        for heatmap, labels, name in zip(heatmaps, predicted, output_names([h.path for h in heatmaps], taken)):
+            write_overlay(folder / f"{name}.png", heatmap, shown_classes(labels, heatmap.probabilities),
+                          classifier.classes)
+            if args.heatmaps_raw:
+                write_raw(folder / f"{name}.npz", heatmap, classifier.classes)
+        yield table, [(path, problem) for path, problem in bad], 0
+
+
+EXPLAIN_HELP = "show where in a photo the model sees each predicted class (a heatmap overlay PNG)"
+
+
+def add_explain_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``fewlabel explain``."""
+    parser.add_argument("image", help="a photo (JPEG, PNG, ...)")
+    parser.add_argument("--run", default=".", help="the trained run's folder (where dvc repro ran; default .)")
+    parser.add_argument("--out", help="the PNG to write (default: <image name>.heatmap.png in the current folder)")
+    parser.add_argument("--classes", nargs="+", metavar="CLASS",
+                        help="the classes to show (default: the predicted ones, else the most probable)")
+    parser.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                        help=f"how the map's locations are scored (default {DEFAULT_METHOD}; docs/heatmaps.md)")
+    return parser
+
+
+def explain(args: argparse.Namespace) -> None:
+    """``fewlabel explain``: one photo's overlay PNG and its labels."""
+    from pathlib import Path
+
+    from fewlabel.api import load
+    from fewlabel.model.rules import apply_rule
+    from fewlabel.overlays import shown_classes, write_overlay
+    from fewlabel.predict import readable_images
+
+    out = Path(args.out or f"{Path(args.image).stem}.heatmap.png")
+    if out.suffix.lower() != ".png":
+        raise PipelineError(f"--out {out}: must end in .png")
+    if not out.parent.is_dir():
+        raise PipelineError(f"--out {out}: the folder {out.parent} does not exist; create it first "
+                            f"(mkdir -p {out.parent})")
+    if not Path(args.image).is_file():
+        raise PipelineError(f"{args.image}: no such file; give the path to a photo")
+    _, bad = readable_images([args.image])
+    if bad:
+        raise PipelineError(f"{args.image}: {bad[0][1].removesuffix('; skipped')}")
+    classifier = load(args.run)
+    unknown = sorted(set(args.classes or ()) - set(classifier.classes))
+    if unknown:
+        raise PipelineError(f"--classes: {', '.join(unknown)} not among the model's classes "
+                            f"({', '.join(classifier.classes)})")
+    heatmap = next(iter(classifier.heatmaps([args.image], args.method)))
+    predicted = apply_rule(heatmap.probabilities[None], classifier.rule)[0]
+    shown = ([classifier.classes.index(name) for name in args.classes] if args.classes
+             else shown_classes(predicted, heatmap.probabilities))
+    write_overlay(out, heatmap, shown, classifier.classes)
+    labels = " ".join(name for name, on in zip(classifier.classes, predicted) if on) or "(no label)"
+    print(f"{args.image}: {labels}; wrote {out} ("
+          + ", ".join(f"{classifier.classes[c]} {heatmap.probabilities[c]:.2f}" for c in shown) + ")")
 
 
 def add_cache_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -161,6 +254,7 @@ def parser() -> argparse.ArgumentParser:
     command = argparse.ArgumentParser(prog="fewlabel", description="Few-label multilabel image classification.")
     commands = command.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_predict_arguments(commands.add_parser("predict", help=PREDICT_HELP, description=PREDICT_HELP + "."))
+    add_explain_arguments(commands.add_parser("explain", help=EXPLAIN_HELP, description=EXPLAIN_HELP + "."))
     add_cache_arguments(commands.add_parser("cache", help="maintain the per-image feature cache",
                                             description="Maintain the per-image feature cache."))
     add_labels_arguments(commands.add_parser("labels", help="fold labelled suggestions into the data set",
@@ -172,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     """The console script ``fewlabel`` (and ``python -m fewlabel``)."""
     tf_logs.install()  # before anything imports TensorFlow
     args = parser().parse_args(argv)
-    handlers = {"predict": predict, "cache": cache, "labels": labels}
+    handlers = {"predict": predict, "explain": explain, "cache": cache, "labels": labels}
     run_main(lambda: handlers[args.command](args))
 
 

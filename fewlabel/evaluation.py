@@ -165,3 +165,95 @@ def confusion_grid_figure(per_class: pd.DataFrame):
     figure.supylabel("actual")
     figure.tight_layout()
     return figure
+
+
+#: What plots/heatmaps.png shows, per kind, at most: photos of the evaluation set.
+HEATMAP_PANELS = 4
+HEATMAP_KINDS = ("true positive", "false positive", "miss")
+
+
+def heatmap_sample(labels: np.ndarray, predicted: np.ndarray, n_photos: int, seed: int = 0
+                   ) -> tuple[np.ndarray, list[tuple[int, int, str]]]:
+    """(rows of ``n_photos`` eval photos to map, in order; the figure's panels as (row, class, kind)).
+
+    The panels: up to ``HEATMAP_PANELS`` (photo, class) pairs of each kind (a predicted class
+    present, a predicted class absent, a missed class present), drawn with ``seed`` (a fixed
+    sample: the same photos from run to run while the labels and rule stay); the other rows
+    are drawn at random among the rest, for the pointing game."""
+    rng = np.random.default_rng(seed)
+    kinds = {"true positive": (predicted == 1) & (labels == 1), "false positive": (predicted == 1) & (labels == -1),
+             "miss": (predicted == 0) & (labels == 1)}
+    panels = []
+    for kind in HEATMAP_KINDS:
+        pairs = np.argwhere(kinds[kind])
+        for row, c in pairs[rng.permutation(len(pairs))[:min(HEATMAP_PANELS, n_photos // len(HEATMAP_KINDS))]]:
+            panels.append((int(row), int(c), kind))
+    chosen = list(dict.fromkeys(row for row, _, _ in panels))
+    others = [int(r) for r in rng.permutation(len(labels)) if int(r) not in set(chosen)]
+    return np.array(sorted(chosen + others[:max(0, n_photos - len(chosen))]), dtype=int), panels
+
+
+def heatmap_figure(panels: list[tuple[int, int, str]], heatmaps: dict, ids, classes):
+    """The figure of plots/heatmaps.png: per panel, the photo with its class's map over it."""
+    from fewlabel.overlays import overlay_image
+
+    figure, axes = panel_grid(max(len(panels), 1), (3.2, 3.0), columns=HEATMAP_PANELS)
+    for axis, (row, c, kind) in zip(axes, panels):
+        heatmap = heatmaps[row]
+        axis.imshow(np.asarray(overlay_image(heatmap, [c], classes, caption=False)))
+        axis.set_title(f"{ids[row]}: {classes[c]} ({kind}, p {heatmap.probabilities[c]:.2f})", fontsize=8)
+        axis.axis("off")
+    if not panels:
+        axes[0].text(0.5, 0.5, "no photo to map", ha="center", va="center")
+        axes[0].axis("off")
+    figure.suptitle("where the model sees each class (fewlabel.heatmaps): true positives, false positives, misses")
+    return figure
+
+
+def pointing_scores(heatmaps: dict, labels: np.ndarray, boxes: dict[int, dict], classes) -> dict | None:
+    """The pointing game (and the centre baseline) over the mapped photos' present classes with
+    boxes, as % (mean over classes); None when no photo has a box."""
+    from fewlabel import pointing
+
+    hits, centre = [], []
+    for row, heatmap in heatmaps.items():
+        for c, name in enumerate(classes):
+            photo_boxes = boxes.get(row, {}).get(name)
+            if labels[row, c] != 1 or not photo_boxes:
+                continue
+            hits.append((name, pointing.hit(pointing.peak(heatmap.maps([c])[0]), photo_boxes)))
+            centre.append((name, pointing.hit(((heatmap.width - 1) / 2, (heatmap.height - 1) / 2), photo_boxes)))
+    if not hits:
+        return None
+    return {"accuracy": round(100 * pointing.class_mean(hits), 2),
+            "centre_baseline": round(100 * pointing.class_mean(centre), 2),
+            "n_photos": len(heatmaps), "n_pairs": len(hits)}
+
+
+def heatmap_report(classifier, ids, paths: list[str], labels: np.ndarray, predicted: np.ndarray,
+                   annotations, n_photos: int, seed: int = 0):
+    """plots/heatmaps.png's figure and the pointing game (None without boxes) on ``n_photos``
+    eval photos (:func:`heatmap_sample`), their maps from :meth:`fewlabel.api.Classifier.heatmaps`;
+    boxes from ``annotations`` (the VOC Annotations folder; None: no pointing game)."""
+    from pathlib import Path
+
+    from fewlabel.data.voc import class_matcher, match_class
+    from fewlabel.pointing import parse_boxes
+
+    rows, panels = heatmap_sample(labels, predicted, n_photos, seed)
+    by_path = {}
+    for heatmap in classifier.heatmaps([paths[r] for r in rows]):
+        by_path[heatmap.path] = heatmap
+    heatmaps = {int(r): by_path[paths[r]] for r in rows if paths[r] in by_path}
+    figure = heatmap_figure([p for p in panels if p[0] in heatmaps], heatmaps, ids, list(classifier.classes))
+    boxes, matcher = {}, class_matcher(classifier.classes)
+    for row in heatmaps:
+        xml = Path(annotations) / f"{ids[row]}.xml" if annotations is not None else None
+        if xml is not None and xml.is_file():
+            per_class = {}
+            for name, found in parse_boxes(xml.read_bytes(), str(xml)).items():
+                matched = match_class(name, matcher)
+                if matched is not None:
+                    per_class.setdefault(matched, []).extend(found)
+            boxes[row] = per_class
+    return figure, pointing_scores(heatmaps, labels, boxes, list(classifier.classes))

@@ -298,7 +298,7 @@ class SubsetParams:
 
 @dataclass(frozen=True)
 class FeaturesParams:
-    """How images become feature vectors (see fewlabel/features/selection.py).
+    """How images become feature vectors (see fewlabel/model/selection.py).
 
     ``image_size``: None (each backbone's native size), ``"auto"`` (chosen among
     ``select_scales`` by cross-validated mAP on the training images), a size in pixels, or
@@ -383,6 +383,8 @@ class EvaluateParams:
     top_k: tuple = key((1, 3), _top_k)
     bootstrap: int = key(1000, integer(minimum=0))
     seed: int = key(0, integer(minimum=0))
+    # eval photos mapped (plots/heatmaps.png, the pointing game in metrics/scores.json); 0: none
+    heatmap_photos: int = key(60, integer(minimum=0))
 
 
 @dataclass(frozen=True)

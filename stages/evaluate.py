@@ -4,16 +4,20 @@ Reports the ranking quality (mAP, the VOC07 11-point mAP and a bootstrap 95% int
 and the labelling quality of three decision rules over the same probabilities: the
 calibrated rule (thresholds.json), 0.5 for every class, and 0.5 plus the top class when no
 class passes, so what calibration buys is always visible. Difficult-only (``0``) entries
-are ignored per class, as the VOC devkit does.
+are ignored per class, as the VOC devkit does. With ``--images`` and ``--heatmaps-png``:
+class heatmaps of ``evaluate.heatmap_photos`` eval photos (a figure of true positives, false
+positives and misses) and, with ``--annotations`` holding boxes, the pointing game on them.
 """
 from __future__ import annotations
 
 import argparse
 
-from fewlabel.errors import run_main
+from fewlabel.errors import PipelineError, run_main
 from fewlabel.evaluation import (
     compared_rules,
     confusion_grid_figure,
+    heatmap_figure,
+    heatmap_report,
     confusion_records,
     evaluate,
     headline,
@@ -35,6 +39,9 @@ def main() -> None:
                  "--per-class-out", "--predictions-out", "--confusion-dir", "--pr-dir", "--confusion-png",
                  "--label-counts-out", "--label-counts-png"):
         parser.add_argument(flag, required=True)
+    parser.add_argument("--images", help="the eval photos' folder (JPEGImages), for the heatmaps")
+    parser.add_argument("--annotations", help="the VOC Annotations folder: boxes for the pointing game")
+    parser.add_argument("--heatmaps-png", help="the heatmaps figure to write (with --images)")
     args = parser.parse_args()
 
     params = load_params()
@@ -57,6 +64,8 @@ def main() -> None:
     write_figure(args.confusion_png, confusion_grid_figure(per_class))
     write_csv(args.label_counts_out, label_counts)
     write_figure(args.label_counts_png, label_count_figure(label_counts))
+    if args.heatmaps_png:
+        metrics["pointing_game"] = write_heatmaps(args, params, ids, labels, predicted)
     write_json(args.scores_out, metrics)
     write_json(args.metrics_out, headline(metrics))
     print(f"evaluate: {len(ids)} images, mAP {metrics['map']}")
@@ -64,6 +73,29 @@ def main() -> None:
         scores = metrics[name]
         print(f"  {name}: F1 micro {scores['f1_micro']}, macro {scores['f1_macro']}, Dice {scores['dice']}, "
               f"Jaccard {scores['jaccard']}, no label {scores['empty_rate']}")
+    if metrics.get("pointing_game"):
+        game = metrics["pointing_game"]
+        print(f"  pointing game on {game['n_photos']} photos: {game['accuracy']} (image centre: "
+              f"{game['centre_baseline']})")
+
+
+def write_heatmaps(args, params, ids, labels, predicted) -> dict | None:
+    """plots/heatmaps.png (an empty figure when evaluate.heatmap_photos is 0) and the pointing game."""
+    from pathlib import Path
+
+    from fewlabel.api import load
+    from fewlabel.data.images import subset_image_paths
+
+    if not args.images:
+        raise PipelineError("--heatmaps-png needs --images (the eval photos' folder)")
+    figure, pointing = None, None
+    if params.evaluate.heatmap_photos:
+        classifier = load(".", model=args.model, thresholds=args.thresholds, meta=args.meta)
+        _, paths, _ = subset_image_paths(Path(args.images), Path(args.labels))
+        figure, pointing = heatmap_report(classifier, ids, paths, labels, predicted, args.annotations,
+                                          params.evaluate.heatmap_photos, params.evaluate.seed)
+    write_figure(args.heatmaps_png, figure if figure is not None else heatmap_figure([], {}, ids, params.data.classes))
+    return pointing
 
 
 if __name__ == "__main__":

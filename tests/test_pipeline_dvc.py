@@ -36,6 +36,9 @@ def test_repro_runs_every_stage_and_writes_the_declared_outputs(project):
     assert 0 <= metrics["map"] <= 1
     for rule in ("calibrated", "default_threshold", "default_threshold_top1"):  # what calibration buys
         assert {"f1_micro", "f1_macro", "dice", "jaccard", "empty_rate"} <= set(metrics[rule]), rule
+    # the generated annotations have boxes: the heatmaps of every eval photo (evaluate.heatmap_photos 60) point
+    assert metrics["pointing_game"]["n_photos"] == 40 and 0 <= metrics["pointing_game"]["accuracy"] <= 100
+    assert project.path("plots/heatmaps.png").stat().st_size > 10_000
     meta = json.loads(project.path("data/features/meta.json").read_text())
     assert meta["backbones"] == ["EfficientNetB0"] and meta["dims"] == [1280]
     dag = project.dvc("dag", check=True).stdout
