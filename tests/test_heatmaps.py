@@ -69,7 +69,7 @@ def run_dir(tmp_path_factory):
                        if on]
             paths.append(photo(root / "train" / f"{i:03d}.jpg", 64, 64, patches, seed=i))
             targets.append([int(on) for on in present])
-        params = FeaturesParams(backbones=("colours.keras",), weights=None, image_size=SIZE, flip_tta=True)
+        params = FeaturesParams(backbones=("colours.keras",), weights=None, image_size=SIZE, flip_tta=True, runtime="keras")
         recipes = [Recipe(backbone, (SIZE,), flip=True)]
         features, stats = extract_features(paths, params, progress=False, recipes=recipes)
         meta = build_meta(params, [Recipe("colours.keras", (SIZE,), flip=True)], stats["dims"], stats["runtime"])
