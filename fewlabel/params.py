@@ -33,7 +33,7 @@ CALIBRATION_STRATEGIES = ("per_class", "global", "none", "auto")
 COMBINE_METHODS = ("mean", "concat")
 RESIZE_METHODS = ("bilinear", "bilinear_antialias", "area", "bicubic")
 RUNTIME_CHOICES = ("auto", "keras", "openvino")  # stages/runtimes.py
-PRECISION_CHOICES = ("auto", "f32", "bf16")
+PRECISION_CHOICES = ("auto", "f32", "bf16", "int8")
 # features.engine: where per-image work runs (stages.engine): ray when $RAY_ADDRESS is set, else
 # this process (auto); this process only (single); Ray Data, local or a cluster (ray)
 ENGINES = ("auto", "single", "ray")
@@ -321,9 +321,9 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
                               precision=r.choice("precision", "auto", PRECISION_CHOICES),
                               engine=r.choice("engine", "auto", ENGINES),
                               workers=r.integer("workers", None, minimum=1, allow_none=True))
-    if features.precision == "bf16" and features.runtime == "keras":
+    if features.precision in ("bf16", "int8") and features.runtime == "keras":
         raise r.fail("precision", "auto or f32 with features.runtime keras (Keras runs float32; "
-                                  "bf16 needs runtime openvino or auto)", features.precision)
+                                  f"{features.precision} needs runtime openvino or auto)", features.precision)
 
     r = _section(raw, "svm", SvmParams, source)
     svm = SvmParams(kernel=r.choice("kernel", "rbf", KERNELS),

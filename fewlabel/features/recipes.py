@@ -178,6 +178,7 @@ def build_meta(params: FeaturesParams, recipes: list[Recipe], dims: list[int], r
         "weights": params.weights,
         "runtime": runtime.runtime,
         "precision": runtime.precision,
+        **({"int8_calibration": runtime.calibration} if runtime.calibration else {}),
         "keras_version": keras.__version__,
         "tensorflow_version": tf.__version__,
     }

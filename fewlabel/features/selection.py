@@ -9,7 +9,9 @@ import pandas as pd
 
 from fewlabel.features.engine import Engine, resolve_engine
 from fewlabel.features.extract import extract_features, extract_views, resolve_runtime, view_caches
+from fewlabel.features.int8 import calibrate
 from fewlabel.features.recipes import Recipe, assemble, candidate_recipes, fixed_recipes
+from fewlabel.features.runtimes import RuntimeChoice, cpu_kind
 from fewlabel.features.screening import screen_images
 from fewlabel.io import training_targets
 from fewlabel.params import FeaturesParams, SvmParams, TuneParams
@@ -49,14 +51,15 @@ def candidate_views(params: FeaturesParams) -> dict[str, list]:
 
 
 def choose_recipes(train_paths: list[str], train_targets: np.ndarray, params: FeaturesParams, classes,
-                   progress: bool = True, engine: Engine = Engine()) -> tuple[list[Recipe], pd.DataFrame, dict]:
+                   progress: bool = True, engine: Engine = Engine(),
+                   runtime: RuntimeChoice | None = None) -> tuple[list[Recipe], pd.DataFrame, dict]:
     """``image_size: auto``: the candidate with the best cross-validated mAP on the training
     images (the cheaper one on a tie). Only training images and their labels are read.
     Returns (chosen recipes, the scored candidates, extraction stats)."""
     candidates = candidate_recipes(params)
     view_features, stats = extract_views(train_paths, candidate_views(params),
-                                         params.weights, params.batch_size, progress, resolve_runtime(params),
-                                         engine)
+                                         params.weights, params.batch_size, progress,
+                                         runtime or resolve_runtime(params), engine)
     table = score_candidates(candidates, view_features, train_targets, classes, params.select_folds)
     best = max(range(len(candidates)), key=lambda i: (round(table["cv_map"][i], 6), -table["cost"][i]))
     table["chosen"] = [i == best for i in range(len(candidates))]
@@ -80,16 +83,18 @@ def featurize_subsets(train_paths: list[str], train_labels: np.ndarray, eval_pat
     The work runs on ``features.engine`` (see :mod:`fewlabel.features.engine`).
     """
     engine = resolve_engine(params.engine, params.workers)
+    runtime = calibrate(resolve_runtime(params), train_paths)  # INT8: on training images only
     selection = None
     if params.image_size == "auto":
         # every image checked at once, before the views are chosen on the training images
         screen_images(list(train_paths) + list(eval_paths),
-                      view_caches(candidate_views(params), params.weights, resolve_runtime(params)))
+                      view_caches(candidate_views(params), params.weights, runtime))
         recipes, selection, _ = choose_recipes(train_paths, training_targets(train_labels), params, classes,
-                                               progress, engine)
+                                               progress, engine, runtime)
     else:
         recipes = fixed_recipes(params)
-    features, stats = extract_features(list(train_paths) + list(eval_paths), params, progress, recipes, engine)
+    features, stats = extract_features(list(train_paths) + list(eval_paths), params, progress, recipes, engine,
+                                       runtime=runtime)
     n_train = len(train_paths)
     return Featurized(features[:n_train], features[n_train:], recipes, selection, stats)
 
@@ -104,6 +109,7 @@ def build_run_stats(params: FeaturesParams, result: Featurized) -> dict:
         "precision": stats["runtime"].precision,
         "runtime_requested": stats["runtime"].requested,
         "runtime_note": stats["runtime"].note,
+        "cpu_kind": cpu_kind(),  # what auto's rule saw (fewlabel.features.runtimes.AUTO_RULE)
         "engine": stats["engine"],
         "batch_size": params.batch_size,
         "n_train": len(result.train),
