@@ -62,6 +62,16 @@ def openvino_runner(model_file: Path, precision: str, batch_size: int):
     return OpenVinoExtractor(model_file, precision, batch_size)
 
 
+def kernel_kinds(runner) -> dict:
+    """How many nodes of an OpenVINO runner's execution graph run each kernel kind
+    (``brgconv_avx2_dw_f32``, ``jit_avx512_f32``, ...): which ISA it really uses."""
+    import collections
+    kinds = collections.Counter(op.get_rt_info()["primitiveType"].astype(str)
+                                for op in runner.compiled.get_runtime_model().get_ops()
+                                if "primitiveType" in op.get_rt_info())
+    return dict(kinds.most_common())
+
+
 def int8_runner(model_file: Path, calibration_paths: list[str], batch_size: int, float_precision: str):
     """The product's INT8 model (fewlabel.features.int8: NNCF post-training quantization of
     the OpenVINO model, calibrated on ``calibration_paths``), its float layers at ``float_precision``."""
@@ -167,7 +177,9 @@ def main() -> None:
             f"min cosine to keras fp32 {result['min_cosine_to_keras_fp32']:.6f}")
     # a shared machine: the load average (1, 5, 15 min) before and after, and the oneDNN ISA cap
     context = {"load_average": [list(load_before), list(os.getloadavg())],
-               "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
+               "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+               "openvino_kernels": {name: kernel_kinds(runner) for name, runner in runners.items()
+                                    if name.startswith("openvino")}}
     say(f"load average before {context['load_average'][0]}, after {context['load_average'][1]}; "
         f"ONEDNN_MAX_CPU_ISA={context['onednn_max_cpu_isa']}")
     if args.json:

@@ -222,10 +222,10 @@ def load_extractor(choice: RuntimeChoice, build_keras: Callable[[], object], key
         folder = converted_model_folder(choice, key, label)
         if not (folder / MODEL_FILE).is_file():
             if not choice.calibration_paths:
-                raise PipelineError(f"features.precision: int8: the INT8 model of {label} is not in the cache "
-                                    f"({folder}) and no training images were given to calibrate it: run the "
-                                    f"featurize stage with precision int8 first (predict and featurize_pool "
-                                    f"reuse its model), or set features.precision to auto or f32")
+                raise PipelineError(f"features.precision: int8: the INT8 model of {label} needs training images "
+                                    f"to calibrate on, and only the featurize stage has them (predict and "
+                                    f"featurize_pool cannot run INT8 features yet): featurize with "
+                                    f"features.precision auto or f32 to use them")
             replace_dir(folder, {MODEL_FILE: lambda target: int8.quantize(model_file, choice.calibration_paths, target),
                                  "key.json": lambda target: write_json(target, converted_model_key(choice, key))})
         # the layers INT8 leaves in floating point run at bf16 where the CPU has it
