@@ -173,7 +173,10 @@ def views_images_per_second(backbone_views: dict, features, paths: list[str]) ->
     the first 8 photos warm up (graph tracing) and are not timed."""
     from fewlabel.io import CACHE_ENV
     from fewlabel.features.extract import extract_views, resolve_runtime
-    runtime = resolve_runtime(features)
+    from fewlabel.features.int8 import calibrate
+    # INT8: calibrated on the 8 warm-up photos (only speed is measured here; quality's own
+    # features are calibrated on each draw's training images)
+    runtime = calibrate(resolve_runtime(features), paths[:8])
     previous = os.environ.get(CACHE_ENV)
     with tempfile.TemporaryDirectory() as empty_cache:
         os.environ[CACHE_ENV] = empty_cache
