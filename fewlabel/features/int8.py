@@ -1,8 +1,9 @@
 """``features.precision: int8``: NNCF post-training quantization of the converted OpenVINO
 model, calibrated on training images only and cached next to the converted model.
 
-Opt-in: ``features.runtime: auto`` never picks it (docs/speed.md: faster than bf16, but its
-features drift from Keras's; the devdata mAP rule decides). The calibration set is
+Opt-in: ``features.runtime: auto`` never picks it (docs/speed.md, "INT8": it kept Lite0's
+devdata mAP, but predict and featurize_pool cannot run it yet, lacking the training images to
+calibrate on, and B6 was not measured on devdata). The calibration set is
 :data:`CALIBRATION_IMAGES` of the featurize stage's training images, evenly spaced over their
 sorted paths; its content digest is part of both the quantized model's and the features' cache keys.
 """

@@ -14,9 +14,9 @@
 
 Measured (bench/runtimes.py, docs/speed.md): OpenVINO f32 ran EfficientNetB6 at 528 at 1.77x
 Keras on an AVX2-only 2-core EPYC but 0.9-1.3x on the AVX-512 development CPU, where
-OpenVINO bf16 ran at 1.5-3.8x; both keep Keras's features (min cosine >= 0.9999). INT8 is faster but its features
-drift (min cosine 0.93 for Lite0 on real photos): ``auto`` never picks it (docs/speed.md, the
-devdata mAP rule). ONNX Runtime (0.26x Keras for B6) is not offered.
+OpenVINO bf16 ran at 1.5-3.8x; both keep Keras's features (min cosine >= 0.9999). INT8 is faster (Lite0: 1.9x
+bf16) and kept Lite0's devdata mAP within 0.02, but ``auto`` does not pick it: predict and
+featurize_pool cannot run it yet, and B6 was not measured on devdata (docs/speed.md, "INT8"). ONNX Runtime (0.26x Keras for B6) is not offered.
 
 Every runtime's extractor is a callable ``batch -> features`` on float32 NHWC arrays of RGB
 0..255 (Keras models are also called inside TensorFlow graphs, see :mod:`fewlabel.features.views`).
@@ -47,7 +47,7 @@ MODEL_FILE = "model.xml"
 # features.runtime: auto, per CPU kind (cpu_kind): the runtime and precision it runs and why,
 # each measured with bench/runtimes.py on EfficientNetB6 at 528 against Keras float32
 # (docs/speed.md). Only runtimes that keep Keras's features (min cosine >= 0.9999); INT8 is in
-# no kind's rule (docs/speed.md: the devdata mAP rule).
+# no kind's rule (docs/speed.md, "INT8": the featurize stage only, B6 not measured on devdata).
 AUTO_RULE = {
     "bf16": ("openvino", "bf16", "OpenVINO bf16: measured fastest on a CPU with bfloat16 (B6 at 528: 1.5-3.8x "
                                  "Keras, min cosine 0.99995)"),
