@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 
 from bench.featurize import min_cosine  # noqa: E402
 
-DEVDATA = REPO_ROOT.parent / "shared" / "devdata"
+DEVDATA = Path(os.environ.get("FEWLABEL_DEVDATA") or REPO_ROOT.parent / "shared" / "devdata")  # as bench/quality.py
 DEFAULT_IMAGES = DEVDATA / "VOCdevkit" / "VOC2007" / "JPEGImages"
 LITE0 = DEVDATA / "weights" / "efficientnet_lite0_imagenet.keras"
 VARIANTS = ("keras", "openvino-f32", "openvino-bf16", "openvino-int8", "onnxruntime")
