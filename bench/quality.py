@@ -39,8 +39,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-DEVDATA_VOC = REPO_ROOT.parent / "shared" / "devdata" / "VOCdevkit" / "VOC2007"
-LITE0 = REPO_ROOT.parent / "shared" / "devdata" / "weights" / "efficientnet_lite0_imagenet.keras"
+# $FEWLABEL_DEVDATA overrides where devdata is (a worktree's parent has no shared/)
+DEVDATA = Path(os.environ.get("FEWLABEL_DEVDATA") or REPO_ROOT.parent / "shared" / "devdata")
+DEVDATA_VOC = DEVDATA / "VOCdevkit" / "VOC2007"
+LITE0 = DEVDATA / "weights" / "efficientnet_lite0_imagenet.keras"
 
 
 # --------------------------------------------------------------------------- configs
@@ -81,8 +83,9 @@ def load_configs(args) -> dict[str, dict]:
     for name in configs:
         configs[name] = {**base, **configs[name]}
         for key, value in list(configs[name].items()):
-            if value == "<lite0>":
-                configs[name][key] = [str(LITE0)] if key == "features.backbones" else str(LITE0)
+            if value in ("<lite0>", "<lite1>", "<lite2>"):  # devdata's EfficientNet-Lite files
+                model = str(LITE0).replace("lite0", value[1:-1])
+                configs[name][key] = [model] if key == "features.backbones" else model
     return configs
 
 
@@ -157,7 +160,10 @@ def views_images_per_second(backbone_views: dict, features, paths: list[str]) ->
     the first 8 photos warm up (graph tracing) and are not timed."""
     from fewlabel.io import CACHE_ENV
     from fewlabel.features.extract import extract_views, resolve_runtime
-    runtime = resolve_runtime(features)
+    from fewlabel.features.int8 import calibrate
+    # INT8: calibrated on the 8 warm-up photos (only speed is measured here; quality's own
+    # features are calibrated on each draw's training images)
+    runtime = calibrate(resolve_runtime(features), paths[:8])
     previous = os.environ.get(CACHE_ENV)
     with tempfile.TemporaryDirectory() as empty_cache:
         os.environ[CACHE_ENV] = empty_cache

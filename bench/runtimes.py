@@ -12,8 +12,13 @@ features and Keras float32's on ``--check-images`` other photos. The variants:
 - ``keras``: ``tf.function`` of the Keras model (the reference);
 - ``openvino-f32``, ``openvino-bf16``: the product's converted model (stages/runtimes.py)
   compiled with that ``INFERENCE_PRECISION_HINT``;
-- ``openvino-int8``: NNCF post-training quantization of that model, calibrated on
-  ``--calibration-images`` photos (not the checked ones), run with bf16 where not INT8;
+- ``openvino-int8``: the product's NNCF post-training quantization of that model
+  (fewlabel/features/int8.py), calibrated on ``--calibration-images`` photos (not the checked
+  ones), run with bf16 where not INT8 (f32 with ``--no-bf16``);
+
+AVX2-only CPUs are emulated with ``ONEDNN_MAX_CPU_ISA=AVX2`` (docs/speed.md says how far
+that holds: TensorFlow's oneDNN and OpenVINO's convolutions drop to AVX2 kernels; OpenVINO's
+own element-wise kernels keep AVX-512, and bf16 cannot be emulated).
 - ``onnxruntime``: the Keras graph frozen and converted by tf2onnx (needs ``onnxruntime``
   and ``tf2onnx``), run by ONNX Runtime's CPU provider.
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -37,7 +43,7 @@ import numpy as np  # noqa: E402
 
 from bench.featurize import min_cosine  # noqa: E402
 
-DEVDATA = REPO_ROOT.parent / "shared" / "devdata"
+DEVDATA = Path(os.environ.get("FEWLABEL_DEVDATA") or REPO_ROOT.parent / "shared" / "devdata")  # as bench/quality.py
 DEFAULT_IMAGES = DEVDATA / "VOCdevkit" / "VOC2007" / "JPEGImages"
 LITE0 = DEVDATA / "weights" / "efficientnet_lite0_imagenet.keras"
 VARIANTS = ("keras", "openvino-f32", "openvino-bf16", "openvino-int8", "onnxruntime")
@@ -56,17 +62,23 @@ def openvino_runner(model_file: Path, precision: str, batch_size: int):
     return OpenVinoExtractor(model_file, precision, batch_size)
 
 
-def int8_runner(model_file: Path, calibration: np.ndarray, batch_size: int):
-    """NNCF post-training INT8 quantization of the OpenVINO model, calibrated on ``calibration``
-    (one photo per sample: NNCF's subset size counts samples)."""
-    import nncf
-    import openvino
-    model = openvino.Core().read_model(str(model_file))
-    samples = [calibration[i:i + 1] for i in range(len(calibration))]
-    quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
+def kernel_kinds(runner) -> dict:
+    """How many nodes of an OpenVINO runner's execution graph run each kernel kind
+    (``brgconv_avx2_dw_f32``, ``jit_avx512_f32``, ...): which ISA it really uses."""
+    import collections
+    kinds = collections.Counter(op.get_rt_info()["primitiveType"].astype(str)
+                                for op in runner.compiled.get_runtime_model().get_ops()
+                                if "primitiveType" in op.get_rt_info())
+    return dict(kinds.most_common())
+
+
+def int8_runner(model_file: Path, calibration_paths: list[str], batch_size: int, float_precision: str):
+    """The product's INT8 model (fewlabel.features.int8: NNCF post-training quantization of
+    the OpenVINO model, calibrated on ``calibration_paths``), its float layers at ``float_precision``."""
+    from fewlabel.features.int8 import quantize
     target = model_file.with_name("int8.xml")
-    openvino.save_model(quantized, str(target), compress_to_fp16=False)
-    return openvino_runner(target, "bf16", batch_size)
+    quantize(model_file, calibration_paths, target)
+    return openvino_runner(target, float_precision, batch_size)
 
 
 def onnxruntime_runner(keras_model, size: int):
@@ -100,8 +112,11 @@ def main() -> None:
     parser.add_argument("--calibration-images", type=int, default=300)
     parser.add_argument("--check-images", type=int, default=64)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--no-bf16", action="store_true",
+                        help="INT8's float layers at f32, as on a CPU without bfloat16 (with ONEDNN_MAX_CPU_ISA=AVX2)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     weights = None if args.weights in ("null", "none") else args.weights
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if args.json else print
 
@@ -132,7 +147,8 @@ def main() -> None:
             if variant in ("openvino-f32", "openvino-bf16"):
                 runners[variant] = openvino_runner(model_file, variant.split("-")[1], args.batch_size)
             elif variant == "openvino-int8":
-                runners[variant] = int8_runner(model_file, load_pixels(calibration_paths, size), args.batch_size)
+                runners[variant] = int8_runner(model_file, calibration_paths, args.batch_size,
+                                               "f32" if args.no_bf16 else "bf16")
             elif variant == "onnxruntime":
                 runners[variant] = onnxruntime_runner(keras_model, size)
         except ImportError as error:
@@ -159,9 +175,16 @@ def main() -> None:
         result["ratio_to_keras"] = result["images_per_second"] / keras_speed
         say(f"{name:15s} {result['images_per_second']:7.2f} img/s  {result['ratio_to_keras']:.2f}x keras  "
             f"min cosine to keras fp32 {result['min_cosine_to_keras_fp32']:.6f}")
+    # a shared machine: the load average (1, 5, 15 min) before and after, and the oneDNN ISA cap
+    context = {"load_average": [list(load_before), list(os.getloadavg())],
+               "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+               "openvino_kernels": {name: kernel_kinds(runner) for name, runner in runners.items()
+                                    if name.startswith("openvino")}}
+    say(f"load average before {context['load_average'][0]}, after {context['load_average'][1]}; "
+        f"ONEDNN_MAX_CPU_ISA={context['onednn_max_cpu_isa']}")
     if args.json:
         print(json.dumps({"backbone": Path(args.backbone).stem, "image_size": size, "batch_size": args.batch_size,
-                          "variants": results}))
+                          **context, "variants": results}))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ from fewlabel.data.images import subset_image_paths
 from fewlabel.errors import PipelineError
 from fewlabel.features.engine import resolve_engine
 from fewlabel.features.extract import extract_features, resolve_runtime, view_caches
+from fewlabel.features.int8 import calibrate
 from fewlabel.features.recipes import Recipe, build_meta, fixed_recipes
+from fewlabel.features.runtimes import cpu_kind
 from fewlabel.features.screening import screen_images
 from fewlabel.model.selection import SELECTION_SVM, candidate_views, choose_recipes
 from fewlabel.io import write_json
@@ -64,16 +66,18 @@ def featurize_subsets(train_paths: list[str], train_labels: np.ndarray, eval_pat
     The work runs on ``features.engine`` (see :mod:`fewlabel.features.engine`).
     """
     engine = resolve_engine(params.engine, params.workers)
+    runtime = calibrate(resolve_runtime(params), train_paths)  # INT8: on training images only
     selection = None
     if params.image_size == "auto":
         # every image checked at once, before the views are chosen on the training images
         screen_images(list(train_paths) + list(eval_paths),
-                      view_caches(candidate_views(params), params.weights, resolve_runtime(params)))
+                      view_caches(candidate_views(params), params.weights, runtime))
         recipes, selection, _ = choose_recipes(train_paths, training_targets(train_labels), params, classes,
-                                               progress, engine)
+                                               progress, engine, runtime)
     else:
         recipes = fixed_recipes(params)
-    features, stats = extract_features(list(train_paths) + list(eval_paths), params, progress, recipes, engine)
+    features, stats = extract_features(list(train_paths) + list(eval_paths), params, progress, recipes, engine,
+                                       runtime=runtime)
     n_train = len(train_paths)
     return Featurized(features[:n_train], features[n_train:], recipes, selection, stats)
 
@@ -88,6 +92,7 @@ def build_run_stats(params: FeaturesParams, result: Featurized) -> dict:
         "precision": stats["runtime"].precision,
         "runtime_requested": stats["runtime"].requested,
         "runtime_note": stats["runtime"].note,
+        "cpu_kind": cpu_kind(),  # what auto's rule saw (fewlabel.features.runtimes.AUTO_RULE)
         "engine": stats["engine"],
         "batch_size": params.batch_size,
         "n_train": len(result.train),

@@ -33,7 +33,7 @@ CALIBRATION_STRATEGIES = ("per_class", "global", "none", "auto")
 COMBINE_METHODS = ("mean", "concat")
 RESIZE_METHODS = ("bilinear", "bilinear_antialias", "area", "bicubic")  # fewlabel/features/views.py
 RUNTIME_CHOICES = ("auto", "keras", "openvino")  # fewlabel/features/runtimes.py
-PRECISION_CHOICES = ("auto", "f32", "bf16")
+PRECISION_CHOICES = ("auto", "f32", "bf16", "int8")
 # features.engine: where per-image work runs (fewlabel/features/engine.py): ray when $RAY_ADDRESS
 # is set, else this process (auto); this process only (single); Ray Data, local or a cluster (ray)
 ENGINES = ("auto", "single", "ray")
@@ -324,8 +324,8 @@ class FeaturesParams:
     batch_size: int = key(8, integer(minimum=1))
     runtime: str = key("auto", choice(RUNTIME_CHOICES))
     precision: str = key("auto", after(choice(PRECISION_CHOICES), lambda precision, parsed: (
-        "auto or f32 with features.runtime keras (Keras runs float32; bf16 needs runtime openvino or auto)"
-        if precision == "bf16" and parsed["features.runtime"] == "keras" else None)))
+        f"auto or f32 with features.runtime keras (Keras runs float32; {precision} needs runtime openvino or auto)"
+        if precision in ("bf16", "int8") and parsed["features.runtime"] == "keras" else None)))
     # how, not what: auto | single | ray (see fewlabel/features/engine.py)
     engine: str = key("auto", choice(ENGINES))
     # ray: workers in the pool (None: one per GPU, else per 4 CPUs)

@@ -6,15 +6,18 @@ without it, and the missing-package tests hide it.
 """
 from __future__ import annotations
 
+import shutil
 import sys
+import types
 
 import numpy as np
 import pytest
 
-from fewlabel.features import runtimes
+from fewlabel.features import int8, runtimes
 from fewlabel.errors import PipelineError
 from fewlabel.features.recipes import build_meta, fixed_recipes, recipes_from_meta
 from fewlabel.features.extract import build_size_extractor, extract_features, view_cache
+from fewlabel.features.selection import build_run_stats, featurize_subsets
 from fewlabel.params import parse_params
 from fewlabel.features.runtimes import RuntimeChoice, choose_runtime, load_extractor
 from fewlabel.features.views import View
@@ -132,19 +135,61 @@ def test_missing_openvino_is_a_clear_error_and_auto_falls_back_to_keras(images, 
     assert stats["runtime"] == choice
 
 
-def test_auto_picks_openvino_bf16_only_where_the_cpu_has_bfloat16(monkeypatch):
+@pytest.fixture
+def cpu(monkeypatch):
+    """Pretend OpenVINO is installed and set this CPU's kind: ``cpu("avx2")`` etc."""
     monkeypatch.setattr(runtimes, "_module", lambda name: object())  # 'installed'
-    monkeypatch.setattr(runtimes, "openvino_bf16_supported", lambda: True)
-    assert choose_runtime("auto") == RuntimeChoice("openvino", "bf16", "auto", "OpenVINO bf16: measured fastest")
-    assert choose_runtime("openvino").precision == "bf16"
-    assert choose_runtime("auto", "f32").runtime == "keras"  # OpenVINO f32: no faster than Keras for B6
+
+    def set_kind(flags: str, bf16: bool = False):
+        monkeypatch.setattr(runtimes, "cpu_flags", lambda: frozenset(flags.split()))
+        monkeypatch.setattr(runtimes, "openvino_bf16_supported", lambda: bf16)
+    return set_kind
+
+
+@pytest.mark.parametrize("flags, bf16, kind, runtime, precision", [
+    ("sse4_2 avx avx2 fma avx512f avx512_vnni avx512_bf16", True, "bf16", "openvino", "bf16"),  # the development CPU
+    ("sse4_2 avx avx2 fma avx512f avx512_vnni", False, "avx512", "keras", "f32"),
+    ("sse4_2 avx avx2 fma", False, "avx2", "openvino", "f32"),  # the issue's AVX2-only EPYC: OpenVINO f32 1.77x
+    ("sse4_2 avx", False, "other", "keras", "f32"),
+])
+def test_auto_rule_per_cpu_kind(cpu, flags, bf16, kind, runtime, precision):
+    """auto follows the measured rule per CPU kind (never INT8), the note saying the kind and
+    why; Keras on a GPU; an explicit precision is OpenVINO at that precision."""
+    cpu(flags, bf16)
+    assert runtimes.cpu_kind() == kind
+    choice = choose_runtime("auto")
+    assert (choice.runtime, choice.precision, choice.requested) == (runtime, precision, "auto")
+    assert choice.note.startswith(f"CPU kind {kind}: {'Keras' if runtime == 'keras' else 'OpenVINO ' + precision}")
     assert choose_runtime("auto", gpu=True).runtime == "keras"  # Keras runs on the GPU
-    monkeypatch.setattr(runtimes, "openvino_bf16_supported", lambda: False)
+    f32 = choose_runtime("auto", "f32")  # OpenVINO f32 only where it measured faster than Keras
+    assert (f32.runtime, f32.precision) == ("openvino" if kind == "avx2" else "keras", "f32")
+    assert (choose_runtime("auto", "int8").runtime, choose_runtime("auto", "int8").precision) == ("openvino", "int8")
+    assert choose_runtime("openvino").precision == ("bf16" if bf16 else "f32")
+
+
+def test_cpu_kind_without_openvino_reads_the_flags(monkeypatch):
+    monkeypatch.setattr(runtimes, "_module", lambda name: None)
+    monkeypatch.setattr(runtimes, "cpu_flags", lambda: frozenset("avx2 avx512f avx512_bf16".split()))
+    assert runtimes.cpu_kind() == "bf16"
     assert choose_runtime("auto").runtime == "keras"
-    assert "no bfloat16" in choose_runtime("auto").note
-    assert choose_runtime("openvino") == RuntimeChoice("openvino", "f32", "openvino")
+
+
+def test_cpu_flags_are_read_from_proc_cpuinfo():
+    flags = runtimes.cpu_flags()
+    with open("/proc/cpuinfo") as handle:
+        line = next(line for line in handle if line.startswith("flags"))
+    assert flags == frozenset(line.split(":", 1)[1].split())
+
+
+def test_precisions_the_cpu_lacks_are_clear_errors(cpu, monkeypatch):
+    cpu("avx2", bf16=False)
     with pytest.raises(PipelineError, match=r"features\.precision: bf16: this CPU has no bfloat16"):
         choose_runtime("openvino", "bf16")
+    with pytest.raises(PipelineError, match=r"features\.precision: bf16: this CPU has no bfloat16"):
+        choose_runtime("auto", "bf16")
+    monkeypatch.setattr(runtimes, "_module", lambda name: None if name == "nncf" else object())
+    with pytest.raises(PipelineError, match=r"features\.precision: int8 needs the nncf package.*pip install"):
+        choose_runtime("openvino", "int8")
 
 
 def test_runtime_and_precision_params_are_validated():
@@ -152,10 +197,13 @@ def test_runtime_and_precision_params_are_validated():
     assert parse_params({"features": {"runtime": "auto"}}).features.precision == "auto"
     with pytest.raises(PipelineError, match=r"features\.runtime must be one of auto, keras, openvino, got 'onnx'"):
         parse_params({"features": {"runtime": "onnx"}})
-    with pytest.raises(PipelineError, match=r"features\.precision must be one of auto, f32, bf16, got 'fp16'"):
+    with pytest.raises(PipelineError, match=r"features\.precision must be one of auto, f32, bf16, int8, got 'fp16'"):
         parse_params({"features": {"precision": "fp16"}})
-    with pytest.raises(PipelineError, match=r"features\.precision must be auto or f32 with features\.runtime keras"):
-        parse_params({"features": {"runtime": "keras", "precision": "bf16"}})
+    assert parse_params({"features": {"runtime": "openvino", "precision": "int8"}}).features.precision == "int8"
+    for precision in ("bf16", "int8"):
+        with pytest.raises(PipelineError, match=r"features\.precision must be auto or f32 with features\.runtime "
+                                                rf"keras \(Keras runs float32; {precision} needs"):
+            parse_params({"features": {"runtime": "keras", "precision": precision}})
 
 
 def test_meta_records_the_runtime_and_predict_reuses_it():
@@ -168,3 +216,79 @@ def test_meta_records_the_runtime_and_predict_reuses_it():
     del meta["runtime"], meta["precision"]  # features from before runtimes existed: Keras
     again, _ = recipes_from_meta(meta)
     assert again.runtime == "keras"
+
+
+# --------------------------------------------------------------------------- the report and INT8
+
+@requires_openvino
+def test_the_report_records_autos_choice_and_why(images, monkeypatch):
+    """On an AVX2-only CPU (flags mocked) auto runs OpenVINO f32, and reports/featurize.json's
+    record says so, with the CPU kind and the reason."""
+    monkeypatch.setattr(runtimes, "cpu_flags", lambda: frozenset("avx avx2 fma".split()))
+    monkeypatch.setattr(runtimes, "openvino_bf16_supported", lambda: False)
+    features_params = params(runtime="auto")
+    result = featurize_subsets(images[:4], None, images[4:], features_params, ["a"], progress=False)
+    record = build_run_stats(features_params, result)
+    assert (record["runtime"], record["precision"], record["runtime_requested"]) == ("openvino", "f32", "auto")
+    assert record["cpu_kind"] == "avx2"
+    assert record["runtime_note"].startswith("CPU kind avx2: OpenVINO f32")
+
+
+def test_int8_calibration_set_and_cache_key(images, monkeypatch, tmp_path):
+    """The calibration images are the training images given (evenly spaced, sorted); their
+    contents (not paths) and NNCF's version key the INT8 model and its features."""
+    monkeypatch.setitem(sys.modules, "nncf", types.SimpleNamespace(__version__="9.9"))
+    monkeypatch.setattr(runtimes, "_module", lambda name: types.SimpleNamespace(__version__="1.0"))
+    base = RuntimeChoice("openvino", "int8", "openvino")
+    first, second = int8.calibrate(base, images[:4]), int8.calibrate(base, images[4:])
+    assert first.calibration_paths == tuple(sorted(images[:4]))
+    assert first.cache_key["calibration"] == first.calibration != second.calibration
+    assert first.cache_key["nncf"] == "9.9"
+    copies = [shutil.copy(path, tmp_path / f"copy{i}.jpg") for i, path in enumerate(images[:4])]
+    assert int8.calibrate(base, copies).calibration == first.calibration
+    f32 = RuntimeChoice("openvino", "f32", "openvino")
+    assert int8.calibrate(f32, images) is f32 and "calibration" not in f32.cache_key
+    key = {"backbone": "EfficientNetB0", "size": 32}
+    folders = {runtimes.converted_model_folder(choice, key, "b0") for choice in (first, second, f32)}
+    assert len(folders) == 3
+    paths = [f"img/{i:04d}.jpg" for i in range(1000)]
+    subset = int8.calibration_subset(reversed(paths), 128)
+    assert len(subset) == 128 and subset[0] == paths[0] and subset[-1] == paths[-1] and subset == sorted(subset)
+    assert int8.calibration_subset(paths[:5], 128) == paths[:5]
+
+
+requires_nncf = pytest.mark.skipif(runtimes._module("openvino") is None or runtimes._module("nncf") is None,
+                                   reason="openvino or nncf is not installed (pip install -r requirements-fast.txt)")
+
+
+@requires_nncf
+def test_int8_featurize_calibrates_on_training_images_and_caches_the_model(images, isolated_cache):
+    """precision int8: quantized once on the training images only, cached beside the f32
+    conversion, its features near Keras's (random weights) and keyed apart from f32's."""
+    features_params = params(runtime="openvino", precision="int8")
+    train, evals = images[:5], images[5:]
+    result = featurize_subsets(train, None, evals, features_params, ["a"], progress=False)
+    runtime = result.stats["runtime"]
+    assert runtime.precision == "int8" and runtime.calibration_paths == tuple(sorted(train))
+    folders = sorted(p.name for p in (isolated_cache / "runtimes").iterdir())
+    assert sorted(f.split("-")[-2] for f in folders) == ["f32", "int8"]
+    model = next((isolated_cache / "runtimes").glob("*int8*")) / runtimes.MODEL_FILE
+    stamp = model.stat().st_mtime_ns
+    reference, _ = extract_features(images, params(), progress=False)
+    assert min_cosine(np.concatenate([result.train, result.eval]), reference) >= 0.9
+    shutil.rmtree(isolated_cache / "features")
+    again = featurize_subsets(train, None, evals, features_params, ["a"], progress=False)
+    assert model.stat().st_mtime_ns == stamp  # not quantized again
+    np.testing.assert_array_equal(again.eval, result.eval)
+    assert build_run_stats(features_params, again)["precision"] == "int8"
+
+
+def test_int8_without_its_calibration_images_is_a_clear_error(monkeypatch, tmp_path, isolated_cache):
+    """predict and featurize_pool have no training images: an INT8 model is not quantized
+    there on anything else."""
+    monkeypatch.setitem(sys.modules, "nncf", types.SimpleNamespace(__version__="9.9"))
+    monkeypatch.setattr(runtimes, "_module", lambda name: types.SimpleNamespace(__version__="1.0"))
+    monkeypatch.setattr(runtimes, "_cached_model", lambda *args: tmp_path / "model.xml")
+    with pytest.raises(PipelineError, match=r"features\.precision: int8: .* needs training images.*featurize_pool"):
+        load_extractor(RuntimeChoice("openvino", "int8", "openvino"), lambda: None, {"size": 32}, "b0-32")
+    assert not list(isolated_cache.glob("runtimes/*int8*"))  # nothing half-written

@@ -362,18 +362,20 @@ def extract_views(image_paths, backbone_views: dict[str, list[View]], weights: s
 def extract_features(image_paths, params: FeaturesParams, progress: bool = True,
                      recipes: list[Recipe] | None = None, engine: Engine = Engine(),
                      extractors: dict | None = None, digests: list[str] | None = None,
-                     on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, dict]:
+                     on_batch: Callable[[int], None] | None = None,
+                     runtime: RuntimeChoice | None = None) -> tuple[np.ndarray, dict]:
     """Features of ``image_paths`` (float32, one row per path, backbones concatenated in order).
 
     ``recipes`` default to :func:`fixed_recipes` of ``params`` (predict passes the ones a
-    meta.json records); ``engine``, ``extractors``, ``digests`` and ``on_batch`` as :func:`extract_views`.
+    meta.json records); ``runtime`` to ``params``' as resolved here (featurize passes it
+    calibrated for INT8); ``engine``, ``extractors``, ``digests`` and ``on_batch`` as :func:`extract_views`.
     Stats as :func:`extract_views`, plus ``dims`` and ``input_sizes`` (one list of sizes per
     backbone).
     """
     recipes = recipes if recipes is not None else fixed_recipes(params)
     view_features, stats = extract_views(image_paths, {r.backbone: r.views() for r in recipes},
-                                         params.weights, params.batch_size, progress, resolve_runtime(params),
-                                         engine, extractors, digests, on_batch)
+                                         params.weights, params.batch_size, progress,
+                                         runtime or resolve_runtime(params), engine, extractors, digests, on_batch)
     blocks = [combine_views(recipe, view_features[recipe.backbone]) for recipe in recipes]
     stats.update(dims=[int(b.shape[1]) for b in blocks], input_sizes=[list(r.sizes) for r in recipes])
     features = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]

@@ -180,6 +180,7 @@ def build_meta(params: FeaturesParams, recipes: list[Recipe], dims: list[int], r
         "weights": params.weights,
         "runtime": runtime.runtime,
         "precision": runtime.precision,
+        **({"int8_calibration": runtime.calibration} if runtime.calibration else {}),
         "keras_version": installed_version("keras"),
         "tensorflow_version": installed_version("tensorflow"),
     }

@@ -8,6 +8,7 @@ import pandas as pd
 from fewlabel.features.engine import Engine
 from fewlabel.features.extract import extract_views, resolve_runtime
 from fewlabel.features.recipes import Recipe, assemble, candidate_recipes
+from fewlabel.features.runtimes import RuntimeChoice
 from fewlabel.params import FeaturesParams, SvmParams, TuneParams
 
 
@@ -45,14 +46,15 @@ def candidate_views(params: FeaturesParams) -> dict[str, list]:
 
 
 def choose_recipes(train_paths: list[str], train_targets: np.ndarray, params: FeaturesParams, classes,
-                   progress: bool = True, engine: Engine = Engine()) -> tuple[list[Recipe], pd.DataFrame, dict]:
+                   progress: bool = True, engine: Engine = Engine(),
+                   runtime: RuntimeChoice | None = None) -> tuple[list[Recipe], pd.DataFrame, dict]:
     """``image_size: auto``: the candidate with the best cross-validated mAP on the training
     images (the cheaper one on a tie). Only training images and their labels are read.
     Returns (chosen recipes, the scored candidates, extraction stats)."""
     candidates = candidate_recipes(params)
     view_features, stats = extract_views(train_paths, candidate_views(params),
-                                         params.weights, params.batch_size, progress, resolve_runtime(params),
-                                         engine)
+                                         params.weights, params.batch_size, progress,
+                                         runtime or resolve_runtime(params), engine)
     table = score_candidates(candidates, view_features, train_targets, classes, params.select_folds)
     best = max(range(len(candidates)), key=lambda i: (round(table["cv_map"][i], 6), -table["cost"][i]))
     table["chosen"] = [i == best for i in range(len(candidates))]
