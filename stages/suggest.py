@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
 
     with np.load(args.pool, allow_pickle=False) as pool:
         pool_ids, pool_paths, pool_features = pool["ids"].astype(str), pool["paths"].astype(str), pool["features"]
+    training = sorted(set(pool_ids) & set(ids))
+    if training:  # a suggestion is never a current training image
+        raise PipelineError(f"{args.pool}: holds training image(s) {', '.join(training[:10])} of {args.labels}; "
+                            f"rerun featurize_pool (dvc repro), which leaves them out")
     if len(pool_ids) and pool_features.shape[1] != train_features.shape[1]:
         raise PipelineError(f"{args.pool}: its features have {pool_features.shape[1]} dimensions, the training "
                             f"features {train_features.shape[1]}; rerun featurize_pool (dvc repro)")

@@ -88,7 +88,7 @@ def _task(number: int, task: dict, matcher: dict, control: str) -> Task:
     if not isinstance(data, dict) or not data.get("image_id") or not data.get(LS_IMAGE):
         raise ValueError(f"has no data.image_id or data.{LS_IMAGE}: import suggestions/label_studio.json (or "
                          f"`fewlabel labels push`), label, and export that project")
-    image_id, path = str(data["image_id"]), _local_path(str(data[LS_IMAGE]))
+    image_id, path = str(data["image_id"]), local_path(str(data[LS_IMAGE]))
     if minimal:
         if control not in task:
             other = sorted(k for k, v in task.items()  # a control's choices: a list, or {"choices": [...]}
@@ -138,7 +138,7 @@ def _classes(image_id: str, chosen, matcher: dict) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _local_path(image: str) -> str:
+def local_path(image: str) -> str:
     """The file behind a Label Studio local-files URL (``/data/local-files/?d=<path>``), or ``image``."""
     parsed = urlparse(image)
     if parsed.path.endswith("/data/local-files/"):
