@@ -200,3 +200,28 @@ def test_the_same_image_twice(tmp_path, voc_and_pool):
     export.write_text(json.dumps(export_of([tasks[0], tasks[0], tasks[0]], [None, ["dog"], ["dog"]])))
     done = add_labels(export, voc, tmp_path / "labelled.txt", VOC_CLASSES)
     assert done.written == ["holiday_01"] and (tmp_path / "labelled.txt").read_text() == "holiday_01\n"
+
+
+def test_task_urls_are_absolute_paths_with_links_resolved(tmp_path, monkeypatch):
+    """Finding 1: tasks carried repo-relative paths (data/raw/voc/...), a 404 under document root /."""
+    real = tmp_path / "cache" / "JPEGImages"
+    real.mkdir(parents=True)
+    (real / "000015.jpg").write_bytes(b"jpeg")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "voc").symlink_to(real.parent)
+    monkeypatch.chdir(tmp_path)
+    table = pd.DataFrame({"rank": [1], "image_id": ["000015"], "path": ["data/voc/JPEGImages/000015.jpg"],
+                          "score": [0.5], "why": ["dog 0.5"], "labels": ["dog"]})
+    image = label_studio_tasks(table)[0]["data"]["image"]
+    assert image == f"/data/local-files/?d={str(real.resolve()).lstrip('/')}/000015.jpg"
+
+
+def test_thumbnail_titles_wrap_and_cut_why_at_a_word():
+    """Finding 7: titles ran into each other; why was cut mid-number."""
+    from fewlabel.active.report import thumbnail_title
+    row = next(pd.DataFrame({"rank": [3], "image_id": ["000015"], "labels": [" ".join(VOC_CLASSES[:12])],
+                             "why": ["diningtable 0.512, pottedplant 0.487, tvmonitor 0.455, chair 0.431"]})
+               .itertuples(index=False))
+    lines = thumbnail_title(row).split("\n")
+    assert lines[0] == "#3 000015" and all(len(line) <= 34 for line in lines) and len(lines) <= 5
+    assert lines[-1].endswith(" …") and all(part in row.why.split() for part in lines[-1][:-2].split())
