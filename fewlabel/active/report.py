@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
@@ -55,7 +56,7 @@ def label_studio_tasks(table: pd.DataFrame) -> list[dict]:
     them once a Local Storage holds their folder (``fewlabel labels push`` adds it)."""
     tasks = []
     for row in table.itertuples(index=False):
-        path = os.path.realpath(str(row.path)).lstrip(os.sep).replace(os.sep, "/")
+        path = quote(os.path.realpath(str(row.path)).lstrip(os.sep).replace(os.sep, "/"), safe="/")
         tasks.append({
             "data": {LS_IMAGE: f"/data/local-files/?d={path}", "image_id": row.image_id, "rank": int(row.rank),
                      "why": row.why},
