@@ -3,13 +3,14 @@ that prepare reads back, and the ids join the labelled list."""
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from urllib.parse import quote
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
-from fewlabel.active.label_import import add_labels
+from fewlabel.active.label_import import add_labels, local_path
 from fewlabel.active.report import label_studio_tasks
 from fewlabel.data.voc import parse_annotation
 from fewlabel.errors import PipelineError
@@ -204,7 +205,7 @@ def test_the_same_image_twice(tmp_path, voc_and_pool):
 
 def test_task_urls_are_absolute_paths_with_links_resolved(tmp_path, monkeypatch):
     """Finding 1: tasks carried repo-relative paths (data/raw/voc/...), a 404 under document root /."""
-    real = tmp_path / "cache" / "JPEGImages"
+    real = tmp_path / "my cache" / "JPEGImages"  # a space: percent-encoded in the URL
     real.mkdir(parents=True)
     (real / "000015.jpg").write_bytes(b"jpeg")
     (tmp_path / "data").mkdir()
@@ -213,7 +214,8 @@ def test_task_urls_are_absolute_paths_with_links_resolved(tmp_path, monkeypatch)
     table = pd.DataFrame({"rank": [1], "image_id": ["000015"], "path": ["data/voc/JPEGImages/000015.jpg"],
                           "score": [0.5], "why": ["dog 0.5"], "labels": ["dog"]})
     image = label_studio_tasks(table)[0]["data"]["image"]
-    assert image == f"/data/local-files/?d={str(real.resolve()).lstrip('/')}/000015.jpg"
+    assert image == f"/data/local-files/?d={quote(str(real.resolve()).lstrip('/'))}/000015.jpg"
+    assert local_path(image) == str(real.resolve() / "000015.jpg")
 
 
 def test_thumbnail_titles_wrap_and_cut_why_at_a_word():
