@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: pipeline test setup setup-fast setup-engine setup-test setup-hub bench scale quality clean-venv
+.PHONY: pipeline test setup setup-fast setup-engine setup-test setup-hub setup-labelstudio bench scale quality clean-venv
 
 setup: $(VENV)/.installed
 
@@ -52,9 +52,20 @@ $(VENV)/.installed-test: $(VENV)/.installed-engine requirements-test.txt
 pipeline: setup-fast
 	dvc repro
 
+## Label Studio in its own virtualenv (.venv-labelstudio/: it pins Django and packages that would
+## clash with dvc and tensorflow), for the labelling loop (README) and its end-to-end test.
+LS_VENV := .venv-labelstudio
+setup-labelstudio: $(LS_VENV)/.installed
+
+$(LS_VENV)/.installed: requirements-labelstudio.txt
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --upgrade pip
+	$(LS_VENV)/bin/pip install -r requirements-labelstudio.txt
+	touch $@
+
 ## Check the import layers (pyproject.toml, [tool.importlinter]), then run the test suite
 ## (pytest exits 5 when it collects no test: that is a failure too).
-test: setup-fast setup-engine setup-test
+test: setup-fast setup-engine setup-test setup-labelstudio
 	lint-imports
 	python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status

@@ -6,6 +6,7 @@
     fewlabel explain photo.jpg [--run .] [--out photo.heatmap.png]
     fewlabel cache verify [--drop] [LOCATION]
     fewlabel labels add export.json [--voc data/raw/voc] [--list suggestions/labelled.txt]
+    fewlabel labels push | pull [--url URL] [--token KEY] [--project TITLE]
 
 ``python -m stages.predict`` takes the same options. Exit codes: 0 every input labelled;
 1 an error (its message says what to fix), or some inputs skipped (each named on stderr,
@@ -228,25 +229,62 @@ def cache(args: argparse.Namespace) -> None:
 
 def add_labels_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``fewlabel labels``."""
+    from fewlabel.active.label_studio import DEFAULT_TITLE, TOKEN_ENV, URL_ENV
+
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def server(command):
+        command.add_argument("--url", help=f"the Label Studio server (default: ${URL_ENV})")
+        command.add_argument("--token", help=f"your Label Studio access token (default: ${TOKEN_ENV})")
+        command.add_argument("--project", default=DEFAULT_TITLE, help=f"the project's title (default: {DEFAULT_TITLE})")
+
+    def adding(command):
+        command.add_argument("--voc", default="data/raw/voc", help="the data set's VOC folder (default: data/raw/voc)")
+        command.add_argument("--list", default="suggestions/labelled.txt",
+                             help="the list of labelled ids the subset stage adds (default: suggestions/labelled.txt)")
+        command.add_argument("--overwrite", action="store_true",
+                             help="change annotations that say other classes (a backup is kept beside each)")
+        command.add_argument("--params", default="params.yaml")
+
     add = actions.add_parser("add", help="write a Label Studio export of the suggestions into the data set")
-    add.add_argument("export", help="the Label Studio project exported as JSON")
-    add.add_argument("--voc", default="data/raw/voc", help="the data set's VOC folder (default: data/raw/voc)")
-    add.add_argument("--list", default="suggestions/labelled.txt",
-                     help="the list of labelled ids the subset stage adds (default: suggestions/labelled.txt)")
-    add.add_argument("--overwrite", action="store_true", help="replace annotations that say other classes")
-    add.add_argument("--params", default="params.yaml")
+    add.add_argument("export", help="the Label Studio project exported as JSON (or JSON-MIN)")
+    add.add_argument("--control", default="labels",
+                     help="the name of the <Choices> control of your labelling config (default: labels)")
+    adding(add)
+    push = actions.add_parser("push", help="create or update the Label Studio project of the suggestions")
+    push.add_argument("--tasks", default="suggestions/label_studio.json")
+    push.add_argument("--config", default="suggestions/label_studio_config.xml")
+    server(push)
+    pull = actions.add_parser("pull", help="export the Label Studio project and add its labels (as `labels add`)")
+    pull.add_argument("--out", default="suggestions/label_studio_export.json",
+                      help="where the export is saved (default: suggestions/label_studio_export.json)")
+    server(pull)
+    adding(pull)
     return parser
 
 
 def labels(args: argparse.Namespace) -> None:
-    """``fewlabel labels add``: annotations written, ids listed; then `dvc exp run` trains on them."""
+    """``fewlabel labels add|push|pull``: annotations written, ids listed; then `dvc exp run` trains on them."""
+    from fewlabel.active import label_studio
     from fewlabel.active.label_import import add_labels
 
-    done = add_labels(args.export, args.voc, args.list, load_params(args.params).data.classes, args.overwrite)
+    if args.action == "push":
+        client = label_studio.Client.connect(args.url, args.token)
+        done = label_studio.push(client, args.tasks, args.config, args.project)
+        storages = "".join(f"; Local Storage added: {folder}" for folder in done.storages)
+        print(f"project '{args.project}' ({'created' if done.created else 'updated'}): {client.url}/projects/"
+              f"{done.project_id}; {done.imported} task(s) imported, {done.already} already there{storages}")
+        return
+    export, control = args.export if args.action == "add" else None, getattr(args, "control", "labels")
+    if args.action == "pull":
+        export, found = label_studio.pull(label_studio.Client.connect(args.url, args.token), args.out, args.project)
+        control = found or control
+        print(f"{export}: the project '{args.project}' exported")
+    done = add_labels(export, args.voc, args.list, load_params(args.params).data.classes, args.overwrite, control)
     print(f"{len(done.written)} annotation(s) written to {args.voc}/Annotations, {len(done.unchanged)} already "
-          f"there; {len(done.skipped)} task(s) not labelled yet; ids listed in {args.list}. Next: "
-          f"git add {args.list} && git commit, then dvc exp run")
+          f"there; {len(done.skipped)} task(s) skipped, {len(done.open)} not labelled yet; ids listed in "
+          f"{args.list}." + "".join(f" Backup: {path}." for path in done.backups) +
+          f" Next: git add {args.list} && git commit, then dvc exp run")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -11,7 +11,9 @@ featurize.
 
 ``--include`` names a list of image ids (one per line) that join the training set on top of
 the draw: the images you labelled from the suggest stage's ``suggestions/next.csv``. The draw
-itself does not change, so each round's gain shows in ``dvc metrics diff``.
+itself does not change, so each round's gain shows in ``dvc metrics diff``: the images of the
+pool (``data.pool_split`` or ``data.pool_images``, read from ``--voc``) are never drawn, so labels
+that arrive for them cannot change the draw; a pool holding the whole training split is an error.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import argparse
 
 from fewlabel.data.subset import (add_included, class_distribution, distribution_figure, pool_limited_classes,
                                   read_included, select_subsets)
+from fewlabel.data.pool import pool_ids
 from fewlabel.errors import run_main
 from fewlabel.io import read_csv, write_csv
 from fewlabel.params import load_params
@@ -32,18 +35,23 @@ def main() -> None:
     parser.add_argument("--eval-out", required=True)
     parser.add_argument("--distribution-out", required=True)
     parser.add_argument("--distribution-png", required=True)
+    parser.add_argument("--voc", help="the VOC folder whose ImageSets/Main holds data.pool_split (data/raw/voc)")
     parser.add_argument("--include", help="a list of image ids always in the training set (one per line)")
     args = parser.parse_args()
 
     params = load_params()
     classes = params.data.classes
     labels = read_csv(args.labels, required=["image_id", "split", *classes])
-    train, eval_set = select_subsets(labels, classes, params.data.train_split, params.data.eval_split,
-                                     params.subset)
-    drawn = len(train)
-    if args.include:
-        train = add_included(train, labels, read_included(args.include),
-                             params.data.eval_split, args.include)
+    data = params.data
+    pool = pool_ids(args.voc, data) if args.voc else set()
+    setting = (f"data.pool_split '{data.pool_split}'" if data.pool_split is not None
+               else f"data.pool_images '{data.pool_images}'")
+    train, eval_set = select_subsets(labels, classes, data.train_split, data.eval_split,
+                                     params.subset, pool, setting)
+    drawn = set(train["image_id"])
+    listed = read_included(args.include) if args.include else []
+    if listed:
+        train = add_included(train, labels, listed, params.data.eval_split, args.include)
     train_pool = labels[labels["split"] == params.data.train_split]
     distribution = class_distribution(train_pool, train, eval_set, classes)
 
@@ -51,7 +59,9 @@ def main() -> None:
     write_csv(args.eval_out, eval_set)
     write_csv(args.distribution_out, distribution)
     write_figure(args.distribution_png, distribution_figure(distribution, len(train), len(eval_set)))
-    added = f" ({drawn} drawn + {len(train) - drawn} from {args.include})" if len(train) > drawn else ""
+    also_drawn = len(set(listed) & drawn)
+    added = (f" ({len(drawn)} drawn + {len(train) - len(drawn)} from {args.include}"
+             + (f"; {also_drawn} listed there were drawn too" if also_drawn else "") + ")" if listed else "")
     print(f"subset: {len(train)} training images{added}, {len(eval_set)} evaluation images")
     short = [name for name in pool_limited_classes(distribution, params.subset.min_per_class)
              if name not in params.subset.class_quota]

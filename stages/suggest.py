@@ -26,7 +26,7 @@ from fewlabel.active.report import (check_table, label_studio_config, label_stud
 from fewlabel.active.strategies import rank_pool
 from fewlabel.artifacts import (feature_signature, read_features, read_label_table, read_oof, read_pool,
                                 training_targets)
-from fewlabel.errors import run_main
+from fewlabel.errors import PipelineError, run_main
 from fewlabel.io import read_json, write_csv, write_json, write_text
 from fewlabel.model.rules import load_rule
 from fewlabel.model.svm import load_model, positive_probabilities
@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     rule = load_rule(args.thresholds, classes, model_path=args.model)
 
     pool_ids, pool_paths, pool_features = read_pool(args.pool, dims=train_features.shape[1])
+    training = sorted(set(pool_ids) & set(ids))
+    if training:  # a suggestion is never a current training image
+        raise PipelineError(f"{args.pool}: holds training image(s) {', '.join(training[:10])} of {args.labels}; "
+                            f"rerun featurize_pool (dvc repro), which leaves them out")
     probabilities = positive_probabilities(model, pool_features) if len(pool_ids) else np.zeros((0, len(classes)))
     ranking = rank_pool(settings.strategy, probabilities, pool_features, train_features, targets,
                         n=min(settings.n, len(pool_ids)), seed=settings.seed, classes=classes)

@@ -1,4 +1,5 @@
 """Iterative stratification: subset draws and k-fold splits on VOC-like label matrices."""
+import json
 import re
 
 import numpy as np
@@ -241,3 +242,48 @@ def test_dvc_repro_subset_caps_the_eval_set_and_refuses_the_old_key(subset_proje
     assert result.returncode != 0
     assert "params.yaml: eval.max_images was renamed to subset.eval_max_images" in result.stdout + result.stderr
     assert "Running stage 'subset'" not in result.stdout
+
+
+# --------------------------------------------------------------------------- issue 28: the pool is never drawn
+
+def _train_ids(project) -> list[str]:
+    return list(pd.read_csv(project.path("data", "subset", "train.csv"), dtype={"image_id": str})["image_id"])
+
+
+def test_labels_for_an_overlapping_pool_add_exactly_those_images_and_keep_the_draw(dvc_project, tmp_path):
+    """Finding 2: with a pool inside the training split, labelling pool images redrew the subset,
+    the training set grew by fewer than were labelled and the log under-counted."""
+    from fewlabel.active.label_import import add_labels
+
+    devkit = make_voc(tmp_path / "mine", 2007, n_train=120)
+    voc = devkit / "VOC2007"
+    ids = (voc / "ImageSets" / "Main" / "trainval.txt").read_text().split()
+    (voc / "ImageSets" / "Main" / "pool.txt").write_text("".join(f"{i}\n" for i in ids[::3]))
+    dvc_project.set_params({"data.source": str(devkit), "subset.n_images": 40, "subset.min_per_class": 2,
+                            "data.pool_split": "pool"})
+    dvc_project.dvc("repro", "subset", check=True)
+    before = _train_ids(dvc_project)
+    assert len(before) == 40 and not set(before) & set(ids[::3])  # pool images are never drawn
+    labelled = ids[::3][:9]
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([  # each labelled as showing only 'person': their labels change
+        {"data": {"image_id": i, "image": f"/data/local-files/?d={voc}/JPEGImages/{i}.jpg"},
+         "annotations": [{"result": [{"from_name": "labels", "type": "choices", "value": {"choices": ["person"]}}]}]}
+        for i in labelled]))
+    add_labels(export, voc, dvc_project.path("suggestions", "labelled.txt"), VOC_CLASSES, overwrite=True)
+    result = dvc_project.dvc("repro", "subset", check=True)
+    after = _train_ids(dvc_project)
+    assert sorted(after) == sorted(before + labelled)
+    assert "49 training images (40 drawn + 9 from suggestions/labelled.txt)" in result.stdout + result.stderr
+
+
+def test_a_pool_holding_the_whole_training_split_is_refused(dvc_project, tmp_path):
+    """Finding 2 as tried: pool_split trainval with train_split trainval was accepted silently."""
+    make_voc(tmp_path / "mine", 2007)
+    dvc_project.set_params({"data.source": str(tmp_path / "mine"), "subset.n_images": 40,
+                            "subset.min_per_class": 3, "data.pool_split": "trainval"})
+    result = dvc_project.dvc("repro", "subset")
+    assert result.returncode != 0
+    assert ("data.pool_split 'trainval' holds every image of the 'trainval' split (data.train_split), so none is "
+            "left to draw the training subset from") in result.stdout + result.stderr
+    assert not dvc_project.path("data", "subset", "train.csv").exists()

@@ -4,6 +4,9 @@ learning curve, and thumbnails of the top suggestions."""
 from __future__ import annotations
 
 import json
+import os
+import textwrap
+from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
@@ -47,11 +50,12 @@ def label_studio_config(classes) -> str:
 
 def label_studio_tasks(table: pd.DataFrame) -> list[dict]:
     """Label Studio tasks (JSON import) for the suggestions, each with the model's labels as a
-    prediction. Images are referenced as Label Studio local files (``/data/local-files/?d=``:
-    start Label Studio with local file serving and a document root above them)."""
+    prediction. Images are Label Studio local files: ``/data/local-files/?d=<absolute path>``, the
+    path with symbolic links resolved, as Label Studio's document root ``/`` (its default) serves
+    them once a Local Storage holds their folder (``fewlabel labels push`` adds it)."""
     tasks = []
     for row in table.itertuples(index=False):
-        path = str(row.path).lstrip("/")
+        path = quote(os.path.realpath(str(row.path)).lstrip(os.sep).replace(os.sep, "/"), safe="/")
         tasks.append({
             "data": {LS_IMAGE: f"/data/local-files/?d={path}", "image_id": row.image_id, "rank": int(row.rank),
                      "why": row.why},
@@ -106,11 +110,19 @@ def learning_curve_figure(curve: LearningCurve):
     return figure
 
 
+def thumbnail_title(row, width: int = 34) -> str:
+    """Rank and id, the predicted labels wrapped to the thumbnail's width (at most 3 lines), and
+    ``why`` on one line, cut at a word with an ellipsis (never mid-number)."""
+    labels = textwrap.wrap(row.labels or "(none)", width, max_lines=3, placeholder=" …")
+    why = textwrap.shorten(str(row.why), width, placeholder=" …")
+    return "\n".join([f"#{row.rank} {row.image_id}", *labels, why])
+
+
 def thumbnails_figure(table: pd.DataFrame, n: int, columns: int = 6):
     """The top ``n`` suggestions as thumbnails titled with rank, predicted labels and why."""
     from PIL import Image
     shown = table.head(n)
-    figure, axes = panel_grid(max(len(shown), 1), (2.4, 2.6), columns=columns)
+    figure, axes = panel_grid(max(len(shown), 1), (2.4, 3.0), columns=columns)
     for axis, row in zip(axes, shown.itertuples(index=False)):
         axis.axis("off")
         try:
@@ -119,7 +131,7 @@ def thumbnails_figure(table: pd.DataFrame, n: int, columns: int = 6):
                 axis.imshow(np.asarray(image.convert("RGB")))
         except OSError:
             axis.text(0.5, 0.5, "unreadable", ha="center", va="center")
-        axis.set_title(f"#{row.rank} {row.image_id}\n{row.labels or '(none)'}\n{row.why[:40]}", fontsize=6)
+        axis.set_title(thumbnail_title(row), fontsize=6)
     if shown.empty:
         axes[0].axis("off")
         axes[0].text(0.5, 0.5, "no pool: set data.pool_split or data.pool_images", ha="center", va="center")

@@ -18,9 +18,13 @@ from fewlabel.data.voc import IMAGE_EXTENSIONS
 
 
 def select_subsets(labels: pd.DataFrame, classes: tuple[str, ...], train_split: str, eval_split: str,
-                   subset: SubsetParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   subset: SubsetParams, never_drawn: set[str] = frozenset(),
+                   pool_setting: str = "the pool") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return (train subset, eval set) rows of the label table, each in image-id order (the eval
-    set capped at ``subset.eval_max_images``)."""
+    set capped at ``subset.eval_max_images``).
+
+    The images ``never_drawn`` (the pool: the ids the suggest stage ranks) are never drawn: labels that arrive
+    for them through ``suggestions/labelled.txt`` then cannot change the draw."""
     pools = {}
     for key, split in (("data.train_split", train_split), ("data.eval_split", eval_split)):
         pool = labels[labels["split"] == split].sort_values("image_id").reset_index(drop=True)
@@ -31,6 +35,18 @@ def select_subsets(labels: pd.DataFrame, classes: tuple[str, ...], train_split: 
         pools[split] = pool
 
     train_pool = pools[train_split]
+    if never_drawn:
+        outside = train_pool[~train_pool["image_id"].astype(str).isin(never_drawn)].reset_index(drop=True)
+        if outside.empty:
+            raise PipelineError(f"params.yaml: {pool_setting} holds every image of the '{train_split}' split "
+                                f"(data.train_split), so none is left to draw the training subset from; point the "
+                                f"pool at other images (e.g. VOC2007: train_split: train, pool_split: val) or set "
+                                f"data.train_split to a list outside the pool")
+        if subset.n_images > len(outside):
+            raise PipelineError(f"subset.n_images={subset.n_images} but only {len(outside)} images of the "
+                                f"'{train_split}' split are outside {pool_setting} (its images are never drawn); "
+                                f"set subset.n_images to at most {len(outside)} or make the pool smaller")
+        train_pool = outside
     if subset.n_images > len(train_pool):
         raise PipelineError(f"subset.n_images={subset.n_images} but the '{train_split}' split has only "
                             f"{len(train_pool)} images; set subset.n_images to at most {len(train_pool)}")
