@@ -27,8 +27,7 @@ import pytest
 
 from fewlabel.active.label_import import local_path
 from fewlabel.io import read_lines
-from tests.conftest import REPO_ROOT, free_port, make_dvc_project
-from tests.test_pipeline_dvc import FAST_PARAMS
+from tests.conftest import FAST_PARAMS, REPO_ROOT, free_port, make_dvc_project
 from tests.vocgen import make_voc
 
 pytestmark = pytest.mark.slow
