@@ -74,7 +74,7 @@ def run_dir(tmp_path_factory):
         features, stats = extract_features(paths, params, progress=False, recipes=recipes)
         meta = build_meta(params, [Recipe("colours.keras", (SIZE,), flip=True)], stats["dims"], stats["runtime"])
         write_json(root / "data/features/meta.json", meta)
-        svm = SvmParams(gamma="scale", n_jobs=1, scaler="sqrt")
+        svm = SvmParams(gamma="scale", n_jobs=1, scaler="sqrt", approximation="exact")
         model = build_model(svm).fit(features, np.array(targets))
         (root / "models").mkdir()
         save_model(root / "models/model.joblib", model, CLASSES, svm, feature_signature(meta), len(paths))
@@ -136,7 +136,7 @@ def test_linear_is_the_first_order_kernel_at_the_pooled_vector():
     rng = np.random.default_rng(3)
     train = rng.random((60, 6))
     targets = np.column_stack([train[:, 0] > 0.5, train[:, 1] + train[:, 2] > 1]).astype(int)
-    model = build_model(SvmParams(gamma=0.5, n_jobs=1)).fit(train, targets)
+    model = build_model(SvmParams(gamma=0.5, n_jobs=1, scaler="none", approximation="exact")).fit(train, targets)
     maps = rng.random((2, 3, 4, 6)) * 0.3 + 0.35
     pooled = maps.mean(axis=(1, 2))
     grids = class_grids(model, [Recipe("b", (32,))], pooled, [{View(32): maps}], "linear")

@@ -78,7 +78,7 @@ def test_params_does_not_import_the_active_modules():
 
 
 def test_the_svm_of_view_selection_and_of_active_learning_is_the_schemas_default():
-    from fewlabel.active.model import DEFAULT_SVM
+    from fewlabel.active.fitting import DEFAULT_SVM
     from fewlabel.model.selection import SELECTION_SVM
     from fewlabel.params import SvmParams
 

@@ -470,17 +470,18 @@ def readme_commands(section: str, blocks: int | None = None) -> list[str]:
 
 def test_readme_quickstart_and_everyday_use_work_as_written(project, tmp_path):
     """A new user's first hour, in a fresh clone: Quickstart's commands, then Everyday use's
-    first block, in order, exactly as written (on generated data with fast params). Two are
-    stood in for: `make pipeline` is `dvc repro` once the venv exists (this one), and
-    `source .venv/bin/activate` is that venv on PATH."""
+    first block, in order, exactly as written (on generated data with fast params). Three are
+    stood in for: `make pipeline` is `dvc repro` once the venv exists (this one), `make test` is
+    this suite, and `source .venv/bin/activate` is that venv on PATH."""
     commands = readme_commands("Quickstart") + readme_commands("Everyday use", blocks=1)
-    assert commands[:3] == ["make pipeline", "source .venv/bin/activate",
+    assert commands[:4] == ["make pipeline", "make test", "source .venv/bin/activate",
                             'git add dvc.lock metrics plots reports params.yaml && git commit -m "first run"']
     assert "dvc exp run -S svm.C=10" in commands and "dvc exp show --only-changed" in commands
     clone = make_dvc_project(tmp_path / "clone", extra=["bench", "tests/__init__.py"])
     clone.env["FEWLABEL_CACHE_DIR"] = project.env["FEWLABEL_CACHE_DIR"]  # the features, from the user cache
     clone.set_params({**FAST_PARAMS, "data.source": project.params()["data"]["source"]})
-    stand_in = {"make pipeline": "dvc repro", "source .venv/bin/activate": "true"}
+    stand_in = {"make pipeline": "dvc repro", "make test": "true",  # this suite is `make test`
+                "source .venv/bin/activate": "true"}
     outputs = {}
     for command in commands:
         result = clone.run(["bash", "-c", stand_in.get(command, command)])
