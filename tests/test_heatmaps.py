@@ -178,12 +178,12 @@ def test_predict_writes_one_overlay_per_image_and_names_bad_inputs(run_dir, tmp_
     np.testing.assert_allclose(table["p_cat"].iloc[1], raw["probabilities"][0], atol=1e-5)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--heatmaps-raw"], "--heatmaps-raw writes beside the heatmap images: give --heatmaps DIR too"),
-    (["--heatmaps", "a_file.txt"], "--heatmaps a_file.txt: is a file; give a folder for the heatmap images"),
-    (["--heatmaps", "no/such/maps"], "--heatmaps no/such/maps: the folder no/such does not exist"),
+@pytest.mark.parametrize("args, message, code", [
+    (["--heatmaps-raw"], "--heatmaps-raw writes beside the heatmap images: give --heatmaps DIR too", 2),  # usage
+    (["--heatmaps", "a_file.txt"], "--heatmaps a_file.txt: is a file; give a folder for the heatmap images", 1),
+    (["--heatmaps", "no/such/maps"], "--heatmaps no/such/maps: the folder no/such does not exist", 1),
 ])
-def test_bad_heatmap_options_fail_before_any_work(run_dir, tmp_path, monkeypatch, capsys, args, message):
+def test_bad_heatmap_options_fail_before_any_work(run_dir, tmp_path, monkeypatch, capsys, args, message, code):
     from stages.predict import main as predict_main
 
     path = photo(tmp_path / "one.jpg", 40, 40)
@@ -193,7 +193,7 @@ def test_bad_heatmap_options_fail_before_any_work(run_dir, tmp_path, monkeypatch
     with pytest.raises(SystemExit) as exit_:
         from fewlabel.errors import run_main
         run_main(lambda: predict_main([path, *args, "--top-k", "1", "--meta", "data/features/meta.json"]))
-    assert exit_.value.code == 1
+    assert exit_.value.code == code
     assert message in capsys.readouterr().err
     assert sorted(run_dir.rglob("*")) == before
 
