@@ -34,7 +34,7 @@ def main(argv=None) -> None:
     from fewlabel.api import Classifier
     from fewlabel.features.extract import extract_features
     from fewlabel.features.recipes import fixed_recipes
-    from fewlabel.io import training_targets
+    from fewlabel.artifacts import training_targets
     from fewlabel.model.rules import DecisionRule
     from fewlabel.model.svm import build_model, for_training_set
     from fewlabel.overlays import shown_classes, write_overlay

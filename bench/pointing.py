@@ -49,7 +49,7 @@ class Draw:
     """One draw: its model, its evaluation rows, and the records of every variant."""
 
     def __init__(self, draw, params, labels, features, names):
-        from fewlabel.io import training_targets
+        from fewlabel.artifacts import training_targets
         from fewlabel.model.svm import build_model, for_training_set
 
         self.draw = draw

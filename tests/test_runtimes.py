@@ -17,7 +17,7 @@ from fewlabel.features import int8, runtimes
 from fewlabel.errors import PipelineError
 from fewlabel.features.recipes import build_meta, fixed_recipes, recipes_from_meta
 from fewlabel.features.extract import build_size_extractor, extract_features, view_cache
-from fewlabel.features.selection import build_run_stats, featurize_subsets
+from fewlabel.featurize import build_run_stats, featurize_subsets
 from fewlabel.params import parse_params
 from fewlabel.features.runtimes import RuntimeChoice, choose_runtime, load_extractor
 from fewlabel.features.views import View
