@@ -10,7 +10,7 @@ the variants (shared machines are noisy), and the smallest cosine similarity bet
 features and Keras float32's on ``--check-images`` other photos. The variants:
 
 - ``keras``: ``tf.function`` of the Keras model (the reference);
-- ``openvino-f32``, ``openvino-bf16``: the product's converted model (stages/runtimes.py)
+- ``openvino-f32``, ``openvino-bf16``: the product's converted model (fewlabel/features/runtimes.py)
   compiled with that ``INFERENCE_PRECISION_HINT``;
 - ``openvino-int8``: the product's NNCF post-training quantization of that model
   (fewlabel/features/int8.py), calibrated on ``--calibration-images`` photos (not the checked

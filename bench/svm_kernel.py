@@ -55,7 +55,7 @@ def main() -> None:
     plain_seconds = time.perf_counter() - began
 
     print(f"{args.n_train} train / {args.n_test} test images, {args.dim}-d, {args.classes} classes")
-    print(f"precomputed kernel (stages.model): {ours_seconds:6.2f} s")
+    print(f"precomputed kernel (fewlabel.model.svm): {ours_seconds:6.2f} s")
     print(f"plain SVC(kernel='rbf'):           {plain_seconds:6.2f} s")
     print(f"speed-up: {plain_seconds / ours_seconds:.1f}x; "
           f"max |probability difference|: {np.abs(ours_probabilities - plain_probabilities).max():.1e}")

@@ -6,7 +6,7 @@ images into ``folds`` test parts; inside each fold's training part, the same str
 splits the images into ``len(fractions)`` chunks (for the default fractions 0.25, 0.5, 0.75, 1.0:
 quarters), and fraction j/m trains on the first j chunks, so the subsets are nested and keep the
 class proportions. Each subset's model (``fewlabel.model.svm.build_model``) is scored on the fold's
-test part with ``stages.metrics`` (mAP and per-class AP).
+test part with ``fewlabel.metrics`` (mAP and per-class AP).
 
 Then :func:`fit_saturating` fits ``mAP(n) = a - b * n^(-c)`` (n: training images per model) to the
 mean points and extrapolates it; per class, AP is fitted as ``alpha + beta * ln(positives)``

@@ -118,7 +118,7 @@ def build_size_extractor(backbone: str, weights: str | None, size: int, runtime:
 
 
 def resolve_runtime(params: FeaturesParams) -> RuntimeChoice:
-    """``features.runtime`` and ``precision`` as this machine runs them (see stages/runtimes.py)."""
+    """``features.runtime`` and ``precision`` as this machine runs them (see fewlabel/features/runtimes.py)."""
     return choose_runtime(params.runtime, params.precision, gpu=bool(tf.config.list_physical_devices("GPU")))
 
 

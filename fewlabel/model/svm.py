@@ -7,7 +7,7 @@ Two kernel methods (``svm.approximation``, resolved for a training set by :func:
 - **nystroem**: scikit-learn's ``Nystroem`` map onto ``svm.n_components`` (m) landmarks, then
   a linear classifier with sigmoid (Platt) probabilities; memory and time O(n m).
 
-Kept in its own module so the pickled model refers to ``stages.model`` classes, whichever
+Kept in its own module so the pickled model refers to ``fewlabel.model.svm`` classes, whichever
 command wrote it.
 """
 from __future__ import annotations
