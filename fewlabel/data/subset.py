@@ -35,8 +35,8 @@ def select_subsets(labels: pd.DataFrame, classes: tuple[str, ...], train_split: 
         pools[split] = pool
 
     train_pool = pools[train_split]
-    if never_drawn:
-        outside = train_pool[~train_pool["image_id"].astype(str).isin(never_drawn)].reset_index(drop=True)
+    outside = train_pool[~train_pool["image_id"].astype(str).isin(never_drawn)].reset_index(drop=True)
+    if len(outside) < len(train_pool):  # the pool overlaps the training split: its images are never drawn
         if outside.empty:
             raise PipelineError(f"params.yaml: {pool_setting} holds every image of the '{train_split}' split "
                                 f"(data.train_split), so none is left to draw the training subset from; point the "
