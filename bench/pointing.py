@@ -1,25 +1,27 @@
 """Where the class maps point, on devdata's boxes: the pointing game, energy and mask IoU per method.
 
-    python bench/pointing.py                                  # Lite0 at 448, 5 draws, 300 photos
-    python bench/pointing.py --backbone <lite2.keras> --size 416 --json bench/results/pointing_lite2.json
+    python bench/pointing.py                                   # Lite0 at 448 (+576 maps), report half
+    python bench/pointing.py --half selection                  # the half the method and knobs are chosen on
+    python bench/pointing.py --backbone <lite2.keras> --json bench/results/pointing_lite2.json
 
 Protocol (bench/quality.py's): per draw d (0..k-1), 750 training images by the subset stage's
 stratified draw (seed d) from devdata's ``train.txt`` (2,334 photos); the product's model
 (params.yaml's ``svm``) fitted on their pooled features (``--size``, mirror averaged in, Keras,
-through the per-image feature cache); the other 1,584 are its evaluation photos. The maps are
-computed once for ``--photos`` photos drawn at random (seed 0) from the pool, and each draw
-scores those it did not train on (about 2/3 of them). Per photo and class present (label 1)
-with boxes: the map's maximum is the point (pointing game, 15 px tolerance, mean over classes); the centre baseline points at
-the photo's centre in the same run. "difficult": photos with a box under a quarter of the photo
-and another class present. Energy: the map's mass above its minimum inside the class's boxes
-(a uniform map scores the boxes' share, printed as "uniform"). IoU: the map above halfway
-between its minimum and maximum against the union of the boxes. All as % (mean ± sd over draws).
+through the per-image feature cache); the other 1,584 are its evaluation photos.
 
-Methods (fewlabel.heatmaps): norm (the issue's naive baseline: each location scaled to the mean
-norm of the pooled training vectors), raw, mix (step 0.25), linear (the kernel linearised at the
-pooled vector); each on the plain view, "+mirror" with the mirrored view's map flipped back
-and averaged, "+sizes" with the maps at ``--extra-size`` too (same model). Time: the CNN runs
-once per photo and view; each draw's model then scores the photos it evaluates.
+Photos: ``--photos`` photos drawn once at random (seed 0) from the pool; their feature maps
+(every view: ``--size`` and ``--extra-size``, each with the mirror) are computed once and kept
+in ``--maps`` (float16 .npz; reused when it holds these photos and views), so a rerun only
+re-scores. The photos are split once (seed 1) into a SELECTION half, on which the method and
+its knobs were chosen, and a REPORT half, on which the table is reported (``--half``); each
+draw scores the photos of the half it did not train on (about 2/3 of them).
+
+Scores, per photo and class present (label 1) with boxes: pointing game (the map's maximum
+within 15 px of a box of the class, Zhang et al. 2016; mean over classes); the centre
+baseline points at the photo's centre. "difficult": photos with a box under a quarter of the
+photo and another class present. Energy: the map's mass above its minimum inside the class's
+boxes (a uniform map scores the boxes' share, row "uniform"). IoU: the map above halfway
+between its minimum and maximum against the union of the boxes. All as % (mean ± sd over draws).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import argparse
 import json
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,88 +37,121 @@ from quality import DEVDATA_VOC, LITE0, REPO_ROOT, draw_split, load_pool  # noqa
 
 import numpy as np  # noqa: E402
 
+SAMPLE_SEED, HALF_SEED = 0, 1
+HALVES = ("selection", "report")
+CENTROID_SHARE = 0.02  # the "top 2%" point: the centre of mass of the map's highest 2% of pixels
 
-def variants(size: int, extra: int | None) -> dict[str, tuple[str, tuple[int, ...], bool]]:
-    """name -> (method, map sizes, mirror)."""
-    table = {"norm": ("norm", (size,), False), "raw": ("raw", (size,), False), "mix": ("mix", (size,), False),
-             "linear": ("linear", (size,), False), "norm+mirror": ("norm", (size,), True),
-             "linear+mirror": ("linear", (size,), True)}
+
+def variants(size: int, extra: int | None) -> dict[str, tuple[tuple[int, ...], bool, float, str]]:
+    """Row name -> (map sizes, mirror, smoothing sigma in cells, point rule); every row scores
+    fewlabel.heatmaps' ``norm`` locations (the other methods pointed worse: docs/heatmaps.md)."""
+    one = (size,)
+    table = {"norm (naive baseline)": (one, False, 0.0, "peak"),
+             "norm + mirror": (one, True, 0.0, "peak"),
+             "norm, smoothed 0.5": (one, False, 0.5, "peak"),
+             "norm, smoothed 1 (the default)": (one, False, 1.0, "peak"),
+             "norm, smoothed 2": (one, False, 2.0, "peak"),
+             "norm + mirror, smoothed 1 (the default, flip_tta)": (one, True, 1.0, "peak"),
+             "norm, point: centre of mass of the top 2%": (one, False, 0.0, "centroid")}
     if extra:
-        table.update({"linear+mirror+sizes": ("linear", (size, extra), True)})
+        table.update({f"norm + mirror + {extra}": ((size, extra), True, 0.0, "peak"),
+                      f"norm + mirror + {extra}, smoothed 1": ((size, extra), True, 1.0, "peak")})
     return table
 
 
-class Draw:
-    """One draw: its model, its evaluation rows, and the records of every variant."""
-
-    def __init__(self, draw, params, labels, features, names):
-        from fewlabel.artifacts import training_targets
-        from fewlabel.model.svm import build_model, for_training_set
-
-        self.draw = draw
-        train_rows, eval_rows = draw_split(labels, params, draw)
-        self.eval_rows = set(int(r) for r in eval_rows)
-        svm = for_training_set(params.svm, len(train_rows))
-        self.model = build_model(svm).fit(features[train_rows], training_targets(labels[train_rows]))
-        self.reference_norm = float(np.linalg.norm(features[train_rows], axis=1).mean())
-        self.records = {name: {"point": [], "point_difficult": [], "energy": [], "iou": []} for name in names}
-        self.records["centre"] = {"point": [], "point_difficult": []}
-        self.records["uniform"] = {"energy": []}
-        self.photos = 0
-
-    def summary(self) -> dict:
-        from fewlabel import pointing
-        return {"draw": self.draw, "n_photos": self.photos, "n_pairs": len(self.records["centre"]["point"]),
-                "n_difficult_pairs": len(self.records["centre"]["point_difficult"]),
-                "scores": {name: {key: pointing.class_mean(values) for key, values in metrics.items()}
-                           for name, metrics in self.records.items()}}
+def centroid(heat: np.ndarray, share: float = CENTROID_SHARE) -> tuple[float, float]:
+    """(x, y): the centre of mass of the map above its (1 - share) quantile, weighted by the excess."""
+    threshold = np.quantile(heat, 1 - share)
+    ys, xs = np.nonzero(heat >= threshold)
+    weights = heat[ys, xs] - threshold + 1e-12
+    return float(xs @ weights / weights.sum()), float(ys @ weights / weights.sum())
 
 
-def score_batch(draw: Draw, rows, view_maps, pooled, args, table, pool, boxes_of, classes) -> None:
-    """Every variant's maps of the batch's photos that ``draw`` evaluates, scored against their boxes."""
+def sample_maps(path: Path, backbone: str, sizes: tuple[int, ...], paths: list[str], rows: np.ndarray,
+                batch_size: int) -> dict[str, np.ndarray]:
+    """View label -> the feature maps (photos x h x w x c, float16; mirrored views as the backbone
+    saw them) of ``paths[rows]``, read from ``path`` when it holds these rows and views, else
+    computed (one CNN pass per photo and view) and written there (a temporary file, renamed)."""
+    from fewlabel.features.recipes import Recipe
+    from fewlabel.heatmaps import FeatureMaps
+    from fewlabel.io import atomic_path
+
+    recipe = Recipe(backbone, sizes, flip=True)
+    labels = [view.label for view in recipe.views()]
+    if path.is_file():
+        with np.load(path) as stored:
+            if np.array_equal(stored["rows"], rows) and all(label in stored.files for label in labels):
+                print(f"feature maps of {len(rows)} photos read from {path}", file=sys.stderr)
+                return {label: stored[label] for label in labels}
+    started, maps = time.perf_counter(), {label: [] for label in labels}
+    for _, view_maps in FeatureMaps([recipe], None, batch_size).batches([paths[i] for i in rows]):
+        for view, block in view_maps[0].items():
+            maps[view.label].append(block.astype(np.float16))
+    maps = {label: np.concatenate(blocks) for label, blocks in maps.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, rows=rows, **maps)
+    print(f"feature maps of {len(rows)} photos: {time.perf_counter() - started:.0f} s, "
+          f"{path.stat().st_size / 2 ** 20:.0f} MiB in {path}", file=sys.stderr)
+    return maps
+
+
+def score_draw(draw: int, params, pool, features, sample, half_rows, maps, table, boxes_of, backbone) -> dict:
+    """One draw's model, and every row's records on the photos of ``half_rows`` it did not train on."""
+    from fewlabel import pointing
+    from fewlabel.artifacts import training_targets
     from fewlabel.features.recipes import Recipe
     from fewlabel.features.views import View
-    from fewlabel.heatmaps import combine_grids, image_size, upsample, view_grids
-    from fewlabel import pointing
+    from fewlabel.heatmaps import combine_grids, image_size, smooth, upsample, view_grids
+    from fewlabel.model.svm import build_model, for_training_set
 
     ids, labels, paths = pool
-    keep = [j for j, row in enumerate(rows) if int(row) in draw.eval_rows]
-    if not keep:
-        return
-    rows = rows[keep]
-    maps = {view: block[keep] for view, block in view_maps.items()}
-    sizes = sorted({v.size for v in maps})
-    per_method = {}
-    for method in sorted({method for method, _, _ in table.values()}):
-        recipe = Recipe(args.backbone, tuple(sizes), flip=True)
-        per_method[method] = {view: grid for (_, view), grid in view_grids(
-            draw.model, [recipe], pooled[keep], [maps], method, reference_norm=draw.reference_norm).items()}
-    grids = {name: combine_grids([per_method[method][View(size, "bilinear", mirrored)] for size in map_sizes
-                                  for mirrored in ((False, True) if mirror else (False,))])
-             for name, (method, map_sizes, mirror) in table.items()}
-    draw.photos += len(rows)
-    for j, row in enumerate(rows):
-        height, width = image_size(paths[row])
-        image_boxes = boxes_of[ids[row]]
-        difficult = pointing.is_difficult(image_boxes, height, width)
-        for c, name in enumerate(classes):
-            if labels[row, c] != 1 or not image_boxes.get(name):
-                continue
-            mask = pointing.box_mask(image_boxes[name], height, width)
-            centre = pointing.hit(((width - 1) / 2, (height - 1) / 2), image_boxes[name])
-            draw.records["centre"]["point"].append((name, centre))
-            draw.records["uniform"]["energy"].append((name, float(mask.mean())))
-            if difficult:
-                draw.records["centre"]["point_difficult"].append((name, centre))
-            for variant, grid in grids.items():
-                heat = upsample(grid[j, c:c + 1], height, width)[0]
-                hit = pointing.hit(pointing.peak(heat), image_boxes[name])
-                out = draw.records[variant]
-                out["point"].append((name, hit))
-                out["energy"].append((name, pointing.energy(heat, mask)))
-                out["iou"].append((name, pointing.mask_iou(heat, mask)))
-                if difficult:
-                    out["point_difficult"].append((name, hit))
+    classes = params.data.classes
+    train_rows, eval_rows = draw_split(labels, params, draw)
+    model = build_model(for_training_set(params.svm, len(train_rows))).fit(
+        features[train_rows], training_targets(labels[train_rows]))
+    reference_norm = float(np.linalg.norm(features[train_rows], axis=1).mean())
+    scored = np.flatnonzero(np.isin(sample, eval_rows) & np.isin(sample, half_rows))
+    records = defaultdict(lambda: defaultdict(list))  # row -> metric -> [(class, value)]
+    pairs = difficult_pairs = 0
+    views = {View(int(label.split("-")[0]), "bilinear", label.endswith("-mirror")): label for label in maps}
+    sizes = tuple(sorted({view.size for view in views}))
+    for start in range(0, len(scored), 16):  # a few photos' maps at a time: memory stays small
+        chunk = scored[start:start + 16]
+        rows = sample[chunk]
+        block_maps = {view: maps[label][chunk].astype(np.float32) for view, label in views.items()}
+        per_view = {view: grid for (_, view), grid in view_grids(
+            model, [Recipe(backbone, sizes, flip=True)], features[rows], [block_maps], "norm",
+            reference_norm=reference_norm).items()}
+        grids = {name: smooth(combine_grids([per_view[View(s, "bilinear", m)] for s in map_sizes
+                                             for m in ((False, True) if mirror else (False,))]), sigma)
+                 for name, (map_sizes, mirror, sigma, _) in table.items()}
+        for j, row in enumerate(rows):
+            height, width = image_size(paths[row])
+            image_boxes = boxes_of[ids[row]]
+            difficult = pointing.is_difficult(image_boxes, height, width)
+            for c, name in enumerate(classes):
+                if labels[row, c] != 1 or not image_boxes.get(name):
+                    continue
+                pairs, difficult_pairs = pairs + 1, difficult_pairs + difficult
+                mask = pointing.box_mask(image_boxes[name], height, width)
+                outcome = {"centre": {"point": pointing.hit(((width - 1) / 2, (height - 1) / 2), image_boxes[name])},
+                           "uniform": {"energy": float(mask.mean())}}
+                for variant, grid in grids.items():
+                    heat = upsample(grid[j, c:c + 1], height, width)[0]
+                    rule = table[variant][3]
+                    point = pointing.peak(heat) if rule == "peak" else centroid(heat)
+                    outcome[variant] = {"point": pointing.hit(point, image_boxes[name])}
+                    if rule == "peak":  # the map itself is the same as another row's for other rules
+                        outcome[variant].update(energy=pointing.energy(heat, mask), iou=pointing.mask_iou(heat, mask))
+                for variant, values in outcome.items():
+                    for key, value in values.items():
+                        records[variant][key].append((name, float(value)))
+                    if difficult and "point" in values:
+                        records[variant]["point_difficult"].append((name, float(values["point"])))
+    return {"draw": draw, "n_photos": len(scored), "n_pairs": pairs, "n_difficult_pairs": difficult_pairs,
+            "scores": {variant: {key: pointing.class_mean(values) for key, values in metrics.items()}
+                       for variant, metrics in records.items()}}
 
 
 def markdown(runs: list[dict]) -> str:
@@ -137,10 +173,13 @@ def main(argv=None) -> None:
     parser.add_argument("--voc", default=str(DEVDATA_VOC))
     parser.add_argument("--backbone", default=str(LITE0))
     parser.add_argument("--size", type=int, default=448, help="the model's view (and the maps' first size)")
-    parser.add_argument("--extra-size", type=int, default=None, help="a second map size (+sizes rows)")
+    parser.add_argument("--extra-size", type=int, default=None, help="a second map size (its own rows)")
     parser.add_argument("--draws", type=int, default=5)
-    parser.add_argument("--photos", type=int, default=300,
-                        help="photos drawn once (seed 0) from the pool; each draw scores those it did not train on")
+    parser.add_argument("--photos", type=int, default=600, help="photos drawn once (seed 0) from the pool")
+    parser.add_argument("--half", choices=HALVES, default="report",
+                        help="score the selection half (choosing) or the report half (the table)")
+    parser.add_argument("--maps", help="the feature maps' .npz (default: /tmp/fewlabel-pointing-<backbone>-"
+                                       "<sizes>-<photos>.npz)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
 
@@ -159,28 +198,25 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     features, _ = extract_features(pool[2], features_params, progress=True)
     print(f"pooled features of {len(features)} photos: {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    from fewlabel.features.recipes import Recipe
-    from fewlabel.heatmaps import FeatureMaps
+
+    sample = np.sort(np.random.default_rng(SAMPLE_SEED).choice(len(pool[2]), min(args.photos, len(pool[2])),
+                                                               replace=False))
+    halves = np.array_split(np.random.default_rng(HALF_SEED).permutation(len(sample)), 2)
+    half_rows = sample[np.sort(halves[HALVES.index(args.half)])]
+    sizes = tuple(dict.fromkeys((args.size,) + ((args.extra_size,) if args.extra_size else ())))
+    maps_path = Path(args.maps or f"/tmp/fewlabel-pointing-{Path(args.backbone).stem}-"
+                                  f"{'-'.join(map(str, sizes))}-{len(sample)}.npz")
+    maps = sample_maps(maps_path, args.backbone, sizes, pool[2], sample, params.features.batch_size)
 
     table = variants(args.size, args.extra_size)
-    draws = [Draw(d, params, pool[1], features, table) for d in range(args.draws)]
-    sample = np.sort(np.random.default_rng(0).choice(len(pool[2]), size=min(args.photos, len(pool[2])),
-                                                     replace=False))
-    sizes = tuple(dict.fromkeys((args.size,) + ((args.extra_size,) if args.extra_size else ())))
-    maps = FeatureMaps([Recipe(args.backbone, sizes, flip=True)], None, params.features.batch_size)
-    started, done = time.perf_counter(), 0
-    for batch_paths, view_maps in maps.batches([pool[2][i] for i in sample]):
-        rows = sample[done:done + len(batch_paths)]
-        done += len(batch_paths)
-        for draw in draws:
-            score_batch(draw, rows, view_maps[0], features[rows], args, table, pool, boxes_of, params.data.classes)
-        print(f"{done}/{len(sample)} photos, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    runs = [draw.summary() for draw in draws]
-    for run in runs:
-        print(f"draw {run['draw']}: {run['n_photos']} photos, {run['n_pairs']} photo-class pairs "
-              f"({run['n_difficult_pairs']} difficult)")
+    started, runs = time.perf_counter(), []
+    for draw in range(args.draws):
+        runs.append(score_draw(draw, params, pool, features, sample, half_rows, maps, table, boxes_of, args.backbone))
+        run = runs[-1]
+        print(f"draw {draw}: {run['n_photos']} photos, {run['n_pairs']} photo-class pairs "
+              f"({run['n_difficult_pairs']} difficult), {time.perf_counter() - started:.0f} s", flush=True)
     print(f"\n{Path(args.backbone).stem} at {args.size}" + (f" (+{args.extra_size})" if args.extra_size else "")
-          + f", {args.draws} draws, scored on the evaluation photos among {args.photos}\n\n{markdown(runs)}\n")
+          + f", {args.draws} draws, the {args.half} half of {len(sample)} photos\n\n{markdown(runs)}\n")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))

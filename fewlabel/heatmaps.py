@@ -15,8 +15,9 @@ view's map becomes a vector the same fitted model scores:
 - ``raw``: the model at ``f`` itself (``step`` 1).
 
 Values are the model's class probabilities, so they compare across photos. Views (sizes, the
-mirror, flipped back) are averaged on the finest grid; :func:`upsample` aligns a grid to the
-original photo (the views stretch the photo to a square, so a cell covers the same fraction of
+mirror, flipped back) are averaged on the finest grid, then smoothed (:func:`smooth`, a Gaussian
+of ``SMOOTHING`` cells: a class's maximum then falls where several neighbouring locations agree,
+not on one stray location); :func:`upsample` aligns a grid to the original photo (the views stretch the photo to a square, so a cell covers the same fraction of
 height and width of the photo). Maps are computed batch by batch: no feature map outlives its
 batch.
 """
@@ -39,6 +40,9 @@ DEFAULT_METHOD = "norm"  # the best pointing of bench/pointing.py on devdata (do
 #: The step of ``linear`` (a finite difference of the kernel values, in float64) and of ``mix``.
 LINEAR_STEP = 1e-3
 MIX_STEP = 0.25
+#: The Gaussian's sigma, in cells of the finest grid, that smooths the averaged maps: chosen among
+#: 0, 0.5, 1 and 2 on bench/pointing.py's selection half (Lite0: pointing 87.4 unsmoothed, 90.1 at 1).
+SMOOTHING = 1.0
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,10 @@ def _scaled_rows(pooled: np.ndarray, locations: np.ndarray, offset: int, method:
 
 def class_grids(model, recipes: Sequence[Recipe], pooled: np.ndarray,
                 view_maps: Sequence[dict[View, np.ndarray]], method: str = DEFAULT_METHOD,
-                step: float | None = None, reference_norm: float | None = None) -> np.ndarray:
-    """Per image and class, the probability map (n x classes x h x w) on the finest views' grid.
+                step: float | None = None, reference_norm: float | None = None,
+                smoothing: float = SMOOTHING) -> np.ndarray:
+    """Per image and class, the probability map (n x classes x h x w) on the finest views' grid,
+    the views averaged then smoothed (:func:`smooth`, sigma ``smoothing`` cells; 0: none).
 
     ``model``: the fitted pipeline (scaler, kernel map, per-class SVMs); ``pooled``: the images'
     feature rows (n x d, as the model takes them); ``view_maps``: per recipe (in the order of the
@@ -122,7 +128,8 @@ def class_grids(model, recipes: Sequence[Recipe], pooled: np.ndarray,
     ``reference_norm`` (``norm`` only): a number, or training vectors (n x d) whose mean norm per
     backbone block is taken; None: :func:`training_vectors` of the model.
     """
-    return combine_grids(list(view_grids(model, recipes, pooled, view_maps, method, step, reference_norm).values()))
+    grids = view_grids(model, recipes, pooled, view_maps, method, step, reference_norm)
+    return smooth(combine_grids(list(grids.values())), smoothing)
 
 
 def view_grids(model, recipes: Sequence[Recipe], pooled: np.ndarray, view_maps: Sequence[dict[View, np.ndarray]],
@@ -172,6 +179,17 @@ def combine_grids(grids: Sequence[np.ndarray]) -> np.ndarray:
             total += np.einsum("Hh,nkhw,Ww->nkHW", interpolation_matrix(height, grid.shape[2]), grid,
                                interpolation_matrix(width, grid.shape[3]), optimize=True)
     return (total / len(grids)).astype(np.float32)
+
+
+def smooth(grids: np.ndarray, sigma: float) -> np.ndarray:
+    """Each map of ``grids`` (... x h x w) blurred by a Gaussian of ``sigma`` cells (scipy's, cut
+    at 4 sigma; the edge cells repeated outwards, so a flat map stays flat); 0: unchanged."""
+    if not sigma:
+        return grids
+    from scipy.ndimage import gaussian_filter
+
+    sigmas = (0,) * (grids.ndim - 2) + (sigma, sigma)
+    return gaussian_filter(np.asarray(grids, dtype=np.float64), sigmas, mode="nearest").astype(np.float32)
 
 
 def pooled_features(recipes: Sequence[Recipe], view_maps: Sequence[dict[View, np.ndarray]]) -> np.ndarray:

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from fewlabel.heatmaps import class_grids, interpolation_matrix, upsample
+from fewlabel.heatmaps import class_grids, interpolation_matrix, smooth, upsample
 from fewlabel.pointing import hit, peak
 
 CLASSES = ("cat", "dog")
@@ -125,6 +125,29 @@ def test_upsample_is_bilinear_with_half_pixel_centres_as_tensorflow():
     np.testing.assert_allclose(upsample(grid, 37, 22), reference.transpose(2, 0, 1), atol=1e-5)
 
 
+def test_smoothing_is_a_gaussian_of_sigma_cells_that_moves_the_peak_to_where_neighbours_agree():
+    """sigma 1 cell, by hand: weights exp(-k^2 / 2) for |k| <= 4, normalised (sum S = 2.5066, so
+    the centre of a lone spike keeps 1 / S^2 = 0.1592); a 3 x 3 plateau of 0.8 keeps
+    0.8 ((1 + 2 exp(-1/2)) / S)^2 = 0.6236 at its centre: the smoothed maximum moves from a lone
+    spike of 1.0 to the plateau."""
+    grid = np.zeros((1, 1, 11, 11))
+    grid[0, 0, 5, 5] = 1.0
+    S = 1 + 2 * sum(np.exp(-k * k / 2) for k in range(1, 5))
+    spread = smooth(grid, 1.0)[0, 0]
+    assert spread[5, 5] == pytest.approx(1 / S ** 2, abs=1e-6)
+    assert spread[5, 6] == pytest.approx(np.exp(-0.5) / S ** 2, abs=1e-6)
+    assert spread.sum() == pytest.approx(1.0, abs=1e-5)
+    assert smooth(np.full((2, 3, 4, 5), 0.3), 1.0) == pytest.approx(0.3)  # the edges: a flat map stays flat
+    grid = np.zeros((1, 1, 14, 14))
+    grid[0, 0, 1, 1] = 1.0  # a lone spike
+    grid[0, 0, 8:11, 8:11] = 0.8  # an object
+    assert peak(grid[0, 0]) == (1, 1)
+    smoothed = smooth(grid, 1.0)[0, 0]
+    assert peak(smoothed) == (9, 9)
+    assert smoothed[9, 9] == pytest.approx(0.8 * ((1 + 2 * np.exp(-0.5)) / S) ** 2, abs=1e-3)
+    assert smooth(grid, 0) is grid
+
+
 def test_linear_is_the_first_order_kernel_at_the_pooled_vector():
     """By hand for an RBF model without scaler: k_i(p + d) ~ k_i(p) (1 - 2 gamma (p - x_i).d),
     with d = f - p; the SVMs and calibration then applied to those kernel values."""
@@ -139,7 +162,7 @@ def test_linear_is_the_first_order_kernel_at_the_pooled_vector():
     model = build_model(SvmParams(gamma=0.5, n_jobs=1, scaler="none", approximation="exact")).fit(train, targets)
     maps = rng.random((2, 3, 4, 6)) * 0.3 + 0.35
     pooled = maps.mean(axis=(1, 2))
-    grids = class_grids(model, [Recipe("b", (32,))], pooled, [{View(32): maps}], "linear")
+    grids = class_grids(model, [Recipe("b", (32,))], pooled, [{View(32): maps}], "linear", smoothing=0)
     assert grids.shape == (2, 2, 3, 4)
     kernel = model[-2]
     gamma, x = kernel.gamma_, kernel.train_features_
