@@ -154,16 +154,24 @@ def score_draw(draw: int, params, pool, features, sample, half_rows, maps, table
                        for variant, metrics in records.items()}}
 
 
-def markdown(runs: list[dict]) -> str:
+def markdown(runs: list[dict], baseline: str = "norm (naive baseline)") -> str:
+    """The table: mean ± sd over draws; the last two columns are paired per draw (same photos),
+    pointing minus the naive baseline's and minus the centre's."""
     keys = (("point", "pointing"), ("point_difficult", "pointing, difficult"), ("energy", "energy"),
             ("iou", "mask IoU"))
-    lines = ["| method | " + " | ".join(label for _, label in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines = ["| method | " + " | ".join(label for _, label in keys) + f" | pointing − {baseline.split()[0]} | "
+             "pointing − centre |", "|---" * (len(keys) + 3) + "|"]
+
+    def cell(values) -> str:
+        values = [v for v in values if v is not None]
+        return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}" if values else ""
+
     for name in runs[0]["scores"]:
-        cells = []
-        for key, _ in keys:
-            values = [run["scores"][name].get(key) for run in runs]
-            values = [v for v in values if v is not None]
-            cells.append(f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}" if values else "")
+        cells = [cell([run["scores"][name].get(key) for run in runs]) for key, _ in keys]
+        for reference in (baseline, "centre"):
+            paired = [run["scores"][name].get("point") is not None and run["scores"][name]["point"]
+                      - run["scores"][reference]["point"] for run in runs]
+            cells.append(cell([v if v is not False else None for v in paired]) if name != reference else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -4,7 +4,7 @@ The model (scaler, kernel map, one Platt-scaled SVM per class) was trained on po
 ``p`` (the mean of the feature map's locations, then of the views). Each location ``f`` of a
 view's map becomes a vector the same fitted model scores:
 
-- ``norm`` (the default: it pointed best in ``bench/pointing.py``, see docs/heatmaps.md): ``f``
+- ``norm`` (the default: it pointed best in ``bench/pointing.py``, smoothed; docs/heatmaps.md): ``f``
   scaled to the mean norm of the pooled training vectors (of its backbone's block), then the
   model: a location scored as a photo of typical strength made of that location alone.
 - ``linear``: the model's kernel values linearised at ``p`` (a Grad-CAM-like first-order weight
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # the feature modules load TensorFlow: imported where used, s
     from fewlabel.features.views import View
 
 METHODS = ("norm", "linear", "mix", "raw")
-DEFAULT_METHOD = "norm"  # the best pointing of bench/pointing.py on devdata (docs/heatmaps.md)
+DEFAULT_METHOD = "norm"  # the best pointing of bench/pointing.py on devdata, with SMOOTHING (docs/heatmaps.md)
 #: The step of ``linear`` (a finite difference of the kernel values, in float64) and of ``mix``.
 LINEAR_STEP = 1e-3
 MIX_STEP = 0.25
