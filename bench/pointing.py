@@ -1,8 +1,9 @@
 """Where the class maps point, on devdata's boxes: the pointing game, energy and mask IoU per method.
 
-    python bench/pointing.py                                   # Lite0 at 448 (+576 maps), report half
-    python bench/pointing.py --half selection                  # the half the method and knobs are chosen on
-    python bench/pointing.py --backbone <lite2.keras> --json bench/results/pointing_lite2.json
+    python bench/pointing.py --photos 1500 --half selection    # Lite0 at 448: the half the knobs are chosen on
+    python bench/pointing.py --photos 1500                     # the report half (the maps are cached: minutes)
+    python bench/pointing.py --photos 1500 --backbone <lite2.keras> --json bench/results/pointing_lite2.json
+    python bench/pointing.py --photos 600 --extra-size 576     # maps at 576 too (+576 rows)
 
 Protocol (bench/quality.py's): per draw d (0..k-1), 750 training images by the subset stage's
 stratified draw (seed d) from devdata's ``train.txt`` (2,334 photos); the product's model
@@ -183,7 +184,7 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=448, help="the model's view (and the maps' first size)")
     parser.add_argument("--extra-size", type=int, default=None, help="a second map size (its own rows)")
     parser.add_argument("--draws", type=int, default=5)
-    parser.add_argument("--photos", type=int, default=600, help="photos drawn once (seed 0) from the pool")
+    parser.add_argument("--photos", type=int, default=1500, help="photos drawn once (seed 0) from the pool")
     parser.add_argument("--half", choices=HALVES, default="report",
                         help="score the selection half (choosing) or the report half (the table)")
     parser.add_argument("--maps", help="the feature maps' .npz (default: /tmp/fewlabel-pointing-<backbone>-"
