@@ -17,9 +17,9 @@ view's map becomes a vector the same fitted model scores:
 Values are the model's class probabilities, so they compare across photos. Views (sizes, the
 mirror, flipped back) are averaged on the finest grid, then smoothed (:func:`smooth`, a Gaussian
 of ``SMOOTHING`` cells: a class's maximum then falls where several neighbouring locations agree,
-not on one stray location); :func:`upsample` aligns a grid to the original photo (the views stretch the photo to a square, so a cell covers the same fraction of
-height and width of the photo). Maps are computed batch by batch: no feature map outlives its
-batch.
+not on one stray location); :func:`upsample` aligns a grid to the original photo (the views
+stretch the photo to a square, so a cell covers the same fraction of height and width of the
+photo). Maps are computed batch by batch: no feature map outlives its batch.
 """
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ DEFAULT_METHOD = "norm"  # the best pointing of bench/pointing.py on devdata, wi
 LINEAR_STEP = 1e-3
 MIX_STEP = 0.25
 #: The Gaussian's sigma, in cells of the finest grid, that smooths the averaged maps: chosen among
-#: 0, 0.5, 1 and 2 on bench/pointing.py's selection half (Lite0: pointing 87.4 unsmoothed, 90.1 at 1).
+#: 0, 0.5, 1 and 2 on bench/pointing.py's selection half (Lite0, 1,500 photos: pointing 87.3
+#: unsmoothed, 88.9 at 1; docs/heatmaps.md has the report half).
 SMOOTHING = 1.0
 
 
