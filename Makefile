@@ -63,11 +63,13 @@ $(LS_VENV)/.installed: requirements-labelstudio.txt
 	$(LS_VENV)/bin/pip install -r requirements-labelstudio.txt
 	touch $@
 
-## Check the import layers (pyproject.toml, [tool.importlinter]), then run the test suite
-## (pytest exits 5 when it collects no test: that is a failure too).
+## Check the import layers (pyproject.toml, [tool.importlinter]), then run the test suite in
+## TEST_WORKERS processes (pytest-xdist; the Ray tests stay together in one, --dist loadgroup);
+## pytest exits 5 when it collects no test: that is a failure too.
+TEST_WORKERS ?= 2
 test: setup-fast setup-engine setup-test setup-labelstudio
 	lint-imports
-	python -m pytest; status=$$?; \
+	python -m pytest -n $(TEST_WORKERS) --dist loadgroup; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 
 ## Feature-extraction throughput (see bench/featurize.py --help for options).

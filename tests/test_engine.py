@@ -24,7 +24,9 @@ from stages.predict import main as predict_main
 from tests.conftest import require
 from tests.synthetic import tiny_features, write_images, write_predict_project
 
-pytestmark = pytest.mark.slow  # Ray workers and TensorFlow extraction
+# Ray workers and TensorFlow extraction; one test process runs every Ray test (make test: -n 2
+# --dist loadgroup), as two Ray instances at once on 2 cores are slow to start
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 FEATURES = tiny_features(flip_tta=True)
 
