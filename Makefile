@@ -61,6 +61,8 @@ $(LS_VENV)/.installed: requirements-labelstudio.txt
 	$(PYTHON) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/pip install --upgrade pip
 	$(LS_VENV)/bin/pip install -r requirements-labelstudio.txt
+	# the test server's database, migrated once (a first start spends about 40 s on it)
+	$(PYTHON) -m tests.label_studio_server
 	touch $@
 
 ## Check the import layers (pyproject.toml, [tool.importlinter]), then run the test suite in
