@@ -61,13 +61,17 @@ $(LS_VENV)/.installed: requirements-labelstudio.txt
 	$(PYTHON) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/pip install --upgrade pip
 	$(LS_VENV)/bin/pip install -r requirements-labelstudio.txt
+	# the test server's database, migrated once (a first start spends about 40 s on it)
+	$(PYTHON) -m tests.label_studio_server
 	touch $@
 
-## Check the import layers (pyproject.toml, [tool.importlinter]), then run the test suite
-## (pytest exits 5 when it collects no test: that is a failure too).
+## Check the import layers (pyproject.toml, [tool.importlinter]), then run the test suite in
+## TEST_WORKERS processes (pytest-xdist; the Ray tests stay together in one, --dist loadgroup);
+## pytest exits 5 when it collects no test: that is a failure too.
+TEST_WORKERS ?= 2
 test: setup-fast setup-engine setup-test setup-labelstudio
 	lint-imports
-	python -m pytest; status=$$?; \
+	python -m pytest -n $(TEST_WORKERS) --dist loadgroup; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 
 ## Feature-extraction throughput (see bench/featurize.py --help for options).

@@ -21,7 +21,7 @@ import argparse
 
 from fewlabel.data.subset import (add_included, class_distribution, distribution_figure, pool_limited_classes,
                                   read_included, select_subsets)
-from fewlabel.data.pool import pool_ids
+from fewlabel.data.pool import pool_ids, pool_setting, require_images_left
 from fewlabel.errors import run_main
 from fewlabel.io import read_csv, write_csv
 from fewlabel.params import load_params
@@ -44,14 +44,15 @@ def main() -> None:
     labels = read_csv(args.labels, required=["image_id", "split", *classes])
     data = params.data
     pool = pool_ids(args.voc, data) if args.voc else set()
-    setting = (f"data.pool_split '{data.pool_split}'" if data.pool_split is not None
-               else f"data.pool_images '{data.pool_images}'")
+    setting = pool_setting(data)
     train, eval_set = select_subsets(labels, classes, data.train_split, data.eval_split,
                                      params.subset, pool, setting)
     drawn = set(train["image_id"])
     listed = read_included(args.include) if args.include else []
     if listed:
         train = add_included(train, labels, listed, params.data.eval_split, args.include)
+    if args.voc:  # a pool left empty fails now, not in featurize_pool after featurize
+        require_images_left(data, pool, set(train["image_id"]) | set(eval_set["image_id"]))
     train_pool = labels[labels["split"] == params.data.train_split]
     distribution = class_distribution(train_pool, train, eval_set, classes)
 

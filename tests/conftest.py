@@ -506,6 +506,9 @@ FAST_PARAMS = {
     "svm.gamma": "scale",
     "svm.n_jobs": 1,
     "evaluate.bootstrap": 20,
+    # no heatmaps: they cost every evaluate run a TensorFlow start (about 10 s); the one test that
+    # turns them on is test_pipeline_dvc's test_heatmaps_through_dvc...
+    "evaluate.heatmap_photos": 0,
 }
 #: Suggestions per round in :func:`reproduced_pipeline`.
 N_SUGGESTED = 5

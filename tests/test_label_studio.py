@@ -1,7 +1,8 @@
 """The labelling loop against a real Label Studio server (``make setup-labelstudio`` installs it
 into ``.venv-labelstudio/``; ``make test`` does that first). The server runs on 127.0.0.1 with a
-temporary data folder, README's set-up (local file serving on, document root ``/``) and a user
-with a legacy API token.
+temporary data folder (a copy of the database ``make setup-labelstudio`` migrated), README's set-up
+(local file serving on, document root ``/``) and a user with a legacy API token
+(tests/label_studio_server.py).
 
 One round with ``data.pool_split`` (a list inside the training split), then one with
 ``data.pool_images`` (a folder outside the data set), in one project: ``fewlabel labels push``,
@@ -27,20 +28,19 @@ import pytest
 
 from fewlabel.active.label_import import local_path
 from fewlabel.io import read_lines
-from tests.conftest import FAST_PARAMS, REPO_ROOT, free_port, make_dvc_project
+from tests.conftest import FAST_PARAMS, free_port, make_dvc_project
+from tests.label_studio_server import LABEL_STUDIO, TOKEN, data_folder, environment
 from tests.vocgen import make_voc
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "fewlabel-test-token-0123456789"
-START_TIMEOUT = 600  # seconds: migrations on first start are slow on a busy 2-core machine
+START_TIMEOUT = 600  # seconds: a first start without the migrated copy is slow on a busy 2-core machine
 
 
 def label_studio_command() -> str:
     """The ``label-studio`` executable (``.venv-labelstudio/`` first); skips where it is missing,
     except under CI (``make test`` installs it), where that fails."""
-    found = REPO_ROOT / ".venv-labelstudio" / "bin" / "label-studio"
-    command = str(found) if found.exists() else shutil.which("label-studio")
+    command = str(LABEL_STUDIO) if LABEL_STUDIO.exists() else shutil.which("label-studio")
     if command is None:
         message = "Label Studio is not installed: make setup-labelstudio"
         if os.environ.get("CI"):
@@ -54,11 +54,8 @@ def server(tmp_path_factory):
     command = label_studio_command()
     data = tmp_path_factory.mktemp("label-studio")
     port = free_port()
-    env = {**os.environ, "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-           "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": "/", "LABEL_STUDIO_USERNAME": "tests@example.com",
-           "LABEL_STUDIO_PASSWORD": "not-a-secret-1", "LABEL_STUDIO_USER_TOKEN": TOKEN,
-           "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "LATEST_VERSION_CHECK": "false",
-           "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true"}
+    env = environment()
+    data_folder(data / "data")  # a copy of the database make setup-labelstudio migrated
     log = open(data / "server.log", "w")
     process = subprocess.Popen([command, "start", "--no-browser", "--data-dir", str(data / "data"),
                                 "--port", str(port), "--internal-host", "127.0.0.1"],
@@ -150,7 +147,9 @@ def test_the_loop_against_a_real_label_studio(server, tmp_path):
     project = make_dvc_project(root / "project", commit=False)
     project.ls_url = server
     project.env["FEWLABEL_CACHE_DIR"] = str(root / "user-cache")
-    project.set_params({**FAST_PARAMS, "data.source": str(devkit), "data.pool_split": "pool", "suggest.n": 5})
+    # one view, no view choice (not what this test is about): each of the 3 runs extracts faster
+    project.set_params({**FAST_PARAMS, "features.image_size": 32, "features.flip_tta": False,
+                        "data.source": str(devkit), "data.pool_split": "pool", "suggest.n": 5})
     project.dvc("repro", check=True)
     project.commit("round 0")
     before = train_ids(project)

@@ -26,7 +26,7 @@ from fewlabel.io import CACHE_ENV
 from tests.conftest import free_port, require
 from tests.synthetic import write_images, write_predict_project
 
-pytestmark = pytest.mark.slow  # a Ray cluster and TensorFlow extraction
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # a Ray cluster and TensorFlow extraction; with test_engine (make test)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -127,14 +127,18 @@ def test_an_empty_pool_is_a_clear_error(project):
         result = project.dvc("repro")
         assert result.returncode != 0, result.stdout + result.stderr
         assert "data.pool_split 'evaluated' holds no image outside the training and evaluation sets" in result.stderr
+        assert "featurize" not in stages_run(result.stdout)  # the subset stage said it, before any extraction
     finally:
         restore(project)
 
 
 def test_an_image_added_to_the_pool_folder_or_list_reruns_featurize_pool(project, tmp_path):
     """Issue 26: data.pool_images is a dependency (through data/pool), not only a param: an image
-    copied into the folder, or a line added to the list file, shows in `dvc status`, and a null
-    pool still runs. Last in the module: it leaves data/pool pointing elsewhere."""
+    copied into the folder, or a line added to the list file, shows in `dvc status` and reruns
+    featurize_pool, and a null pool still runs. Only the pool stages are reproduced (``-s``): a
+    changed pool setting also redraws the subset (no longer kept out of the draw), which other
+    tests cover. Last in the module: it leaves data/pool pointing elsewhere."""
+    pool_stages = ("repro", "--single-item", "pool", "featurize_pool")
     folder = tmp_path / "photos"
     folder.mkdir()
     good = [i for i in project.pool_ids if i != project.bad_id]
@@ -147,16 +151,16 @@ def test_an_image_added_to_the_pool_folder_or_list_reruns_featurize_pool(project
                                (listing, lambda: listing.write_text(listing.read_text() +
                                                                     f"{project.voc / 'JPEGImages'}/{good[4]}.jpg\n"))):
             project.set_params({"data.pool_split": None, "data.pool_images": str(location)})
-            project.dvc("repro", check=True)
-            assert "featurize_pool" not in project.dvc("status", check=True).stdout
+            project.dvc(*pool_stages, check=True)
+            assert "featurize_pool" not in project.dvc("status", "featurize_pool", check=True).stdout
             grow()
-            status = project.dvc("status", check=True).stdout
+            status = project.dvc("status", "featurize_pool", check=True).stdout
             assert "featurize_pool:" in status and "data/pool" in status, status
-            rerun = project.dvc("repro", check=True)
+            rerun = project.dvc(*pool_stages, check=True)
             assert "featurize_pool" in stages_run(rerun.stdout)
             assert sorted(np.load(project.path("data/features/pool.npz"))["ids"]) == sorted(good[:5])
         project.set_params({"data.pool_split": None, "data.pool_images": None})  # no pool
-        project.dvc("repro", check=True)
+        project.dvc(*pool_stages, check=True)
         assert len(np.load(project.path("data/features/pool.npz"))["ids"]) == 0
     finally:
         restore(project)

@@ -55,17 +55,29 @@ def pool_images(voc_dir: str | Path, data: DataParams, exclude: set[str]) -> tup
     """
     if data.pool_split is not None:
         ids, paths = _from_split(Path(voc_dir), data.pool_split)
-        source = f"data.pool_split '{data.pool_split}'"
     elif data.pool_images is not None:
         ids, paths = _from_files(data.pool_images)
-        source = f"data.pool_images '{data.pool_images}'"
     else:
         return [], []
     kept = [(i, p) for i, p in zip(ids, paths) if i not in exclude]
-    if not kept:
-        raise PipelineError(f"params.yaml: {source} holds no image outside the training and evaluation sets "
-                            f"({len(ids)} listed); point it at images still to label, or set it to null")
+    require_images_left(data, ids, exclude)
     return [i for i, _ in kept], [p for _, p in kept]
+
+
+def pool_setting(data: DataParams) -> str:
+    """The setting that names the pool, for messages: ``data.pool_split 'x'`` or ``data.pool_images 'y'``."""
+    if data.pool_split is not None:
+        return f"data.pool_split '{data.pool_split}'"
+    return f"data.pool_images '{data.pool_images}'"
+
+
+def require_images_left(data: DataParams, pool: list[str] | set[str], exclude: set[str]) -> None:
+    """A configured pool whose every image is in ``exclude`` (the training and evaluation sets)
+    is an error. The subset stage checks it too, so that it fails before featurize."""
+    if (data.pool_split is not None or data.pool_images is not None) and not set(pool) - set(exclude):
+        raise PipelineError(f"params.yaml: {pool_setting(data)} holds no image outside the training and "
+                            f"evaluation sets ({len(pool)} listed); point it at images still to label, or set "
+                            f"it to null")
 
 
 def pool_ids(voc_dir: str | Path, data: DataParams) -> set[str]:

@@ -115,8 +115,17 @@ class ViewRunner:
             return [tf.reverse(p, axis=[2]) if view.mirrored else p for view, p in zip(self.views, pixels)]
 
         def run_models(resized):
-            return tuple(models[view.size](pixels, training=False)
-                         for view, pixels in zip(self.views, view_pixels(resized)))
+            """Each size's model called once, on its views' batches stacked (an image and its
+            mirror: one call, not two), so the graph traced holds one model per size, which
+            halves the tracing with flip_tta; every layer works image by image, so the features
+            are the same (a test checks them against the model called on each view)."""
+            pixels, features = view_pixels(resized), [None] * len(self.views)
+            for size in dict.fromkeys(view.size for view in self.views):
+                members = [i for i, view in enumerate(self.views) if view.size == size]
+                stacked = models[size](tf.concat([pixels[i] for i in members], axis=0), training=False)
+                for i, part in zip(members, tf.split(stacked, len(members), axis=0)):
+                    features[i] = part
+            return tuple(features)
 
         keys = self.keys
 
