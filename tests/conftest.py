@@ -84,10 +84,13 @@ DVC_FIXTURES = {"dvc_project", "reproduced_pipeline", "_fresh_dvc_project"}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark ``slow`` every test that uses a DVC project (``pytest -m "not slow"`` leaves them out)."""
+    """Mark ``slow`` every test that uses a DVC project (``pytest -m "not slow"`` leaves them out),
+    then run the slow tests first, in their order: with two test processes (``make test``), the
+    quick ones fill the end, so neither process waits long on the other's last test."""
     for item in items:
         if DVC_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the order within each kind
 
 
 # --------------------------------------------------------------------------- user cache
