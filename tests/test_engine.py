@@ -137,10 +137,10 @@ def run_predict(args: list[str]) -> int:
 
 def test_predict_streams_chunks_and_its_memory_stays_flat(predict_project, tmp_path, monkeypatch):
     """2,000 files in chunks of 200, each chunk's rows written as it is done: the Python heap
-    held after the last chunk (after a garbage collection) is the same as after the second (a run
-    that kept every image's features or rows would hold 5x more by then). Held, not peak: a peak
-    also counts passing allocations (another thread's, uncollected garbage), which a run does not
-    keep; how much of those there is depends on what ran before in the process."""
+    held (after a garbage collection) does not grow from chunk to chunk (a run that kept every
+    image's features would grow by a chunk's features at each). Held, not peak: a peak also counts
+    passing allocations (another thread's, uncollected garbage), which a run does not keep; how
+    much of those there is depends on what ran before in the process."""
     from fewlabel.tables import TableWriter
     paths = write_images(tmp_path / "many", 2000, seed=4)
     listing = tmp_path / "list.txt"
@@ -161,7 +161,10 @@ def test_predict_streams_chunks_and_its_memory_stays_flat(predict_project, tmp_p
     assert len(held) == 10  # ten chunks, each written on its own
     table = pd.read_csv("p.csv")
     assert list(table["path"]) == paths and table.filter(like="p_").notna().all().all()
-    assert held[-1] < held[1] + 2_000_000, held
+    # a run keeping each chunk (its 1 MB of features) grows at every chunk; one step up once is a
+    # cache of the process warming up (seen under pytest-xdist, after other tests), not a chunk kept
+    growth = np.diff(held[1:])
+    assert (growth > 500_000).sum() <= 1 and held[-1] - held[1] < 10_000_000, held
 
 
 def test_predict_on_the_engine_equals_single_process_and_goes_past_a_bad_file(ray_cluster, predict_project,
