@@ -510,7 +510,7 @@ FAST_PARAMS = {
     "svm.n_jobs": 1,
     "evaluate.bootstrap": 20,
     # no heatmaps: they cost every evaluate run a TensorFlow start (about 10 s); the one test that
-    # turns them on is test_pipeline_dvc's test_heatmaps_through_dvc...
+    # turns them on is test_pipeline_dvc's test_heatmaps_through_dvc_rerun_only_evaluate_and_play_the_pointing_game
     "evaluate.heatmap_photos": 0,
 }
 #: Suggestions per round in :func:`reproduced_pipeline`.

@@ -84,21 +84,23 @@ def pool_ids(voc_dir: str | Path, data: DataParams) -> set[str]:
     """The ids of the configured pool (empty when none), from its list or file names only. The
     subset stage never draws them: labelling pool images then cannot change the draw."""
     if data.pool_split is not None:
-        path = Path(voc_dir) / "ImageSets" / "Main" / f"{data.pool_split}.txt"
-        if not path.is_file():
-            raise PipelineError(f"{path}: not found, so data.pool_split '{data.pool_split}' names no list; write "
-                                f"the ids of the images to rank there, one per line, or set data.pool_split to null")
-        return set(read_split_list(path))
+        return set(read_split_list(_split_list(Path(voc_dir), data.pool_split)))
     if data.pool_images is not None:
         return set(_from_files(data.pool_images)[0])
     return set()
 
 
-def _from_split(voc_dir: Path, split: str) -> tuple[list[str], list[str]]:
+def _split_list(voc_dir: Path, split: str) -> Path:
+    """The list file that ``data.pool_split`` names (an error naming it when it is missing)."""
     path = voc_dir / "ImageSets" / "Main" / f"{split}.txt"
     if not path.is_file():
         raise PipelineError(f"{path}: not found, so data.pool_split '{split}' names no list; write the ids of "
                             f"the images to rank there, one per line, or set data.pool_split to null")
+    return path
+
+
+def _from_split(voc_dir: Path, split: str) -> tuple[list[str], list[str]]:
+    path = _split_list(voc_dir, split)
     images = list_images(voc_dir / "JPEGImages")
     ids, paths, missing = [], [], []
     for image_id in dict.fromkeys(read_split_list(path)):
