@@ -81,15 +81,16 @@ def main() -> None:
 
 def write_heatmaps(args, params, ids, labels, predicted) -> dict | None:
     """plots/heatmaps.png (an empty figure when evaluate.heatmap_photos is 0) and the pointing game."""
-    from pathlib import Path
-
-    from fewlabel.api import load
-    from fewlabel.data.images import subset_image_paths
-
     if not args.images:
         raise PipelineError("--heatmaps-png needs --images (the eval photos' folder)")
     figure, pointing = None, None
     if params.evaluate.heatmap_photos:
+        # here, not at the top: loading the classifier imports TensorFlow (seconds), needless with no maps
+        from pathlib import Path
+
+        from fewlabel.api import load
+        from fewlabel.data.images import subset_image_paths
+
         classifier = load(".", model=args.model, thresholds=args.thresholds, meta=args.meta)
         _, paths, _ = subset_image_paths(Path(args.images), Path(args.labels))
         figure, pointing = heatmap_report(classifier, ids, paths, labels, predicted, args.annotations,

@@ -41,9 +41,22 @@ SCORE_KEYS = {"f1_micro", "f1_macro", "dice", "jaccard", "precision_at_1", "prec
               "subset_accuracy", "empty_rate"}
 
 
-def run_stage(workdir: Path, args: list[str]) -> subprocess.CompletedProcess:
+#: Runs a stage module as ``python -m`` does, then prints whether TensorFlow was imported.
+REPORT_TENSORFLOW = """import runpy, sys
+module, sys.argv = sys.argv[1], sys.argv[1:]
+try:
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+finally:
+    print("tensorflow imported:", "tensorflow" in sys.modules)
+"""
+
+
+def run_stage(workdir: Path, args: list[str], report_tensorflow: bool = False) -> subprocess.CompletedProcess:
+    """``python -m <args>`` in ``workdir``; with ``report_tensorflow``, its last line of output
+    says whether the stage imported TensorFlow."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", *args], cwd=workdir, env=env, capture_output=True, text=True)
+    python = [sys.executable, "-c", REPORT_TENSORFLOW] if report_tensorflow else [sys.executable, "-m"]
+    return subprocess.run([*python, *args], cwd=workdir, env=env, capture_output=True, text=True)
 
 
 @pytest.fixture()
@@ -142,9 +155,19 @@ def test_difficult_entries_are_left_out_of_confusion_records():
 
 @pytest.mark.slow
 def test_stages_write_every_declared_output(synthetic_workdir):
-    for args in (TRAIN, CALIBRATE, EVALUATE):
+    for args in (TRAIN, CALIBRATE):
         completed = run_stage(synthetic_workdir, args)
         assert completed.returncode == 0, completed.stderr
+    # as dvc.yaml runs it, with evaluate.heatmap_photos 0: an empty heatmaps figure, and no
+    # TensorFlow start-up (seconds) when no photo is mapped
+    params = yaml.safe_load((synthetic_workdir / "params.yaml").read_text())
+    params["evaluate"]["heatmap_photos"] = 0
+    (synthetic_workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    evaluate_with_heatmaps = [*EVALUATE, "--images", "images", "--heatmaps-png", "plots/heatmaps.png"]
+    completed = run_stage(synthetic_workdir, evaluate_with_heatmaps, report_tensorflow=True)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines()[-1] == "tensorflow imported: False"
+    assert (synthetic_workdir / "plots/heatmaps.png").stat().st_size > 1_000
     metrics = json.loads((synthetic_workdir / "metrics/scores.json").read_text())
     assert metrics["n_train"] == 150 and metrics["n_eval"] == 200
     for name in RULES:
