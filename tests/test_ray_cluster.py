@@ -83,7 +83,9 @@ def test_RAY_ADDRESS_sends_predict_to_the_cluster_and_a_missing_token_is_explain
     assert "predict (single process)" in single.stderr
 
     address = ray_head["RAY_ADDRESS"]
-    refused = run_predict(project, tmp_path / "img", "refused.csv", {**env, "RAY_ADDRESS": address})
+    # Ray retries a refused connection once a second, 20 times by default: 2 tries are enough here
+    refused = run_predict(project, tmp_path / "img", "refused.csv",
+                          {**env, "RAY_ADDRESS": address, "RAY_gcs_server_port_wait_time_s": "2"})
     assert refused.returncode == 1, refused.stderr[-3000:]
     assert f"error: cannot connect to the Ray cluster at $RAY_ADDRESS ({address}): " in refused.stderr
     assert "export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN" in refused.stderr
