@@ -29,7 +29,7 @@ even for root, or None where that is not possible).
     with dotted-key edits (``edit_params(path, updates)`` does the same to any file).
 ``dvc_project``
     A :class:`DvcProject` in ``tmp_path / "project"``: a git repo (one initial commit) holding
-    copies of this repo's ``dvc.yaml``, ``params.yaml``, ``.gitignore``, ``stages/`` and ``fewlabel/``, with
+    copies of this repo's ``dvc.yaml``, ``params.yaml``, ``.gitignore``, ``stages/``, ``fewlabel/`` and the test backbone, with
     ``dvc init`` done (a copy of one made once per session). Use ``make_dvc_project(path,
     extra=[...])`` for other layouts.
 ``reproduced_pipeline`` (session)
@@ -67,6 +67,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pytest
 
 from fewlabel.io import CACHE_ENV
+from tests.tiny_backbone import RELATIVE_PATH as TINY_BACKBONE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The virtualenv's bin folder: put first on PATH so that ``python -m stages.x`` in dvc.yaml
@@ -74,7 +75,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 DVC = VENV_BIN / "dvc"
 #: What :func:`make_dvc_project` copies from the repo by default.
-PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "stages", "fewlabel", "suggestions/labelled.txt")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "stages", "fewlabel", "suggestions/labelled.txt",
+                 TINY_BACKBONE)
 
 
 # --------------------------------------------------------------------------- markers
@@ -492,9 +494,9 @@ def dvc_project(_fresh_dvc_project, tmp_path) -> DvcProject:
 
 # --------------------------------------------------------------------------- the generated pipeline
 
-#: Params that make the whole pipeline quick on generated images (random-init EfficientNetB0, small views).
+#: Params that make the whole pipeline quick on generated images (a tiny random CNN, small views).
 FAST_PARAMS = {
-    "features.backbones": ["EfficientNetB0"],
+    "features.backbones": [TINY_BACKBONE],  # tests/tiny_backbone.py: each process builds it in a blink
     "features.weights": None,
     # views chosen by cross-validation (the default policy), between 32 and 64 pixels
     "features.image_size": "auto",

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import FAST_PARAMS, REPO_ROOT, copy_project, make_dvc_project, stages_run
+from fewlabel.model.rules import apply_rule, load_rule
+from tests.conftest import FAST_PARAMS, REPO_ROOT, TINY_BACKBONE, copy_project, make_dvc_project, stages_run
 
 @pytest.fixture(scope="module")
 def project(reproduced_pipeline):
@@ -39,7 +40,7 @@ def test_repro_runs_every_stage_and_writes_the_declared_outputs(project):
     assert metrics["pointing_game"] is None  # FAST_PARAMS map no photo: an empty plots/heatmaps.png
     assert project.path("plots/heatmaps.png").stat().st_size > 0
     meta = json.loads(project.path("data/features/meta.json").read_text())
-    assert meta["backbones"] == ["EfficientNetB0"] and meta["dims"] == [1280]
+    assert meta["backbones"] == [TINY_BACKBONE] and meta["dims"] == [64]
     dag = project.dvc("dag", check=True).stdout
     for stage in ("download", "prepare", "subset", "featurize", "train", "calibrate", "evaluate"):
         assert stage in dag
@@ -112,12 +113,14 @@ def declared_plots(project) -> tuple[list[str], list[str]]:
 
 def test_a_native_size_giving_the_same_sizes_retrains_nothing(project):
     try:
-        # EfficientNetB0's own native size, stated: the same views, so featurize reruns (its params
-        # changed) from its cache and writes the same features and meta.json: nothing after it runs
+        # the native size a .keras model of any input size is taken to have (224), stated: the same
+        # views, so featurize reruns (its params changed) from its cache and writes the same
+        # features and meta.json: nothing after it runs
         run = project.dvc("exp", "run", "-S", "features.native_sizes=[224]", check=True)
         assert stages_run(run.stdout) == {"check_params", "featurize"}, run.stdout
-        # 128: select_scales 0.125 and 0.25 both give 32, not the baseline's 64: other features
-        run = project.dvc("exp", "run", "-S", "features.native_sizes=[128]", check=True)
+        # 1024: select_scales 0.125 and 0.25 give 128 and 256, neither of the baseline's candidates
+        # (32 and 64): other features
+        run = project.dvc("exp", "run", "-S", "features.native_sizes=[1024]", check=True)
         assert {"featurize", "train", "calibrate", "evaluate"} <= stages_run(run.stdout), run.stdout
     finally:
         restore(project)
@@ -228,15 +231,20 @@ def test_predict_labels_match_the_evaluation_predictions(project, tmp_path):
     assert "served from the feature cache" in result.stdout
     assert predicted[columns].sum(axis=1).min() >= 1  # calibrate.min_labels: 1
 
-    # the rule's label counts hold in predict: exactly two labels each, the top two
+    # the rule's label counts hold in predict: exactly two labels each; where no class reaches
+    # its threshold (1 here), the two highest-scored
     rule = json.loads(project.path("models/thresholds.json").read_text())
-    two_labels = tmp_path / "two_labels.json"
-    two_labels.write_text(json.dumps({**rule, "min_labels": 2, "max_labels": 2}))
-    result = project.run(["python", "-m", "stages.predict", *images, "--thresholds", str(two_labels),
-                          "--out", str(tmp_path / "two.csv"), "--top-k", "2"], check=True)
-    predicted = pd.read_csv(tmp_path / "two.csv")
-    assert (predicted[columns].sum(axis=1) == 2).all()
-    assert [set(labels.split()) for labels in predicted["labels"]] == [set(top.split()) for top in predicted["top_2"]]
+    for name, thresholds in (("calibrated", rule["thresholds"]), ("unreachable", dict.fromkeys(rule["thresholds"], 1.0))):
+        two_labels = tmp_path / f"two_labels_{name}.json"
+        two_labels.write_text(json.dumps({**rule, "thresholds": thresholds, "min_labels": 2, "max_labels": 2}))
+        result = project.run(["python", "-m", "stages.predict", *images, "--thresholds", str(two_labels),
+                              "--out", str(tmp_path / f"two_{name}.csv"), "--top-k", "2"], check=True)
+        predicted = pd.read_csv(tmp_path / f"two_{name}.csv")
+        expected = apply_rule(predicted[probabilities].to_numpy(), load_rule(two_labels, list(rule["thresholds"])))
+        assert (predicted[columns].to_numpy() == expected).all() and (expected.sum(axis=1) == 2).all(), name
+        if name == "unreachable":
+            assert [set(labels.split()) for labels in predicted["labels"]] == \
+                [set(top.split()) for top in predicted["top_2"]]
 
 
 # --------------------------------------------------------------------------- issue 12: bad input
