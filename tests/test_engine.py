@@ -24,6 +24,7 @@ from fewlabel.features.extract import extract_features
 from stages.predict import main as predict_main
 from tests.conftest import require
 from tests.synthetic import tiny_features, write_images, write_predict_project
+from tests.tiny_backbone import PATH as TINY_BACKBONE
 
 # Ray workers and TensorFlow extraction; one test process runs every Ray test (make test: -n 2
 # --dist loadgroup), as two Ray instances at once on 2 cores are slow to start
@@ -58,17 +59,18 @@ def assert_same_features(actual: np.ndarray, expected: np.ndarray) -> None:
 def test_engine_features_equal_the_single_process_ones_in_order(ray_cluster, tmp_path, monkeypatch):
     paths = write_images(tmp_path / "img", 40)
     paths = [paths[i] for i in np.random.default_rng(1).permutation(40)] + [paths[3]]  # shuffled, a repeat
-    expected = single_process_features(paths, tmp_path / "single-cache", monkeypatch)
+    params = replace(FEATURES, backbones=(str(TINY_BACKBONE),))  # each worker builds it in a blink
+    expected = single_process_features(paths, tmp_path / "single-cache", monkeypatch, params)
 
     # the shared cache as an fsspec URL (s3://... on a cluster)
     monkeypatch.setenv("FEWLABEL_FEATURE_CACHE", f"file://{tmp_path}/shared-cache")
-    features, stats = extract_features(paths, FEATURES, progress=False, engine=Engine("ray", workers=2))
+    features, stats = extract_features(paths, params, progress=False, engine=Engine("ray", workers=2))
     assert_same_features(features, expected)
     assert stats["engine"] == "ray (local, 2 workers)" and stats["n_extracted"] == 40
     cached = list((tmp_path / "shared-cache").rglob("*.npy"))
     assert len(cached) == 80  # the workers filled the shared cache: 40 images x 2 views (flip)
 
-    again, stats = extract_features(paths, FEATURES, progress=False, engine=Engine("ray", workers=2))
+    again, stats = extract_features(paths, params, progress=False, engine=Engine("ray", workers=2))
     assert stats["n_cached"] == 40 and np.array_equal(again, features)  # a rerun extracts nothing
 
 

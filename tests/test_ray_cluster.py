@@ -25,6 +25,7 @@ import pytest
 from fewlabel.io import CACHE_ENV
 from tests.conftest import free_port, require
 from tests.synthetic import write_images, write_predict_project
+from tests.tiny_backbone import PATH as TINY_BACKBONE
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # a Ray cluster and TensorFlow extraction; with test_engine (make test)
 
@@ -72,7 +73,8 @@ def run_predict(project: Path, images: Path, out: str, env: dict) -> subprocess.
 
 
 def test_RAY_ADDRESS_sends_predict_to_the_cluster_and_a_missing_token_is_explained(ray_head, tmp_path):
-    project = write_predict_project(tmp_path / "project", image_size=32)
+    # the tiny test CNN: each of the cluster's workers builds and traces it in a blink
+    project = write_predict_project(tmp_path / "project", backbone=str(TINY_BACKBONE), image_size=32)
     (project / "params.yaml").write_text('{"features": {"engine": "auto"}}')  # the shipped default
     paths = write_images(tmp_path / "img", 24, seed=9)
     env = {name: value for name, value in os.environ.items() if not name.startswith("RAY_")}
