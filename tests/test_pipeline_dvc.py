@@ -22,8 +22,8 @@ def project(reproduced_pipeline):
 
 
 def restore(project):
-    """Back to the committed baseline: params, lock and outputs."""
-    project.git("checkout", "--", ".", check=True)
+    """Back to the committed baseline: params, lock (DVC stages it, core.autostage) and outputs."""
+    project.git("reset", "-q", "--hard", check=True)
     project.git("clean", "-fdq", "metrics", "plots", "reports", check=True)
     project.dvc("checkout", "--force", check=True)
 

@@ -25,7 +25,8 @@ def project(reproduced_pipeline):
 
 
 def restore(project):
-    project.git("checkout", "--", ".", check=True)
+    """Back to the committed baseline (dvc.lock included: DVC stages it, core.autostage)."""
+    project.git("reset", "-q", "--hard", check=True)
     project.dvc("checkout", "--force", check=True)
 
 
