@@ -16,7 +16,7 @@ from pathlib import Path
 
 PATH = Path(__file__).resolve().parent / "data" / "tiny_backbone.keras"
 #: As features.backbones gives it, relative to the repository (or a generated project's) root.
-RELATIVE_PATH = "tests/data/tiny_backbone.keras"
+RELATIVE_PATH = PATH.relative_to(PATH.parents[2]).as_posix()
 
 
 def build():
