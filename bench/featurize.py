@@ -86,7 +86,7 @@ def time_stage(paths: list[str], params, cache: Path):
 
 def keras_models(recipe, weights, batch_size: int) -> dict:
     """One float32 Keras extractor per input size of ``recipe``, warmed up (graph built)."""
-    from fewlabel.features.backbones import build_extractor
+    from fewlabel.features.keras_models import build_extractor
     models = {size: build_extractor(recipe.backbone, weights, size)[0] for size in recipe.sizes}
     for size, model in models.items():
         model.predict(np.zeros((batch_size, size, size, 3), np.float32), batch_size=batch_size, verbose=0)

@@ -121,7 +121,7 @@ def main() -> None:
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if args.json else print
 
     import tensorflow as tf
-    from fewlabel.features.backbones import build_extractor
+    from fewlabel.features.keras_models import build_extractor
     from fewlabel.features.runtimes import _convert_to_openvino, _module as runtimes_module
 
     photos = sorted(str(p) for p in Path(args.images).glob("*.jpg"))

@@ -14,7 +14,7 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
-    from fewlabel.features.backbones import build_extractor
+    from fewlabel.features.keras_models import build_extractor
     from fewlabel.features.views import View, ViewRunner
 
     model, _ = build_extractor("EfficientNetB0", None, args.size)

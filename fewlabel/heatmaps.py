@@ -33,7 +33,7 @@ from fewlabel.model.svm import positive_probabilities
 
 if TYPE_CHECKING:  # the feature modules load TensorFlow: imported where used, so the CLI starts fast
     from fewlabel.features.recipes import Recipe
-    from fewlabel.features.views import View
+    from fewlabel.features.recipes import View
 
 METHODS = ("norm", "linear", "mix", "raw")
 DEFAULT_METHOD = "norm"  # the best pointing of bench/pointing.py on devdata, with SMOOTHING (docs/heatmaps.md)
@@ -223,7 +223,7 @@ class FeatureMaps:
     same decoding and views as the extractors (:class:`fewlabel.features.views.ViewRunner`)."""
 
     def __init__(self, recipes: Sequence[Recipe], weights: str | None, batch_size: int = 8):
-        from fewlabel.features.backbones import build_extractor
+        from fewlabel.features.keras_models import build_extractor
         from fewlabel.features.hub import is_hub_backbone
         from fewlabel.features.views import ViewRunner
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from fewlabel.artifacts import PROBABILITY, class_values, probability_table
-from fewlabel.features.screening import describe_unreadable, undecodable
+from fewlabel.features.screening import check_images, describe_unreadable
 from fewlabel.model.rules import DecisionRule, apply_rule
 from fewlabel.model.svm import positive_probabilities
 from fewlabel.params import FeaturesParams
@@ -22,10 +22,13 @@ from fewlabel.params import FeaturesParams
 CHUNK_IMAGES = 512
 
 
-def readable_images(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Split paths into the images that decode and (path, problem) for those that do not."""
-    bad = dict(undecodable(paths))
-    return [p for p in paths if p not in bad], [(p, skipped(why)) for p, why in bad.items()]
+def readable_images(paths: list[str], caches: list = ()) -> tuple[list[str], list[tuple[str, str]]]:
+    """Split paths into the images that decode and (path, problem) for those that do not (an
+    image whose content has a vector in one of ``caches`` is not decoded again: see
+    :func:`fewlabel.features.screening.check_images`)."""
+    _, problems = check_images(paths, caches)
+    bad = {path for path, _ in problems}
+    return [p for p in paths if p not in bad], [(p, skipped(describe_unreadable(p))) for p, _ in problems]
 
 
 def skipped(why: str) -> str:
@@ -64,29 +67,21 @@ class ImageLabeller:
         self.on_batch = None if on_batch is None else (lambda n: on_batch(n / len(recipes)))
 
     def __call__(self, chunk: dict) -> dict:
-        from fewlabel.features.cache import hash_image
-        from fewlabel.features.extract import extract_features
+        from fewlabel.features.extract import extract_features, recipe_caches, resolve_runtime
 
         paths = [str(p) for p in chunk["path"]]
-        problems = [""] * len(paths)
-        digests = {}
-        for i, path in enumerate(paths):
-            digest, problem = hash_image(path)
-            if problem:
-                problems[i] = skipped(describe_unreadable(path))
-            else:
-                digests[i] = digest
-        _, unreadable = readable_images([paths[i] for i in digests])
-        unreadable = dict(unreadable)
-        for i in digests:
-            problems[i] = unreadable.get(paths[i], "")
-        good = [i for i in digests if not problems[i]]
+        runtime = resolve_runtime(self.params)
+        digests, unreadable = check_images(paths, recipe_caches(self.params, self.recipes, runtime))
+        bad = {path for path, _ in unreadable}
+        problems = [skipped(describe_unreadable(path)) if path in bad else "" for path in paths]
+        good = [i for i, path in enumerate(paths) if path not in bad]
         probability = np.full((len(paths), self.n_classes), np.nan)
         from_cache = np.zeros(len(paths), dtype=bool)
         if good:
             features, stats = extract_features([paths[i] for i in good], self.params, progress=False,
                                                recipes=self.recipes, extractors=self.extractors,
-                                               digests=[digests[i] for i in good], on_batch=self.on_batch)
+                                               digests=[digests[i] for i in good], on_batch=self.on_batch,
+                                               runtime=runtime)
             probability[good] = positive_probabilities(self.model, features)
             from_cache[good] = stats["from_cache"]
         return {"position": np.asarray(chunk["position"]), "problem": np.asarray(problems, dtype=object),

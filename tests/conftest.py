@@ -519,6 +519,18 @@ FAST_PARAMS = {
 N_SUGGESTED = 5
 
 
+#: ``python -c REPORT_TENSORFLOW <module> <args>`` runs a stage module as ``python -m`` does, then
+#: prints, as its last line, whether TensorFlow was imported (a stage that needs no model should
+#: not spend seconds starting it).
+REPORT_TENSORFLOW = """import runpy, sys
+module, sys.argv = sys.argv[1], sys.argv[1:]
+try:
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+finally:
+    print("tensorflow imported:", "tensorflow" in sys.modules)
+"""
+
+
 def stages_run(output: str) -> set[str]:
     """Names of the stages DVC says it ran."""
     return set(re.findall(r"Running stage '([\w-]+)'", output))

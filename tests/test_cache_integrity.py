@@ -5,7 +5,7 @@ read; a damaged, foreign, unchecksummed or non-finite entry is reported and extr
 never used. A read-only cache is read and not written; a new cache root is announced; files
 get the umask's mode; ``verify_cache`` / ``fewlabel cache verify`` check a
 whole cache. Most tests use :class:`FeatureCache` directly (no TensorFlow); the ``extract``
-tests run the product's ``extract_features`` (EfficientNetB0, random weights, 32 px).
+tests run the product's ``extract_features`` (the tests' tiny random CNN, 32 px).
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from fewlabel.features import cache as feature_cache
 from fewlabel.features.cache import CHECKSUM_MARKER, TRAILER_SIZE, FeatureCache, cache_folder
 from fewlabel.features.cache_verify import verify_cache
 from tests.conftest import read_only_runner
+from tests.tiny_backbone import PATH as TINY_BACKBONE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KEY = {"cache_format": 2, "backbone": "EfficientNetB0", "weights": "none", "size": 32, "resize": "bilinear",
@@ -280,7 +281,7 @@ def test_featurize_reextracts_damaged_entries_and_matches_an_uncorrupted_run(cac
     from fewlabel.features.extract import extract_features
     from tests.synthetic import tiny_features, write_images
 
-    params = tiny_features()
+    params = tiny_features(backbones=str(TINY_BACKBONE))  # the cache's behaviour holds for any backbone
     paths = write_images(tmp_path / "img", 6, seed=23)
     clean, stats = extract_features(paths, params, progress=False)
     assert stats["n_extracted"] == 6
@@ -294,7 +295,7 @@ def test_featurize_reextracts_damaged_entries_and_matches_an_uncorrupted_run(cac
         features, stats = extract_features(paths, params, progress=False)
         err = capsys.readouterr().err
         assert stats["n_extracted"] == 1 and stats["n_cached"] == 5
-        assert f"warning: feature cache entry {entries[0]} (backbone EfficientNetB0, view 32-bilinear)" in err
+        assert f"warning: feature cache entry {entries[0]} (backbone tiny_backbone, view 32-bilinear)" in err
         assert_same_features(features, clean)
         assert np.isfinite(features).all()
         _, stats = extract_features(paths, params, progress=False)  # the entry was replaced
@@ -308,7 +309,8 @@ def test_featurize_reads_a_read_only_cache_and_warns_once(cache_root, tmp_path):
     from tests.synthetic import tiny_features, write_images
 
     paths = write_images(tmp_path / "img", 6, seed=29)
-    cached, _ = extract_features(paths[:4], tiny_features(), progress=False)
+    backbone = str(TINY_BACKBONE)  # the cache's behaviour holds for any backbone
+    cached, _ = extract_features(paths[:4], tiny_features(backbones=backbone), progress=False)
     runner = read_only_runner(cache_root)
     if runner is None:
         if os.geteuid() == 0:
@@ -321,11 +323,11 @@ def test_featurize_reads_a_read_only_cache_and_warns_once(cache_root, tmp_path):
         from fewlabel.features.extract import extract_features
         from tests.synthetic import tiny_features
         # 4 of the 6 images are cached: read; the other 2 are extracted and cannot be stored
-        features, stats = extract_features({paths!r}, tiny_features(), progress=False)
+        features, stats = extract_features({paths!r}, tiny_features(backbones={backbone!r}), progress=False)
         np.save({str(tmp_path / "out.npy")!r}, features)
         print("plain", stats["n_extracted"], stats["n_cached"])
         # the mirrored view's cache folder does not exist and cannot be created
-        _, stats = extract_features({paths!r}, tiny_features(flip_tta=True),
+        _, stats = extract_features({paths!r}, tiny_features(backbones={backbone!r}, flip_tta=True),
                                     progress=False)
         print("mirrored", stats["n_extracted"])
     """)

@@ -17,6 +17,7 @@ from fewlabel.model.rules import DecisionRule, apply_rule, load_rule
 from fewlabel.evaluation import confusion_records, evaluate, label_count_table, rule_metrics
 from fewlabel.params import EvaluateParams, VOC_CLASSES
 from fewlabel.predict import label_images
+from tests.conftest import REPORT_TENSORFLOW
 from tests.synthetic import write_synthetic_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,16 +40,6 @@ EVALUATE = ["stages.evaluate", "--model", "models/model.joblib", "--thresholds",
 RULES = ("calibrated", "default_threshold", "default_threshold_top1")
 SCORE_KEYS = {"f1_micro", "f1_macro", "dice", "jaccard", "precision_at_1", "precision_at_3", "hamming_loss",
               "subset_accuracy", "empty_rate"}
-
-
-#: Runs a stage module as ``python -m`` does, then prints whether TensorFlow was imported.
-REPORT_TENSORFLOW = """import runpy, sys
-module, sys.argv = sys.argv[1], sys.argv[1:]
-try:
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
-finally:
-    print("tensorflow imported:", "tensorflow" in sys.modules)
-"""
 
 
 def run_stage(workdir: Path, args: list[str], report_tensorflow: bool = False) -> subprocess.CompletedProcess:

@@ -11,10 +11,11 @@ import pytest
 from fewlabel.features.extract import extract_features
 from tests.conftest import free_port, require
 from tests.synthetic import tiny_features, write_images
+from tests.tiny_backbone import PATH as TINY_BACKBONE
 
 pytestmark = pytest.mark.slow  # a local S3 server and TensorFlow extraction
 
-FEATURES = tiny_features(flip_tta=True)
+FEATURES = tiny_features(backbones=str(TINY_BACKBONE), flip_tta=True)  # the cache's behaviour holds for any backbone
 BUCKET = "fewlabel-test"
 
 

@@ -6,6 +6,9 @@ relative to the features' scale.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib
+import inspect
 import json
 import os
 import subprocess
@@ -17,22 +20,33 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fewlabel.features.backbones import build_extractor, default_input_size
+from fewlabel.features.backbones import default_input_size
+from fewlabel.features.keras_models import build_extractor
 from fewlabel.errors import PipelineError
 from fewlabel.artifacts import feature_signature, read_features as load_features
 from fewlabel.features.recipes import Recipe, candidate_recipes, recipes_from_meta
 from fewlabel.model.selection import choose_recipes
-from fewlabel.features.extract import extract_features
+from fewlabel.features.extract import extract_features, extractor_key
+from fewlabel.io import file_md5
 from fewlabel.params import FeaturesParams
 from fewlabel.features.views import View, load_image, view_batches
+from tests.conftest import REPORT_TENSORFLOW
+from tests.tiny_backbone import PATH as TINY_BACKBONE_PATH
 from tests.synthetic import tiny_features
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
+TINY, TINY_DIM = str(TINY_BACKBONE_PATH), 64  # tests/tiny_backbone.py: its feature map has 64 channels
 
 
 def params(**changes) -> FeaturesParams:
     return tiny_features(**{"image_size": SIZE, "batch_size": 4, **changes})
+
+
+def tiny(**changes) -> FeaturesParams:
+    """:func:`params` on the tests' tiny random CNN, for what holds for any backbone (the cache,
+    how views combine): it builds and traces in a fraction of EfficientNetB0's time."""
+    return params(**{"backbones": TINY, **changes})
 
 
 def write_jpeg(path: Path, seed: int, size=(56, 40)) -> Path:
@@ -166,46 +180,50 @@ def test_two_backbones_concatenate_in_order(images):
 
 @pytest.mark.slow
 def test_second_run_is_served_from_the_cache(images, isolated_cache):
-    first, _ = extract_features(images, params(), progress=False)
-    second, stats = extract_features(images, params(batch_size=2), progress=False)  # batch size: same key
+    """The cache's layout and keys, on the tests' tiny CNN (a .keras file: keyed by its bytes)."""
+    first, _ = extract_features(images, tiny(), progress=False)
+    second, stats = extract_features(images, tiny(batch_size=2), progress=False)  # batch size: same key
     assert stats["n_extracted"] == 0 and stats["n_cached"] == len(images)
     assert stats["images_per_second"] is None and stats["per_backbone"][0]["extract_seconds"] == 0
     np.testing.assert_array_equal(first, second)
 
     # cache layout: <cache>/features/<backbone>-<view>-<key hash>/{key.json, <sha1[:2]>/<sha1>.npy}
     (folder,) = (isolated_cache / "features").iterdir()
-    assert folder.name.startswith(f"EfficientNetB0-{SIZE}-bilinear-")
+    assert folder.name.startswith(f"tiny_backbone-{SIZE}-bilinear-")
     key = json.loads((folder / "key.json").read_text())
-    assert key["backbone"] == "EfficientNetB0" and key["weights"] == "none" and key["size"] == SIZE
+    assert key["backbone"] == {"keras_file_md5": file_md5(TINY)} and key["weights"] == "stored" and key["size"] == SIZE
+    # a keras.applications backbone is keyed by its name and weights
+    assert {k: extractor_key("EfficientNetB0", None)[k] for k in ("backbone", "weights")} == \
+        {"backbone": "EfficientNetB0", "weights": "none"}
     assert key["resize"] == "bilinear" and key["mirrored"] is False
     assert len(list(folder.glob("*/*.npy"))) == len(images)
 
     # each view has its own cache entry: another size, the mirror, another resize method
-    _, stats = extract_features(images[:2], params(image_size=48), progress=False)
+    _, stats = extract_features(images[:2], tiny(image_size=48), progress=False)
     assert stats["n_extracted"] == 2 and stats["input_sizes"] == [[48]]
-    _, stats = extract_features(images[:2], params(flip_tta=True), progress=False)
+    _, stats = extract_features(images[:2], tiny(flip_tta=True), progress=False)
     assert stats["n_extracted"] == 2 and stats["per_backbone"][0]["views"] == [f"{SIZE}-bilinear",
                                                                               f"{SIZE}-bilinear-mirror"]
-    _, stats = extract_features(images[:2], params(resize="area"), progress=False)
+    _, stats = extract_features(images[:2], tiny(resize="area"), progress=False)
     assert stats["n_extracted"] == 2
     folders = sorted(f.name.rsplit("-", 1)[0] for f in (isolated_cache / "features").iterdir())
-    assert folders == ["EfficientNetB0-48-bilinear", f"EfficientNetB0-{SIZE}-area", f"EfficientNetB0-{SIZE}-bilinear",
-                       f"EfficientNetB0-{SIZE}-bilinear-mirror"]
+    assert folders == ["tiny_backbone-48-bilinear", f"tiny_backbone-{SIZE}-area", f"tiny_backbone-{SIZE}-bilinear",
+                       f"tiny_backbone-{SIZE}-bilinear-mirror"]
     # a view combination made of cached views extracts nothing
-    _, stats = extract_features(images[:2], params(image_size=(SIZE, 48), flip_tta=False), progress=False)
+    _, stats = extract_features(images[:2], tiny(image_size=(SIZE, 48), flip_tta=False), progress=False)
     assert stats["n_extracted"] == 0
 
 
 @pytest.mark.slow
 def test_changed_subset_extracts_only_new_images(images, tmp_path):
-    _, stats = extract_features(images[:5], params(), progress=False)
+    _, stats = extract_features(images[:5], tiny(), progress=False)
     assert stats["n_extracted"] == 5
     copy = tmp_path / "copy-of-000001.jpg"  # same bytes under another name: same cache entry
     copy.write_bytes(Path(images[1]).read_bytes())
     subset = images[2:4] + [images[6], str(copy), images[7], images[0]]
-    features, stats = extract_features(subset, params(), progress=False)
+    features, stats = extract_features(subset, tiny(), progress=False)
     assert stats["n_extracted"] == 2 and stats["n_cached"] == 4 and stats["n_images"] == 6
-    full, _ = extract_features(images, params(), progress=False)
+    full, _ = extract_features(images, tiny(), progress=False)
     np.testing.assert_array_equal(features, full[[2, 3, 6, 1, 7, 0]])
 
 
@@ -267,19 +285,19 @@ def test_keras_file_backbone_and_weights_file(images, tmp_path):
 
 @pytest.mark.slow
 def test_multi_scale_features_are_the_mean_or_concatenation_of_single_sizes(images):
-    small, _ = extract_features(images, params(image_size=48), progress=False)
-    large, _ = extract_features(images, params(image_size=SIZE), progress=False)
-    mean, stats = extract_features(images, params(image_size=(48, SIZE)), progress=False)
-    assert stats["n_extracted"] == 0 and stats["input_sizes"] == [[48, SIZE]] and stats["dims"] == [1280]
+    small, _ = extract_features(images, tiny(image_size=48), progress=False)
+    large, _ = extract_features(images, tiny(image_size=SIZE), progress=False)
+    mean, stats = extract_features(images, tiny(image_size=(48, SIZE)), progress=False)
+    assert stats["n_extracted"] == 0 and stats["input_sizes"] == [[48, SIZE]] and stats["dims"] == [TINY_DIM]
     np.testing.assert_allclose(mean, (small.astype(np.float64) + large) / 2, rtol=1e-6, atol=0)
-    concat, stats = extract_features(images, params(image_size=(48, SIZE), combine="concat"), progress=False)
-    assert stats["dims"] == [2560]
+    concat, stats = extract_features(images, tiny(image_size=(48, SIZE), combine="concat"), progress=False)
+    assert stats["dims"] == [2 * TINY_DIM]
     np.testing.assert_array_equal(concat, np.concatenate([small, large], axis=1))
 
     # with flip: each size's features are the mean of the image and its mirror, then combined
-    flipped, _ = extract_features(images, params(image_size=(48, SIZE), flip_tta=True), progress=False)
-    flip_small, _ = extract_features(images, params(image_size=48, flip_tta=True), progress=False)
-    flip_large, _ = extract_features(images, params(image_size=SIZE, flip_tta=True), progress=False)
+    flipped, _ = extract_features(images, tiny(image_size=(48, SIZE), flip_tta=True), progress=False)
+    flip_small, _ = extract_features(images, tiny(image_size=48, flip_tta=True), progress=False)
+    flip_large, _ = extract_features(images, tiny(image_size=SIZE, flip_tta=True), progress=False)
     np.testing.assert_allclose(flipped, (flip_small.astype(np.float64) + flip_large) / 2, rtol=1e-6, atol=0)
 
 
@@ -405,7 +423,7 @@ def labelled_images(folder: Path, n: int = 24) -> tuple[list[str], np.ndarray]:
 @pytest.mark.slow
 def test_view_choice_is_the_best_cross_validated_candidate(tmp_path):
     paths, targets = labelled_images(tmp_path / "img")
-    auto = params(image_size="auto", select_scales=((0.5,), (1.0,), (0.5, 1.0)), select_folds=2)
+    auto = tiny(image_size="auto", select_scales=((0.5,), (1.0,), (0.5, 1.0)), select_folds=2)
     recipes, table, _ = choose_recipes(paths, targets, auto, ["bright", "wide"], progress=False)
     assert [sizes for (sizes,) in table["input_sizes"]] == [[128], [224], [128, 224]]
     best = int(table["cv_map"].idxmax())
@@ -419,9 +437,12 @@ def test_view_choice_is_the_best_cross_validated_candidate(tmp_path):
 
 # --------------------------------------------------------------------------- the stage (CLI)
 
-def run_stage(project: Path, env: dict) -> subprocess.CompletedProcess:
+def run_stage(project: Path, env: dict, report_tensorflow: bool = False) -> subprocess.CompletedProcess:
+    """The featurize stage in ``project``; with ``report_tensorflow``, its last line of output
+    says whether it imported TensorFlow."""
+    python = [sys.executable, "-c", REPORT_TENSORFLOW] if report_tensorflow else [sys.executable, "-m"]
     return subprocess.run(
-        [sys.executable, "-m", "stages.featurize", "--images", "data/raw/voc/JPEGImages",
+        [*python, "stages.featurize", "--images", "data/raw/voc/JPEGImages",
          "--train", "data/subset/train.csv", "--eval", "data/subset/eval.csv", "--out-dir", "data/features",
          "--stats-out", "reports/featurize.json"],
         cwd=project, env=env, capture_output=True, text=True, timeout=300)
@@ -464,6 +485,14 @@ def test_stage_cli_writes_features_and_meta(tmp_path, isolated_cache):
     assert stats["n_extracted"] == 0
     np.testing.assert_array_equal(again, train)
 
+    # the stage again, every vector cached: the same files, and no TensorFlow started (seconds)
+    written = {name: (project / "data/features" / name).read_bytes() for name in ("train.npz", "eval.npz", "meta.json")}
+    result = run_stage(project, env, report_tensorflow=True)
+    assert result.returncode == 0, result.stderr
+    assert "0 extracted, 7 from cache" in result.stdout
+    assert result.stdout.rstrip().endswith("tensorflow imported: False"), result.stdout
+    assert {name: (project / "data/features" / name).read_bytes() for name in written} == written
+
     (jpegs / "000004.jpg").unlink()
     result = run_stage(project, env)
     assert result.returncode == 1
@@ -473,7 +502,8 @@ def test_stage_cli_writes_features_and_meta(tmp_path, isolated_cache):
 
 @pytest.mark.slow
 def test_stage_chooses_views_from_training_labels_only(tmp_path, isolated_cache):
-    """image_size: auto reads the train CSV's labels; shuffled eval labels change nothing."""
+    """image_size: auto reads the train CSV's labels; shuffled eval labels change nothing (on the
+    tests' tiny CNN: any backbone would do)."""
     project = tmp_path / "project"
     paths, targets = labelled_images(project / "data/raw/voc/JPEGImages", n=30)
     ids = [Path(p).stem for p in paths]
@@ -484,7 +514,7 @@ def test_stage_chooses_views_from_training_labels_only(tmp_path, isolated_cache)
     eval_csv = project / "data/subset/eval.csv"
     eval_csv.write_text("image_id,split,bright,wide\n" + "".join(rows[24:]))
     (project / "params.yaml").write_text(
-        "data:\n  classes: [bright, wide]\nfeatures:\n  backbones: [EfficientNetB0]\n  weights: null\n"
+        f"data:\n  classes: [bright, wide]\nfeatures:\n  backbones: ['{TINY}']\n  weights: null\n"
         "  image_size: auto\n  select_scales: [0.25, 0.5]\n  select_folds: 2\n  flip_tta: true\n  batch_size: 8\n"
         "  runtime: keras\n"
         "evaluate:\n  top_k: [1]\n")
@@ -496,7 +526,7 @@ def test_stage_chooses_views_from_training_labels_only(tmp_path, isolated_cache)
     assert "chosen by cross-validation" in result.stdout
     run = json.loads((project / "reports/featurize.json").read_text())
     candidates = run["view_selection"]["candidates"]
-    assert list(candidates) == ["EfficientNetB0@64 bilinear flip", "EfficientNetB0@128 bilinear flip"]
+    assert list(candidates) == ["tiny_backbone@64 bilinear flip", "tiny_backbone@128 bilinear flip"]
     assert sum(c["chosen"] for c in candidates.values()) == 1
     best = max(candidates, key=lambda name: candidates[name]["cv_map"])
     assert candidates[best]["chosen"] and run["view_selection"]["chosen"] == best == run["views"]
@@ -513,3 +543,58 @@ def test_stage_chooses_views_from_training_labels_only(tmp_path, isolated_cache)
     for name in outputs:
         assert (project / name).read_bytes() == before[name], name
     assert json.loads((project / "reports/featurize.json").read_text())["view_selection"] == run["view_selection"]
+
+
+def test_the_cache_key_reads_the_code_and_versions_as_the_imported_modules_give_them():
+    """The feature cache key reads the extraction code from its source files and the versions
+    from the installed packages' metadata (so a run whose every vector is cached starts no
+    TensorFlow): the same text as inspect.getsource, the same versions as TensorFlow and Keras
+    report, so the keys (and every cache made before) are unchanged."""
+    import keras
+    import tensorflow as tf
+    from fewlabel.features import extract, views
+
+    for module, names in extract.FEATURE_CODE + extract.HUB_FEATURE_CODE:
+        imported = importlib.import_module(module)
+        for name in names or (None,):
+            expected = inspect.getsource(getattr(imported, name) if name else imported)
+            assert extract.source_text(module, name) == expected, (module, name)
+    parts = [getattr(importlib.import_module(module), name) for module, names in extract.FEATURE_CODE for name in names]
+    source = "".join(inspect.getsource(part) for part in parts) + repr(views.RESIZE_METHODS)
+    assert extract._feature_code_hash() == hashlib.sha1(source.encode()).hexdigest()[:16]
+    key = extract.extractor_key("EfficientNetB0", None)
+    assert (key["keras"], key["tensorflow"]) == (keras.__version__, tf.__version__)
+
+
+def test_names_and_sizes_known_without_keras_are_keras_own(tmp_path):
+    """The listed EfficientNets are accepted, and a .keras file's input size read from its
+    config.json, without importing Keras (a run whose every vector is cached starts no
+    TensorFlow): those answers, and the errors, are the ones Keras's own model gives."""
+    import keras
+    from fewlabel.features import backbones
+
+    assert backbones._LISTED_APPLICATIONS <= set(backbones.application_names())
+    keras.utils.set_random_seed(1)
+
+    def functional(*shapes):
+        inputs = [keras.Input(shape) for shape in shapes]
+        merged = inputs[0] if len(inputs) == 1 else keras.layers.Add()(inputs)
+        return keras.Model(inputs, keras.layers.Conv2D(2, 3)(merged) if len(shapes[0]) == 3 else merged)
+
+    models = {"fixed": functional((48, 48, 3)), "any_size": functional((None, None, 3)),
+              "sequential": keras.Sequential([keras.Input((40, 40, 3)), keras.layers.Conv2D(2, 3)]),
+              "not_square": functional((32, 48, 3)), "grey": functional((32, 32, 1)),
+              "two_inputs": functional((32, 32, 3), (32, 32, 3))}
+    for name, model in models.items():
+        path = tmp_path / f"{name}.keras"
+        model.save(path)
+        assert (backbones._stated_input_shape(str(path)) is None) == (name == "two_inputs"), name
+        answers = []
+        for answer in (lambda: backbones._model_file_fixed_size(model, str(path)),
+                       lambda: backbones.fixed_input_size(str(path))):
+            try:
+                answers.append(answer())
+            except PipelineError as error:
+                answers.append(str(error))
+        assert answers[0] == answers[1], name
+    assert backbones.fixed_input_size(str(tmp_path / "fixed.keras")) == 48

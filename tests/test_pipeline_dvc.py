@@ -12,9 +12,11 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from fewlabel.model.rules import apply_rule, load_rule
-from tests.conftest import FAST_PARAMS, REPO_ROOT, TINY_BACKBONE, copy_project, make_dvc_project, stages_run
+from tests.conftest import (FAST_PARAMS, REPO_ROOT, REPORT_TENSORFLOW, TINY_BACKBONE, copy_project, make_dvc_project,
+                            stages_run)
 
 @pytest.fixture(scope="module")
 def project(reproduced_pipeline):
@@ -218,10 +220,12 @@ def test_predict_labels_match_the_evaluation_predictions(project, tmp_path):
     images = [str(project.path("data/raw/voc/JPEGImages", f"{image_id}.jpg")) for image_id in evaluated["image_id"]]
     not_an_image = tmp_path / "notes.jpg"
     not_an_image.write_text("this is not a JPEG")
-    result = project.run(["python", "-m", "stages.predict", *images, str(not_an_image), "--out", str(tmp_path / "p.csv"),
-                          "--top-k", "2"])
+    result = project.run(["python", "-c", REPORT_TENSORFLOW, "stages.predict", *images, str(not_an_image),
+                          "--out", str(tmp_path / "p.csv"), "--top-k", "2"])
     assert result.returncode == 1  # one bad file ...
     assert f"{not_an_image}: not a readable image" in result.stderr
+    # every vector cached (and the bad file no image at all): no model to run, TensorFlow not started
+    assert result.stdout.rstrip().endswith("tensorflow imported: False"), result.stdout
     predicted = pd.read_csv(tmp_path / "p.csv")  # ... and the others were labelled
     assert len(predicted) == 6
     columns = [c for c in evaluated.columns if c.startswith("y_")]
@@ -409,7 +413,8 @@ def test_python_api_labels_as_the_predict_command(project, tmp_path):
 
 
 def test_fewlabel_console_script_is_the_predict_command(project, tmp_path):
-    image = str(min(project.path("data/raw/voc/JPEGImages").glob("*.jpg")))
+    evaluated = pd.read_csv(project.path("predictions/eval.csv"), dtype={"image_id": str})["image_id"][0]
+    image = str(project.path("data/raw/voc/JPEGImages", f"{evaluated}.jpg"))  # cached: no model to run
     help_text = project.run(["fewlabel", "predict", "--help"], check=True).stdout
     assert "--out" in help_text and "--top-k" in help_text and "--engine" in help_text
     script = project.run(["fewlabel", "predict", image, "--out", str(tmp_path / "a.csv"), "--quiet"], check=True)
@@ -473,8 +478,11 @@ def test_a_default_cpu_run_prints_no_tensorflow_startup_lines(project, tmp_path)
     assert stages_run(project.first_repro_output) >= {"featurize", "train", "evaluate"}
     output = project.first_repro_output + project.first_repro_stderr
     assert not TF_STARTUP.search(output), TF_STARTUP.search(output).group(0)
-    image = str(min(project.path("data/raw/voc/JPEGImages").glob("*.jpg")))
-    predict = project.run(["python", "-m", "stages.predict", image, "--out", str(tmp_path / "p.csv")], check=True)
+    # a photo no vector is cached for (a cached one would not start TensorFlow at all)
+    image = tmp_path / "mirrored.jpg"
+    Image.open(min(project.path("data/raw/voc/JPEGImages").glob("*.jpg"))).transpose(Image.FLIP_LEFT_RIGHT).save(image)
+    predict = project.run(["python", "-m", "stages.predict", str(image), "--out", str(tmp_path / "p.csv")], check=True)
+    assert "0 served from the feature cache" in predict.stdout, predict.stdout
     assert not TF_STARTUP.search(predict.stdout + predict.stderr), predict.stderr
     # FEWLABEL_TF_LOGS=1 brings them back (so the test above can see them when they print)
     loud = project.run(["python", "-c", "import fewlabel, tensorflow as tf; tf.config.list_physical_devices('GPU')"],

@@ -70,7 +70,7 @@ def test_converted_model_is_cached_and_not_rebuilt(isolated_cache):
     built = []
 
     def build_keras():
-        from fewlabel.features.backbones import build_extractor
+        from fewlabel.features.keras_models import build_extractor
         built.append(1)
         return build_extractor("EfficientNetB0", None, 32)[0]
 
@@ -115,7 +115,7 @@ def test_a_cached_conversion_serves_extraction_without_keras(images, monkeypatch
     """Once converted, a size's extractor loads without building the Keras model."""
     openvino = choose_runtime("openvino", "f32")
     build_size_extractor("EfficientNetB0", None, SIZE, openvino)
-    monkeypatch.setattr("fewlabel.features.extract.build_extractor", lambda *a: pytest.fail("Keras model built again"))
+    monkeypatch.setattr("fewlabel.features.keras_models.build_extractor", lambda *a: pytest.fail("Keras model built again"))
     extractor = build_size_extractor("EfficientNetB0", None, SIZE, openvino, batch_size=2)
     assert extractor(np.zeros((3, SIZE, SIZE, 3), np.float32)).shape == (3, 1280)
 

@@ -8,15 +8,17 @@ pool is 20 images, one of them unreadable); each test leaves it as it found it.
 import json
 import random
 import re
+import shlex
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from fewlabel.active.label_check import label_check
 from fewlabel.artifacts import read_label_table, training_targets
-from tests.conftest import N_SUGGESTED, copy_project, stages_run
+from tests.conftest import N_SUGGESTED, REPORT_TENSORFLOW, copy_project, stages_run
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +162,16 @@ def test_an_image_added_to_the_pool_folder_or_list_reruns_featurize_pool(project
             rerun = project.dvc(*pool_stages, check=True)
             assert "featurize_pool" in stages_run(rerun.stdout)
             assert sorted(np.load(project.path("data/features/pool.npz"))["ids"]) == sorted(good[:5])
+        # every vector of this pool cached: the stage, run as dvc.yaml runs it, writes the same
+        # features without starting TensorFlow (seconds a run)
+        written = dict(np.load(project.path("data/features/pool.npz")))
+        command = shlex.split(yaml.safe_load(project.path("dvc.yaml").read_text())["stages"]["featurize_pool"]["cmd"])
+        assert command[:2] == ["python", "-m"]
+        direct = project.run(["python", "-c", REPORT_TENSORFLOW, *command[2:]], check=True)
+        assert "5 pool images (0 extracted, 5 from cache" in direct.stdout
+        assert direct.stdout.rstrip().endswith("tensorflow imported: False"), direct.stdout
+        again = np.load(project.path("data/features/pool.npz"))
+        assert list(again["ids"]) == list(written["ids"]) and np.array_equal(again["features"], written["features"])
         project.set_params({"data.pool_split": None, "data.pool_images": None})  # no pool
         project.dvc(*pool_stages, check=True)
         assert len(np.load(project.path("data/features/pool.npz"))["ids"]) == 0

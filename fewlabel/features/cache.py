@@ -167,13 +167,15 @@ class FeatureCache:
         """The backbone and view of this cache, for messages."""
         key = self.key
         folder = self.location.rstrip("/").rsplit("/", 1)[-1]
+        view = f"{key['size']}-{key.get('resize', 'bilinear')}{'-mirror' if key.get('mirrored') else ''}" \
+            if "size" in key else None
         backbone = key.get("backbone")
-        if not isinstance(backbone, str):  # a model file: named by the folder
+        if not isinstance(backbone, str):  # a model file: named by the folder, <name>-<view>[-<runtime>]-<hash>
             backbone = re.sub(r"-[0-9a-f]{16}$", "", folder)
+            backbone = backbone.split(f"-{view}")[0] if view else backbone
         parts = [f"backbone {backbone}"]
-        if "size" in key:
-            mirror = "-mirror" if key.get("mirrored") else ""
-            parts.append(f"view {key['size']}-{key.get('resize', 'bilinear')}{mirror}")
+        if view:
+            parts.append(f"view {view}")
         if key.get("runtime"):
             parts.append(f"runtime {key['runtime']}")
         return ", ".join(parts)

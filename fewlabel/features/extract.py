@@ -10,9 +10,12 @@ workers of :mod:`fewlabel.features.engine`.
 """
 from __future__ import annotations
 
+import ast
 import functools
 import gc
+import glob
 import hashlib
+import importlib.util
 import inspect
 import re
 import sys
@@ -22,22 +25,20 @@ from typing import Callable
 
 import numpy as np
 
-from fewlabel.features import views as views_module
-from fewlabel.features.backbones import build_extractor, build_hub_extractor, is_model_file
+from fewlabel.features.backbones import is_model_file
 from fewlabel.features.hub import cache_key as hub_cache_key, is_hub_backbone, preset_of
 from fewlabel.errors import PipelineError
 from fewlabel.progress import ProgressBar
 from fewlabel.io import file_md5
 from fewlabel.features.engine import Engine, map_chunks
-from fewlabel.features.recipes import Recipe, combine_views, fixed_recipes
+from fewlabel.features.recipes import Recipe, View, combine_views, fixed_recipes, installed_version
 from fewlabel.features.cache import FeatureCache, cache_folder
 from fewlabel.features.screening import screen_images
 from fewlabel.params import FeaturesParams
 from fewlabel.features.runtimes import RuntimeChoice, choose_runtime, load_extractor
-from fewlabel.features.views import View, ViewRunner
 
-import keras
-import tensorflow as tf  # noqa: E402
+# Keras and TensorFlow (seconds of start-up) are imported only where a model is built or run,
+# so a run whose every vector is cached never starts them.
 
 CACHE_FORMAT = 2
 # The most images the engine hands one worker at a time (fewer when there are few images, so
@@ -45,23 +46,54 @@ CACHE_FORMAT = 2
 ENGINE_CHUNK_IMAGES = 256
 
 
-# ----------------------------------------------------------------------------- recipes
+#: The code that turns an image file into features, (module, top-level names) whose source the
+#: cache key hashes: decode, resize, views, model (plus, for a keras-hub backbone, its builder and
+#: whole modules: None). Read from the files, so a cached run imports none of it (TensorFlow).
+FEATURE_CODE = (("fewlabel.features.views", ("decode_image", "resize_image", "_all_resizes", "ViewRunner")),
+                ("fewlabel.features.keras_models", ("build_extractor", "_Preprocess", "_pool")))
+HUB_FEATURE_CODE = (("fewlabel.features.keras_models", None), ("fewlabel.features.hub", None))
+#: The constant whose repr the key also hashes (``features.resize`` -> TensorFlow's method).
+RESIZE_TABLE = ("fewlabel.features.views", "RESIZE_METHODS")
 
 
-# ----------------------------------------------------------------------------- extraction
-
+@functools.lru_cache(maxsize=2)
 def _feature_code_hash(hub_backbone: bool = False) -> str:
-    """Hash of the code that turns an image file into features (decode, resize, views, model;
-    for a keras-hub backbone, its builder too).
+    """Hash of the code that turns an image file into features (:data:`FEATURE_CODE`).
 
     Part of the cache key, so editing that code cannot silently serve features of the old code.
+    Each part is the text ``inspect.getsource`` gives (a test checks that they are equal), read
+    from the source file without importing the module.
     """
-    from fewlabel.features import backbones, hub
-    parts = (views_module.decode_image, views_module.resize_image, views_module._all_resizes,
-             views_module.ViewRunner, backbones.build_extractor, backbones._Preprocess, backbones._pool)
-    parts += (backbones.build_hub_extractor, hub) if hub_backbone else ()
-    source = "".join(inspect.getsource(part) for part in parts) + repr(views_module.RESIZE_METHODS)
+    parts = FEATURE_CODE + (HUB_FEATURE_CODE if hub_backbone else ())
+    source = "".join(source_text(module, name) for module, names in parts for name in (names or (None,)))
+    module, constant = RESIZE_TABLE
+    source += repr(ast.literal_eval(_top_level(module, constant).value))
     return hashlib.sha1(source.encode()).hexdigest()[:16]
+
+
+def _module_lines(module: str) -> list[str]:
+    with open(importlib.util.find_spec(module).origin, encoding="utf-8") as handle:
+        return handle.readlines()
+
+
+def _top_level(module: str, name: str) -> ast.AST:
+    """The top-level definition or assignment of ``name`` in ``module``'s source file."""
+    for node in ast.parse("".join(_module_lines(module))).body:
+        targets = [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+        if getattr(node, "name", None) == name or name in targets:
+            return node
+    raise LookupError(f"{module} defines no {name} at its top level")
+
+
+def source_text(module: str, name: str | None = None) -> str:
+    """What ``inspect.getsource`` returns for ``module.name`` (the whole module for None),
+    read from the source file, without importing ``module``."""
+    lines = _module_lines(module)
+    if name is None:
+        return "".join(lines)
+    node = _top_level(module, name)
+    start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+    return "".join(inspect.getblock(lines[start - 1:]))
 
 
 def extractor_key(backbone: str, weights: str | None) -> dict:
@@ -82,7 +114,7 @@ def extractor_key(backbone: str, weights: str | None) -> dict:
     else:
         backbone_key = backbone
     return {"cache_format": CACHE_FORMAT, "backbone": backbone_key, "weights": weights_key,
-            "keras": keras.__version__, "tensorflow": tf.__version__,
+            "keras": installed_version("keras"), "tensorflow": installed_version("tensorflow"),
             "code": _feature_code_hash(is_hub_backbone(backbone))}
 
 
@@ -108,6 +140,8 @@ def build_size_extractor(backbone: str, weights: str | None, size: int, runtime:
     ``batch_size`` (the Keras model is built only when the runtime's converted model is not
     cached yet)."""
     def build_keras():
+        from fewlabel.features.keras_models import build_extractor, build_hub_extractor
+
         model, built = (build_hub_extractor if is_hub_backbone(backbone) else build_extractor)(backbone, weights, size)
         if built != size:
             raise PipelineError(f"{backbone}: built at input size {built}, expected {size}")
@@ -119,17 +153,35 @@ def build_size_extractor(backbone: str, weights: str | None, size: int, runtime:
 
 def resolve_runtime(params: FeaturesParams) -> RuntimeChoice:
     """``features.runtime`` and ``precision`` as this machine runs them (see fewlabel/features/runtimes.py)."""
-    return choose_runtime(params.runtime, params.precision, gpu=bool(tf.config.list_physical_devices("GPU")))
+    return choose_runtime(params.runtime, params.precision, gpu=bool(_gpus()))
+
+
+#: Device files one of which a GPU TensorFlow can use makes on Linux (NVIDIA, AMD ROCm, WSL).
+GPU_DEVICE_FILES = ("/dev/nvidia*", "/dev/kfd", "/dev/dxg")
+
+
+def _gpus() -> list:
+    """The GPUs TensorFlow sees; on Linux without any of :data:`GPU_DEVICE_FILES`, none, without
+    starting TensorFlow."""
+    if sys.platform.startswith("linux") and not any(glob.glob(pattern) for pattern in GPU_DEVICE_FILES):
+        return []
+    import tensorflow as tf
+
+    return tf.config.list_physical_devices("GPU")
 
 
 def _device() -> str:
-    gpus = tf.config.list_physical_devices("GPU")
+    gpus = _gpus()
+    if not gpus:
+        return "CPU"
+    import tensorflow as tf
+
     for gpu in gpus:
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:  # already initialised
             pass
-    return f"GPU x{len(gpus)}" if gpus else "CPU"
+    return f"GPU x{len(gpus)}"
 
 
 def _extract_backbone(backbone: str, views: list[View], paths: list[str], digests: list[str],
@@ -223,10 +275,12 @@ class Extractors:
                  runtime: RuntimeChoice = RuntimeChoice()):
         self.backbone, self.weights, self.batch_size, self.runtime = backbone, weights, batch_size, runtime
         self.models: dict[int, object] = {}
-        self.runners: dict[tuple, ViewRunner] = {}
+        self.runners: dict[tuple, object] = {}
 
-    def runner(self, views) -> ViewRunner:
-        """The traced step of ``views`` (see :class:`fewlabel.features.views.ViewRunner`)."""
+    def runner(self, views):
+        """The traced step of ``views`` (a :class:`fewlabel.features.views.ViewRunner`)."""
+        from fewlabel.features.views import ViewRunner
+
         views = tuple(views)
         if views not in self.runners:
             for size in sorted({v.size for v in views} - set(self.models)):
@@ -290,6 +344,17 @@ def view_caches(backbone_views: dict[str, list[View]], weights: str | None,
     """The caches of every (backbone, view) of ``backbone_views``."""
     return [view_cache(backbone, view, weights, runtime) for backbone, views in backbone_views.items()
             for view in views]
+
+
+def recipe_caches(params: FeaturesParams, recipes: list[Recipe],
+                  runtime: RuntimeChoice | None = None) -> list[FeatureCache]:
+    """The caches of every (backbone, view) of ``recipes`` run by ``runtime`` (default:
+    ``params``' as resolved here): what :func:`extract_features` reads."""
+    return view_caches(_backbone_views(recipes), params.weights, runtime or resolve_runtime(params))
+
+
+def _backbone_views(recipes: list[Recipe]) -> dict[str, list[View]]:
+    return {recipe.backbone: recipe.views() for recipe in recipes}
 
 
 def finite_vector(row, path: str, backbone: str, view: View) -> np.ndarray:
@@ -373,7 +438,7 @@ def extract_features(image_paths, params: FeaturesParams, progress: bool = True,
     backbone).
     """
     recipes = recipes if recipes is not None else fixed_recipes(params)
-    view_features, stats = extract_views(image_paths, {r.backbone: r.views() for r in recipes},
+    view_features, stats = extract_views(image_paths, _backbone_views(recipes),
                                          params.weights, params.batch_size, progress,
                                          runtime or resolve_runtime(params), engine, extractors, digests, on_batch)
     blocks = [combine_views(recipe, view_features[recipe.backbone]) for recipe in recipes]
@@ -381,9 +446,4 @@ def extract_features(image_paths, params: FeaturesParams, progress: bool = True,
     features = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
     return np.ascontiguousarray(features, dtype=np.float32), stats
 
-
-# ----------------------------------------------------------------------------- view selection
-
-
-# ----------------------------------------------------------------------------- the stage
 

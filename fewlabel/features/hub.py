@@ -15,7 +15,8 @@
   outputs, their mean; a feature map (CNN backbones), global average pooling.
 
 keras-hub is optional (``pip install -r requirements-hub.txt``); nothing here imports it until
-a ``keras_hub:`` backbone is used. Their quality on these photos was not measured here.
+a ``keras_hub:`` backbone is used. The encoder model is built by
+:func:`fewlabel.features.keras_models.hub_encoder`. Their quality on these photos was not measured here.
 """
 from __future__ import annotations
 
@@ -23,14 +24,10 @@ import functools
 import hashlib
 from pathlib import Path
 
-import keras
-
 from fewlabel.errors import PipelineError
 
 PREFIX = "keras_hub:"
 INSTALL = "pip install -r requirements-hub.txt"
-# config.json's class names whose features are [class token, mean of the patch tokens]
-_CLS_AND_MEAN = ("DINOV2Backbone", "DINOV3Backbone")
 
 
 def is_hub_backbone(name: str) -> bool:
@@ -81,7 +78,8 @@ def _interpolates(config: dict) -> bool:
     return bool({"position_embedding_shape", "rope_theta"} & set(config.get("config", {})))
 
 
-def _image_shape(config: dict) -> tuple | None:
+def image_shape(config: dict) -> tuple | None:
+    """The ``image_shape`` a preset's config.json states, or None."""
     shape = config.get("config", {}).get("image_shape")
     return tuple(shape) if shape else None
 
@@ -92,7 +90,7 @@ def native_size(name: str) -> int:
     size = (converter or {}).get("config", {}).get("image_size")
     if size and size[0]:
         return int(size[0])
-    shape = _image_shape(config)
+    shape = image_shape(config)
     return int(shape[0]) if shape and shape[0] else 224
 
 
@@ -106,7 +104,7 @@ def size_multiple(name: str) -> int:
 def fixed_size(name: str) -> int | None:
     """The only size the encoder runs at (a fixed ``image_shape`` it cannot interpolate), else None."""
     config, _ = preset_config(name)
-    shape = _image_shape(config)
+    shape = image_shape(config)
     if _interpolates(config) or not shape or shape[0] is None:
         return None
     return int(shape[0])
@@ -135,93 +133,3 @@ def _folder_sha1(folder: str, files: tuple) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-def build_hub_extractor(name: str, weights: str | None, size: int) -> tuple[keras.Model, keras.Model]:
-    """(the extractor: RGB 0..255 at ``size`` -> pooled features, the backbone it wraps).
-
-    ``weights``: ``'imagenet'`` (read: the preset's own weights), None (random init, seeded;
-    for tests) or a weights file for ``load_weights``."""
-    keras_hub = keras_hub_module(name)
-    config, converter = preset_config(name)
-    fixed = fixed_size(name)
-    if fixed and size != fixed:
-        raise PipelineError(f"features.image_size: {name} runs only at {fixed} x {fixed} (its position "
-                            f"embeddings are not interpolated), got {size}; use image_size null")
-    kwargs = {"image_shape": (size, size, 3)} if _image_shape(config) else {}
-    keras.utils.set_random_seed(0)  # a random-init model is the same in every run
-    try:
-        base = keras_hub.models.Backbone.from_preset(preset_of(name), load_weights=weights is not None,
-                                                     dtype="float32", **kwargs)
-    except Exception as error:
-        raise PipelineError(f"features.backbones: {name}: cannot build the preset at input size {size} "
-                            f"({type(error).__name__}: {error}); on a machine without internet access, "
-                            f"download the preset first and give its local folder") from error
-    inputs = keras.Input((size, size, 3), name="rgb_0_255")
-    scale, offset = _converter_scale_offset(converter)
-    pixels = _Rescale(scale, offset, name="preset_rescale")(inputs)
-    names = list(base.input) if isinstance(base.input, dict) else []  # DINOv2: {'images': ...}
-    outputs = base({names[0]: pixels} if len(names) == 1 else pixels)
-    class_name = config.get("class_name", "")
-    if class_name in _CLS_AND_MEAN:
-        prefix = 1 + int(config["config"].get("num_register_tokens", 0))
-        features = _TokenPool("cls_and_mean", prefix, name="cls_and_mean_pool")(outputs)
-    elif len(outputs.shape) == 3 and config["config"].get("use_class_token"):
-        features = _TokenPool("cls", 1, name="cls_pool")(outputs)
-    elif len(outputs.shape) == 3:
-        features = _TokenPool("mean", 0, name="mean_pool")(outputs)
-    else:
-        features = outputs  # a feature map: global average pooled by the caller
-    return keras.Model(inputs, features), base
-
-
-def _converter_scale_offset(converter: dict | None) -> tuple:
-    config = (converter or {}).get("config", {})
-    if not converter:
-        return 1 / 255, None
-    return config.get("scale"), config.get("offset")
-
-
-class _Rescale(keras.layers.Layer):
-    """``x * scale + offset``, each None, a number or one per channel (an ImageConverter's)."""
-
-    def __init__(self, scale=None, offset=None, **kwargs):
-        super().__init__(**kwargs)
-        self.scale, self.offset = scale, offset
-
-    def call(self, inputs):
-        x = inputs
-        if self.scale is not None:
-            x = x * keras.ops.convert_to_tensor(self.scale, dtype=x.dtype)
-        if self.offset is not None:
-            x = x + keras.ops.convert_to_tensor(self.offset, dtype=x.dtype)
-        return x
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "scale": self.scale, "offset": self.offset}
-
-
-class _TokenPool(keras.layers.Layer):
-    """Tokens (b, n, d) -> (b, d) or (b, 2d): ``cls`` the first token; ``mean`` the mean of all;
-    ``cls_and_mean`` the first token joined to the mean of the tokens after the first ``prefix``."""
-
-    def __init__(self, mode: str, prefix: int, **kwargs):
-        super().__init__(**kwargs)
-        self.mode, self.prefix = mode, int(prefix)
-
-    def call(self, tokens):
-        if self.mode == "cls":
-            return tokens[:, 0]
-        if self.mode == "mean":
-            return keras.ops.mean(tokens, axis=1)
-        return keras.ops.concatenate([tokens[:, 0], keras.ops.mean(tokens[:, self.prefix:], axis=1)], axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        width = input_shape[-1] * (2 if self.mode == "cls_and_mean" else 1)
-        return (input_shape[0], width)
-
-    def get_config(self):
-        return {**super().get_config(), "mode": self.mode, "prefix": self.prefix}

@@ -11,13 +11,24 @@ import numpy as np
 from fewlabel.errors import PipelineError
 from fewlabel.features.backbones import check_backbone_name, fixed_input_size, native_input_size, size_multiple
 from fewlabel.features.runtimes import RuntimeChoice
-from fewlabel.features.views import View
 from fewlabel.artifacts import feature_signature
 from fewlabel.params import FeaturesParams
 
 #: The distributions that install each package meta.json records the version of (first found wins).
 _DISTRIBUTIONS = {"tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tensorflow-intel", "tf-nightly"),
                   "keras": ("keras", "keras-nightly")}
+
+
+@dataclass(frozen=True, order=True)
+class View:
+    """One view of an image: ``size`` x ``size`` pixels, resized with ``resize``, maybe mirrored."""
+    size: int
+    resize: str = "bilinear"
+    mirrored: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.size}-{self.resize}" + ("-mirror" if self.mirrored else "")
 
 
 @dataclass(frozen=True)

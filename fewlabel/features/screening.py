@@ -94,13 +94,13 @@ def undecodable(paths: list[str]) -> list[tuple[str, str]]:
     return [(path, describe_unreadable(path)) for path, bad in zip(paths, failed) if bad]
 
 
-def screen_images(paths: list[str], caches: list) -> list[str]:
-    """The content digests of ``paths``, once every image the run may have to extract is known
-    to decode; else one PipelineError naming every missing, non-image or undecodable file.
+def check_images(paths: list[str], caches: list = ()) -> tuple[list[str | None], list[tuple[str, str]]]:
+    """The content digest of each of ``paths`` (None where the file cannot be read) and
+    (path, why) for every missing, non-image or undecodable one, in the order given.
 
     Only images without a vector in any of ``caches`` (:class:`fewlabel.features.cache.FeatureCache`)
     are decoded (one with a vector decoded when it was made: the cache is keyed by content),
-    each content once per process.
+    each content once per process; so a run whose every vector is cached decodes nothing.
     """
     from fewlabel.features.cache import hash_image
 
@@ -113,12 +113,20 @@ def screen_images(paths: list[str], caches: list) -> list[str]:
             unchecked[digest] = path
     failed = dict(undecodable(list(unchecked.values())))
     bad = {digest: failed[path] for digest, path in unchecked.items() if path in failed}
+    _decodable.update(digest for digest in unchecked if digest not in bad)
     problems = [(path, problem or bad[digest]) for path, (digest, problem) in zip(paths, hashed)
                 if problem or digest in bad]
+    return [digest for digest, _ in hashed], problems
+
+
+def screen_images(paths: list[str], caches: list) -> list[str]:
+    """The content digests of ``paths``, once every image the run may have to extract is known
+    to decode (:func:`check_images`); else one PipelineError naming every missing, non-image or
+    undecodable file."""
+    digests, problems = check_images(paths, caches)
     if problems:
         raise unreadable_images_error(problems)
-    _decodable.update(unchecked)
-    return [digest for digest, _ in hashed]
+    return digests
 
 
 def unreadable_images_error(problems: list[tuple[str, str]]) -> PipelineError:

@@ -1,6 +1,6 @@
 """Image input and test-time views: how pixels reach a backbone.
 
-A :class:`View` is one way of showing an image to a backbone: an input size, a resize
+A :class:`~fewlabel.features.recipes.View` is one way of showing an image to a backbone: an input size, a resize
 method and whether it is mirrored. Each image is decoded **once** for all of its views;
 each distinct (size, resize) pair is resized once, and mirrored views reuse that resize.
 Views are combined into one feature vector in :mod:`fewlabel.features.extract` (flip: the mean of an
@@ -9,12 +9,12 @@ image and its mirror; several sizes: their mean or concatenation).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from fewlabel.errors import PipelineError
+from fewlabel.features.recipes import View
 
 import keras
 import tensorflow as tf  # noqa: E402
@@ -26,18 +26,6 @@ RESIZE_METHODS = {
     "area": ("area", False),
     "bicubic": ("bicubic", False),
 }
-
-
-@dataclass(frozen=True, order=True)
-class View:
-    """One view of an image: ``size`` x ``size`` pixels, resized with ``resize``, maybe mirrored."""
-    size: int
-    resize: str = "bilinear"
-    mirrored: bool = False
-
-    @property
-    def label(self) -> str:
-        return f"{self.size}-{self.resize}" + ("-mirror" if self.mirrored else "")
 
 
 def decode_image(path) -> tf.Tensor:
