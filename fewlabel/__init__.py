@@ -22,7 +22,7 @@ __all__ = ["load", "Classifier", "PipelineError", "average_precision", "mean_ap"
 
 
 def __getattr__(name: str):
-    # load and Classifier import TensorFlow, scikit-learn and the model code: only when used,
+    # load and Classifier import scikit-learn and the model code (TensorFlow when they extract): only when used,
     # so `import fewlabel` (and every stage's start) stays light
     if name in ("load", "Classifier"):
         from fewlabel import api

@@ -27,8 +27,8 @@ def readable_images(paths: list[str], caches: list = ()) -> tuple[list[str], lis
     image whose content has a vector in one of ``caches`` is not decoded again: see
     :func:`fewlabel.features.screening.check_images`)."""
     _, problems = check_images(paths, caches)
-    bad = {path for path, _ in problems}
-    return [p for p in paths if p not in bad], [(p, skipped(describe_unreadable(p))) for p, _ in problems]
+    bad = dict.fromkeys(path for path, _ in problems)  # a path given twice: one line
+    return [p for p in paths if p not in bad], [(p, skipped(describe_unreadable(p))) for p in bad]
 
 
 def skipped(why: str) -> str:

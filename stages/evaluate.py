@@ -85,7 +85,7 @@ def write_heatmaps(args, params, ids, labels, predicted) -> dict | None:
         raise PipelineError("--heatmaps-png needs --images (the eval photos' folder)")
     figure, pointing = None, None
     if params.evaluate.heatmap_photos:
-        # here, not at the top: loading the classifier imports TensorFlow (seconds), needless with no maps
+        # here, not at the top: only the maps need the classifier (and TensorFlow: seconds to start)
         from pathlib import Path
 
         from fewlabel.api import load

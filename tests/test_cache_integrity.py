@@ -95,6 +95,15 @@ def test_a_payload_overwritten_with_finite_garbage_is_reported_and_not_used(cach
     np.testing.assert_array_equal(cache.get(DIGESTS[0]), vector(0))
 
 
+def test_messages_name_a_model_file_backbone_by_its_file(cache_root):
+    """A .keras backbone is keyed by its bytes: messages name it by its cache folder's label,
+    without the view and runtime the folder name adds (a name may itself hold a view's words)."""
+    key = {**KEY, "backbone": {"keras_file_md5": "0" * 32}, "weights": "stored", "runtime": "openvino"}
+    cache = make_cache(key, "net-32-bilinear-v2-32-bilinear-openvino-bf16")
+    assert cache.describe() == "backbone net-32-bilinear-v2, view 32-bilinear, runtime openvino"
+    assert make_cache({**KEY, "backbone": "EfficientNetB0"}).describe() == "backbone EfficientNetB0, view 32-bilinear"
+
+
 def test_random_bytes_are_reported_and_not_used(cache_root, capsys):
     cache = make_cache()
     cache.put(DIGESTS[0], vector(0))

@@ -598,3 +598,19 @@ def test_names_and_sizes_known_without_keras_are_keras_own(tmp_path):
                 answers.append(str(error))
         assert answers[0] == answers[1], name
     assert backbones.fixed_input_size(str(tmp_path / "fixed.keras")) == 48
+
+
+def test_gpus_are_looked_for_only_where_a_gpu_device_file_exists(monkeypatch):
+    """On Linux, no GPU device file (NVIDIA, ROCm, WSL): no GPU, and TensorFlow is not asked
+    (not started, in a stage whose every vector is cached); with one, TensorFlow is asked."""
+    import tensorflow as tf
+    from fewlabel.features import extract
+
+    asked = []
+    monkeypatch.setattr(extract.sys, "platform", "linux")
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: asked.append(kind) or ["a GPU"])
+    monkeypatch.setattr(extract.glob, "glob", lambda pattern: [])
+    assert extract._gpus() == [] and asked == []
+    for present in extract.GPU_DEVICE_FILES:
+        monkeypatch.setattr(extract.glob, "glob", lambda pattern: [pattern] if pattern == present else [])
+        assert extract._gpus() == ["a GPU"] and asked.pop() == "GPU", present

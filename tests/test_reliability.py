@@ -96,6 +96,26 @@ def test_the_list_of_unreadable_images_is_capped():
     assert message.count("an empty file") == MAX_REPORTED and message.endswith("... and 5 more")
 
 
+def test_only_images_no_cache_holds_are_decoded_to_screen_them(tmp_path, monkeypatch):
+    """An image with a vector in a cache decoded when the vector was made: screening decodes
+    only the others (so a fully cached run starts no TensorFlow), and names each bad path once."""
+    from fewlabel.features import screening
+    from fewlabel.features.cache import FeatureCache, cache_folder, hash_image
+    from fewlabel.predict import readable_images
+
+    good, cached, broken = write_images(tmp_path / "img", 3, seed=9137)
+    truncate(broken)
+    missing = str(tmp_path / "missing.jpg")
+    cache = FeatureCache(cache_folder("test", {"test": 1}), {"test": 1})
+    cache.put(hash_image(cached)[0], np.ones(4, np.float32))
+    decoded, undecodable = [], screening.undecodable
+    monkeypatch.setattr(screening, "undecodable", lambda paths: decoded.extend(paths) or undecodable(paths))
+    readable, problems = readable_images([good, cached, broken, missing, broken], [cache])
+    assert readable == [good, cached]
+    assert [path for path, _ in problems] == [broken, missing]  # the path given twice: one line
+    assert broken in decoded and cached not in decoded
+
+
 # --------------------------------------------------------------------------- non-finite features
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 Images are keyed by the sha1 of their file's bytes, so a renamed or copied file is not
 extracted again and an edited one is. Each cache folder holds the vectors of one backbone
-seen through one :class:`fewlabel.features.views.View`, and its name carries a hash of everything that
+seen through one :class:`fewlabel.features.recipes.View`, and its name carries a hash of everything that
 makes those vectors (weights, view, library versions, the code that feeds the model), so a
 change to any of them can never serve stale features.
 
@@ -170,9 +170,10 @@ class FeatureCache:
         view = f"{key['size']}-{key.get('resize', 'bilinear')}{'-mirror' if key.get('mirrored') else ''}" \
             if "size" in key else None
         backbone = key.get("backbone")
-        if not isinstance(backbone, str):  # a model file: named by the folder, <name>-<view>[-<runtime>]-<hash>
+        if not isinstance(backbone, str):  # a model file or preset: named by the folder, <name>-<view>[-<runtime>]-<hash>
             backbone = re.sub(r"-[0-9a-f]{16}$", "", folder)
-            backbone = backbone.split(f"-{view}")[0] if view else backbone
+            name, found, _ = backbone.rpartition(f"-{view}")
+            backbone = name if view and found else backbone
         parts = [f"backbone {backbone}"]
         if view:
             parts.append(f"view {view}")

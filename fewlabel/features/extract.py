@@ -156,8 +156,9 @@ def resolve_runtime(params: FeaturesParams) -> RuntimeChoice:
     return choose_runtime(params.runtime, params.precision, gpu=bool(_gpus()))
 
 
-#: Device files one of which a GPU TensorFlow can use makes on Linux (NVIDIA, AMD ROCm, WSL).
-GPU_DEVICE_FILES = ("/dev/nvidia*", "/dev/kfd", "/dev/dxg")
+#: Files one of which a GPU TensorFlow can use makes on Linux: NVIDIA's device files (or its
+#: loaded driver, before the first CUDA program makes them), AMD ROCm's, WSL's.
+GPU_DEVICE_FILES = ("/dev/nvidia*", "/proc/driver/nvidia/gpus/*", "/dev/kfd", "/dev/dxg")
 
 
 def _gpus() -> list:

@@ -199,12 +199,16 @@ def build_meta(params: FeaturesParams, recipes: list[Recipe], dims: list[int], r
 
 def installed_version(package: str) -> str:
     """``package.__version__`` read from the installed distribution's metadata, so that writing
-    meta.json does not import TensorFlow (seconds, and its start-up output) for a string. A
-    release's metadata version is the same string as its ``__version__``."""
+    meta.json or a cache key does not import TensorFlow (seconds, and its start-up output) for a
+    string. A release's metadata version is the same string as its ``__version__``."""
+    found = []
     for distribution in _DISTRIBUTIONS[package]:
         try:
-            return importlib.metadata.version(distribution)
+            found.append(importlib.metadata.version(distribution))
         except importlib.metadata.PackageNotFoundError:
             continue
-    # installed some other way (a source build): ask the package itself
+    if len(found) == 1:
+        return found[0]
+    # none (a source build) or several (tensorflow and tensorflow-cpu: which one is imported is
+    # not known): ask the package itself
     return importlib.import_module(package).__version__
