@@ -2,7 +2,8 @@
 
 Models use random weights (``weights: None``; no download) at 64x64, so they are small and
 fast. Random-init features are tiny (EfficientNetB0: ~1e-5), so closeness is checked
-relative to the features' scale.
+relative to the features' scale. Tests whose point holds for any backbone (the cache, how
+views combine, the view choice) run the tests' tiny CNN (:func:`tiny`, tests/tiny_backbone.py).
 """
 from __future__ import annotations
 
