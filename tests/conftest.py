@@ -365,6 +365,7 @@ class DvcProject:
     - ``set_params({"data.source": url, "svm.C": 10})``: edit params.yaml by dotted keys
       (missing sections are created; comments are kept); ``params()`` reads it back;
     - ``commit(message)``: ``git add -A`` and commit (``dvc exp run --queue`` needs that);
+      ``reset()``: back to the last commit, outputs included (what a test changed, undone);
     - ``path("data/labels.csv")``: an absolute path inside the project; ``lock()``: dvc.lock.
 
     Subprocesses get PATH with the virtualenv's bin first (so dvc.yaml's ``python`` is this
@@ -433,6 +434,13 @@ class DvcProject:
         A value replaces the key's old value whole (a dict value is not merged).
         """
         edit_params(self.path("params.yaml"), {**(updates or {}), **top_level})
+
+    def reset(self) -> None:
+        """Back to the last commit: params, dvc.lock (DVC stages it: core.autostage), the outputs,
+        and no new file in metrics/, plots/ or reports/."""
+        self.git("reset", "-q", "--hard", check=True)
+        self.git("clean", "-fdq", "metrics", "plots", "reports", check=True)
+        self.dvc("checkout", "--force", check=True)
 
     def commit(self, message: str = "update") -> None:
         self.git("add", "-A", check=True)

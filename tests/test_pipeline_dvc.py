@@ -1,8 +1,8 @@
 """The whole pipeline through the real DVC commands, on a generated VOC-format data set.
 
 The module works in its own copy of the session's reproduced project (``reproduced_pipeline``:
-dvc repro is the slow part); tests that change the workspace put it back (``restore``) so each
-one starts from the committed baseline.
+dvc repro is the slow part); tests that change the workspace put it back (``project.reset()``) so
+each one starts from the committed baseline.
 """
 import json
 import re
@@ -21,13 +21,6 @@ from tests.conftest import (FAST_PARAMS, REPO_ROOT, REPORT_TENSORFLOW, TINY_BACK
 @pytest.fixture(scope="module")
 def project(reproduced_pipeline):
     return copy_project(reproduced_pipeline, reproduced_pipeline.root.with_name("pipeline-tests"))
-
-
-def restore(project):
-    """Back to the committed baseline: params, lock (DVC stages it, core.autostage) and outputs."""
-    project.git("reset", "-q", "--hard", check=True)
-    project.git("clean", "-fdq", "metrics", "plots", "reports", check=True)
-    project.dvc("checkout", "--force", check=True)
 
 
 def test_repro_runs_every_stage_and_writes_the_declared_outputs(project):
@@ -60,7 +53,7 @@ def test_an_impossible_subset_fails_with_a_clear_message(project):
         assert result.returncode != 0
         assert "subset.n_images=1000 but the 'trainval' split has only 60 images" in result.stdout + result.stderr
     finally:
-        restore(project)
+        project.reset()
 
 
 def test_exp_run_with_new_C_reruns_only_the_svm_stages_and_metrics_diff_shows_it(project):
@@ -79,7 +72,7 @@ def test_exp_run_with_new_C_reruns_only_the_svm_stages_and_metrics_diff_shows_it
         shown = project.dvc("metrics", "show", "--json", check=True).stdout
         assert "f1_micro" in shown and "map_voc07" in shown and "map_ci95" in shown
     finally:
-        restore(project)
+        project.reset()
 
 
 def test_heatmaps_through_dvc_rerun_only_evaluate_and_play_the_pointing_game(project):
@@ -95,7 +88,7 @@ def test_heatmaps_through_dvc_rerun_only_evaluate_and_play_the_pointing_game(pro
         assert f"pointing game on 12 photos: {game['accuracy']}" in run.stdout
         assert project.path("plots/heatmaps.png").stat().st_size > 10_000  # photos drawn, not the empty figure
     finally:
-        restore(project)
+        project.reset()
 
 
 def declared_plots(project) -> tuple[list[str], list[str]]:
@@ -125,7 +118,7 @@ def test_a_native_size_giving_the_same_sizes_retrains_nothing(project):
         run = project.dvc("exp", "run", "-S", "features.native_sizes=[1024]", check=True)
         assert {"featurize", "train", "calibrate", "evaluate"} <= stages_run(run.stdout), run.stdout
     finally:
-        restore(project)
+        project.reset()
 
 
 def test_plots_show_renders_every_declared_plot(project):
@@ -185,7 +178,7 @@ def test_tuning_through_dvc_records_the_grid(project, tmp_path):
             assert report["vega"]["plots_tune_csv"] and report["errors"] == [], report["errors"]
             assert "plots/tune.csv" in declared_plots(project)[0]  # a heatmap on the results page
     finally:
-        restore(project)
+        project.reset()
 
 
 def test_queued_sweep_reuses_the_cached_features(project):
@@ -212,7 +205,7 @@ def test_queued_sweep_reuses_the_cached_features(project):
         applied = json.loads(project.path("metrics/metrics.json").read_text())
         assert applied == best["data"]["metrics"]["metrics/metrics.json"]["data"]
     finally:
-        restore(project)
+        project.reset()
 
 
 def test_predict_labels_match_the_evaluation_predictions(project, tmp_path):
@@ -273,9 +266,9 @@ def test_a_typo_in_any_section_fails_the_experiment_at_once(project):
             assert stages_run(run.stdout) == {"check_params"}, output
             assert project.dvc("exp", "list", check=True).stdout == experiments  # no experiment recorded
             assert {path: project.path(path).read_bytes() for path in kept} == before
-            restore(project)
+            project.reset()
     finally:
-        restore(project)
+        project.reset()
         project.dvc("repro", "check_params", check=True)  # DVC removed its output before the failed run
 
 

@@ -26,12 +26,6 @@ def project(reproduced_pipeline):
     return copy_project(reproduced_pipeline, reproduced_pipeline.root.with_name("suggest-tests"))
 
 
-def restore(project):
-    """Back to the committed baseline (dvc.lock included: DVC stages it, core.autostage)."""
-    project.git("reset", "-q", "--hard", check=True)
-    project.dvc("checkout", "--force", check=True)
-
-
 def test_repro_ranks_the_pool_and_writes_every_output(project):
     assert {"featurize_pool", "suggest"} <= stages_run(project.first.stdout)
     assert f"{project.bad_id}.jpg: not a readable image" in project.first.stderr  # reported, and the rest went on
@@ -76,7 +70,7 @@ def test_an_svm_change_reruns_neither_featurize_nor_the_pool_extraction(project)
         # check_params depends on the whole params.yaml; its output is unchanged, so nothing else reruns for it
         assert stages_run(result.stdout) == {"check_params", "train", "calibrate", "evaluate", "suggest"}, result.stdout
     finally:
-        restore(project)
+        project.reset()
 
 
 def test_pool_labels_are_never_read(project):
@@ -96,7 +90,7 @@ def test_pool_labels_are_never_read(project):
     finally:
         for image_id, text in annotations.items():
             (project.voc / "Annotations" / f"{image_id}.xml").write_text(text)
-        restore(project)
+        project.reset()
 
 
 def test_labelled_suggestions_join_the_training_set(project):
@@ -118,13 +112,14 @@ def test_labelled_suggestions_join_the_training_set(project):
         assert failed.returncode != 0
         assert "suggestions/labelled.txt: lists image id(s) nosuchimage that have no annotation" in failed.stderr
     finally:
-        restore(project)
+        project.reset()
 
 
 def test_an_empty_pool_is_a_clear_error(project):
     """A pool list that holds only evaluation images leaves nothing to suggest."""
     eval_ids = (project.voc / "ImageSets" / "Main" / "test.txt").read_text()
-    (project.voc / "ImageSets" / "Main" / "evaluated.txt").write_text(eval_ids)
+    listing = project.voc / "ImageSets" / "Main" / "evaluated.txt"
+    listing.write_text(eval_ids)
     try:
         project.set_params({"data.pool_split": "evaluated"})
         result = project.dvc("repro")
@@ -132,7 +127,10 @@ def test_an_empty_pool_is_a_clear_error(project):
         assert "data.pool_split 'evaluated' holds no image outside the training and evaluation sets" in result.stderr
         assert "featurize" not in stages_run(result.stdout)  # the subset stage said it, before any extraction
     finally:
-        restore(project)
+        # the VOC folder is shared with the other modules' projects: a file left in it would
+        # change the download stage's output there (and rerun everything after it)
+        listing.unlink()
+        project.reset()
 
 
 def test_an_image_added_to_the_pool_folder_or_list_reruns_featurize_pool(project, tmp_path):
@@ -176,4 +174,4 @@ def test_an_image_added_to_the_pool_folder_or_list_reruns_featurize_pool(project
         project.dvc(*pool_stages, check=True)
         assert len(np.load(project.path("data/features/pool.npz"))["ids"]) == 0
     finally:
-        restore(project)
+        project.reset()
