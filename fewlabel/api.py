@@ -122,7 +122,7 @@ class Classifier:
             return
         maps = FeatureMaps(self.recipes, self.features_params.weights, self.features_params.batch_size)
         for start in range(0, len(paths), chunk_size):
-            good, bad = readable_images(paths[start:start + chunk_size])
+            good, _, bad = readable_images(paths[start:start + chunk_size])
             heatmaps = [h for batch in heatmap_batches(self.model, self.recipes, maps, good, method) for h in batch] \
                 if good else []
             yield heatmaps, bad

@@ -178,7 +178,7 @@ def explain(args: argparse.Namespace) -> None:
                             f"(mkdir -p {out.parent})")
     if not Path(args.image).is_file():
         raise PipelineError(f"{args.image}: no such file; give the path to a photo")
-    _, bad = readable_images([args.image])
+    _, _, bad = readable_images([args.image])
     if bad:
         raise PipelineError(f"{args.image}: {bad[0][1].removesuffix('; skipped')}")
     classifier = load(args.run)

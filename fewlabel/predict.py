@@ -22,13 +22,16 @@ from fewlabel.params import FeaturesParams
 CHUNK_IMAGES = 512
 
 
-def readable_images(paths: list[str], caches: list = ()) -> tuple[list[str], list[tuple[str, str]]]:
-    """Split paths into the images that decode and (path, problem) for those that do not (an
-    image whose content has a vector in one of ``caches`` is not decoded again: see
-    :func:`fewlabel.features.screening.check_images`)."""
-    _, problems = check_images(paths, caches)
+def readable_images(paths: list[str], caches: list = ()) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """Split paths into the images that decode, their content digests (what ``digests=`` of
+    :func:`fewlabel.features.extract.extract_features` takes, so they are not read again) and
+    (path, problem) for those that do not decode (an image whose content has a vector in one of
+    ``caches`` is not decoded again: see :func:`fewlabel.features.screening.check_images`)."""
+    digests, problems = check_images(paths, caches)
     bad = dict.fromkeys(path for path, _ in problems)  # a path given twice: one line
-    return [p for p in paths if p not in bad], [(p, skipped(describe_unreadable(p))) for p in bad]
+    readable = [(p, d) for p, d in zip(paths, digests) if p not in bad]
+    return ([p for p, _ in readable], [d for _, d in readable],
+            [(p, skipped(describe_unreadable(p))) for p in bad])
 
 
 def skipped(why: str) -> str:

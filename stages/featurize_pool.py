@@ -21,7 +21,7 @@ from fewlabel.artifacts import write_pool
 from fewlabel.data.pool import pool_images
 from fewlabel.errors import PipelineError, run_main
 from fewlabel.features.engine import resolve_engine
-from fewlabel.features.extract import extract_features, recipe_caches
+from fewlabel.features.extract import extract_features, recipe_caches, resolve_runtime
 from fewlabel.features.recipes import recipes_from_meta
 from fewlabel.io import read_csv, read_json
 from fewlabel.params import load_params
@@ -42,15 +42,17 @@ def main(argv: list[str] | None = None) -> None:
     features = np.zeros((0, int(meta.get("total_dim") or 0)), dtype=np.float32)
     if ids:
         features_params, recipes = recipes_from_meta(meta)
-        readable, problems = readable_images(paths, recipe_caches(features_params, recipes))
+        runtime = resolve_runtime(features_params)
+        readable, digests, problems = readable_images(paths, recipe_caches(features_params, recipes, runtime))
         for path, problem in problems:
             print(f"error: {path}: {problem}", file=sys.stderr)
         keep = set(readable)
-        ids, paths = [i for i, p in zip(ids, paths) if p in keep], [p for p in paths if p in keep]
+        ids, paths = [i for i, p in zip(ids, paths) if p in keep], readable
         if not ids:
             raise PipelineError("the pool holds no readable image; fix data.pool_split or data.pool_images")
         engine = resolve_engine(params.features.engine, params.features.workers)
-        features, stats = extract_features(paths, features_params, recipes=recipes, engine=engine)
+        features, stats = extract_features(paths, features_params, recipes=recipes, engine=engine,
+                                           digests=digests, runtime=runtime)
         print(f"featurize_pool: {len(ids)} pool images ({stats['n_extracted']} extracted, {stats['n_cached']} "
               f"from cache; {len(problems)} skipped)")
     else:

@@ -110,8 +110,8 @@ def test_only_images_no_cache_holds_are_decoded_to_screen_them(tmp_path, monkeyp
     cache.put(hash_image(cached)[0], np.ones(4, np.float32))
     decoded, undecodable = [], screening.undecodable
     monkeypatch.setattr(screening, "undecodable", lambda paths: decoded.extend(paths) or undecodable(paths))
-    readable, problems = readable_images([good, cached, broken, missing, broken], [cache])
-    assert readable == [good, cached]
+    readable, digests, problems = readable_images([good, cached, broken, missing, broken], [cache])
+    assert readable == [good, cached] and digests == [hash_image(good)[0], hash_image(cached)[0]]
     assert [path for path, _ in problems] == [broken, missing]  # the path given twice: one line
     assert broken in decoded and cached not in decoded
 

@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from fewlabel.features.backbones import is_model_file
+from fewlabel.features.backbones import _weights_file, is_model_file
 from fewlabel.features.hub import cache_key as hub_cache_key, is_hub_backbone, preset_of
 from fewlabel.errors import PipelineError
 from fewlabel.progress import ProgressBar
@@ -71,14 +71,17 @@ def _feature_code_hash(hub_backbone: bool = False) -> str:
     return hashlib.sha1(source.encode()).hexdigest()[:16]
 
 
-def _module_lines(module: str) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def _module_source(module: str) -> tuple[list[str], ast.Module]:
+    """``module``'s source file, as lines and parsed (read once per process, as the hash is)."""
     with open(importlib.util.find_spec(module).origin, encoding="utf-8") as handle:
-        return handle.readlines()
+        lines = handle.readlines()
+    return lines, ast.parse("".join(lines))
 
 
 def _top_level(module: str, name: str) -> ast.AST:
     """The top-level definition or assignment of ``name`` in ``module``'s source file."""
-    for node in ast.parse("".join(_module_lines(module))).body:
+    for node in _module_source(module)[1].body:
         targets = [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
         if getattr(node, "name", None) == name or name in targets:
             return node
@@ -88,7 +91,7 @@ def _top_level(module: str, name: str) -> ast.AST:
 def source_text(module: str, name: str | None = None) -> str:
     """What ``inspect.getsource`` returns for ``module.name`` (the whole module for None),
     read from the source file, without importing ``module``."""
-    lines = _module_lines(module)
+    lines = _module_source(module)[0]
     if name is None:
         return "".join(lines)
     node = _top_level(module, name)
@@ -99,13 +102,8 @@ def source_text(module: str, name: str | None = None) -> str:
 def extractor_key(backbone: str, weights: str | None) -> dict:
     """What makes a backbone's extractor, at any size: the backbone (a model file by content),
     its weights, the library versions and the code that feeds it."""
-    if weights is None or weights == "imagenet":
-        weights_key = weights or "none"
-    else:
-        if not Path(weights).is_file():
-            raise PipelineError(f"features.weights: '{weights}' is not 'imagenet', null or an "
-                                f"existing weights file; fix the path (relative to the repository root)")
-        weights_key = {"file_md5": file_md5(weights)}
+    weights_file = _weights_file(weights)  # None for imagenet or null; a missing file: a clear error
+    weights_key = {"file_md5": file_md5(weights_file)} if weights_file else (weights or "none")
     if is_model_file(backbone):
         backbone_key = {"keras_file_md5": file_md5(backbone)}
         weights_key = weights_key if isinstance(weights_key, dict) else "stored"
